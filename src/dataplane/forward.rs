@@ -1,0 +1,370 @@
+//! One proxied TCP connection, from accept to close.
+//!
+//! Owns: the service slot, connection tracking for the connection's life, choosing and
+//! connecting a backend (with retries over distinct candidates), moving bytes both ways through
+//! bounded buffers, half-close and reset propagation, the idle timeout, and the access-log line.
+//!
+//! Guarantees: every byte read from one side is written to the other before that direction is
+//! shut down; a direction's buffer is `buffer_size` bytes and is not refilled until written out,
+//! so a slow reader stalls its writer; when the function returns, the service slot, the backend's
+//! active count and the tracking entry are released (drop guards, also on cancellation).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Instant;
+
+use compio::BufResult;
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+
+use crate::balancer::conntrack::{Conn, ConnId, ConnState};
+use crate::control::{BackendState, ServiceState};
+
+use super::worker::{Worker, wait_for_slot};
+
+/// How a proxied connection ended; the access log's `end` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Both sides closed in order.
+    Closed,
+    /// The client reset (or failed) first; the backend was reset.
+    ClientReset,
+    /// The backend reset (or failed) first; the client was reset.
+    BackendReset,
+    /// No bytes moved either way for `idle_timeout`.
+    IdleTimeout,
+    /// The drain deadline passed.
+    Shutdown,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientReset => "client_reset",
+            End::BackendReset => "backend_reset",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The two directions of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    /// Client to backend.
+    Up,
+    /// Backend to client.
+    Down,
+}
+
+/// How one direction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DirEnd {
+    /// The reader sent EOF; every byte was written and the writer's side was shut down.
+    Eof,
+    /// Reading from the source failed (reset or error).
+    ReadFailed,
+    /// Writing to the destination failed (reset or error).
+    WriteFailed,
+}
+
+/// Returns the service slot when dropped.
+struct SlotGuard<'a>(&'a ServiceState);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release_slot();
+    }
+}
+
+/// Removes the tracking entry and wakes the drain when dropped.
+struct TrackGuard<'a> {
+    worker: &'a Worker,
+    id: ConnId,
+}
+
+impl Drop for TrackGuard<'_> {
+    fn drop(&mut self) {
+        self.worker.table.borrow_mut().remove(self.id);
+        self.worker.conn_closed.notify(usize::MAX);
+    }
+}
+
+/// Counts one connection open (or opening) to a backend while alive.
+struct ActiveGuard<'a>(&'a BackendState);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(backend: &'a BackendState) -> Self {
+        backend.counters.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(backend)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub(super) async fn serve(
+    worker: Rc<Worker>,
+    state: Arc<ServiceState>,
+    service: usize,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    // The accept loop paused at the limit, but another worker may have taken the last slot in
+    // the meantime: queue the connection until a slot frees rather than accept-then-close.
+    while !state.try_acquire_slot() {
+        let slot = pin!(wait_for_slot(&state));
+        let abort = pin!(worker.shutdown.aborting());
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(slot, abort).await
+        {
+            return;
+        }
+    }
+    let _slot = SlotGuard(&state);
+    state.counters.accepted.fetch_add(1, Ordering::Relaxed);
+
+    let started = Instant::now();
+    let inserted = worker
+        .table
+        .borrow_mut()
+        .insert(Conn::accepted(service, peer, started));
+    let id = match inserted {
+        Ok(id) => id,
+        Err(full) => {
+            tracing::warn!(service = %state.config.name, client = %peer, "{full}: connection closed");
+            return;
+        }
+    };
+    let _track = TrackGuard {
+        worker: &worker,
+        id,
+    };
+
+    let Some((index, backend, _active)) = connect_backend(&worker, &state, peer).await else {
+        state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(service = %state.config.name, client = %peer,
+            "no backend could be reached: client connection closed");
+        return;
+    };
+    worker
+        .table
+        .borrow_mut()
+        .established(id, index, Instant::now());
+    let backend_state = &state.backends[index];
+    backend_state
+        .counters
+        .connections
+        .fetch_add(1, Ordering::Relaxed);
+
+    let end = proxy(&worker, &state, id, &client, &backend).await;
+
+    if matches!(end, End::ClientReset) {
+        reset_on_close(&backend);
+    } else if matches!(end, End::BackendReset) {
+        reset_on_close(&client);
+    }
+    drop(backend);
+    drop(client);
+
+    let (up, down) = worker
+        .table
+        .borrow()
+        .get(id)
+        .map_or((0, 0), |c| (c.bytes_up, c.bytes_down));
+    let counters = &backend_state.counters;
+    counters.bytes_to_backend.fetch_add(up, Ordering::Relaxed);
+    counters.bytes_to_client.fetch_add(down, Ordering::Relaxed);
+    if state.config.access_log {
+        tracing::info!(
+            target: "ringlb::access",
+            service = %state.config.name,
+            client = %peer,
+            backend = %backend_state.address(),
+            bytes_up = up,
+            bytes_down = down,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = end.as_str(),
+        );
+    }
+}
+
+/// Tries the selector's distinct candidates in order, each within `connect_timeout`.
+async fn connect_backend<'a>(
+    worker: &Worker,
+    state: &'a ServiceState,
+    peer: SocketAddr,
+) -> Option<(usize, TcpStream, ActiveGuard<'a>)> {
+    let config = &state.config;
+    let attempts = config.retries as usize + 1;
+    let mut candidates = Vec::with_capacity(attempts);
+    state.selector.candidates(
+        state,
+        peer.ip(),
+        &mut worker.rng.borrow_mut(),
+        attempts,
+        &mut candidates,
+    );
+    for index in candidates {
+        let backend = &state.backends[index];
+        let active = ActiveGuard::new(backend);
+        let address = backend.address();
+        let failure = match compio::time::timeout(
+            config.connect_timeout,
+            TcpStream::connect(address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                // Latency over throughput for request/response protocols, as on the client side.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%address, error = %e, "cannot set TCP_NODELAY");
+                }
+                return Some((index, stream, active));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", config.connect_timeout),
+        };
+        backend
+            .counters
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(service = %config.name, backend = %address, reason = %failure, "connect failed");
+    }
+    None
+}
+
+/// Moves bytes both ways until both directions ended in order, one side failed, the connection
+/// went idle, or the drain deadline passed.
+async fn proxy(
+    worker: &Worker,
+    state: &ServiceState,
+    id: ConnId,
+    client: &TcpStream,
+    backend: &TcpStream,
+) -> End {
+    let size = state.config.buffer_size;
+    let mut up = pin!(pump(worker, id, Dir::Up, client, backend, size));
+    let mut down = pin!(pump(worker, id, Dir::Down, backend, client, size));
+    let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
+    let mut abort = pin!(worker.shutdown.aborting());
+    let mut up_end = None;
+    let mut down_end = None;
+    std::future::poll_fn(|cx| {
+        if up_end.is_none()
+            && let Poll::Ready(e) = up.as_mut().poll(cx)
+        {
+            up_end = Some(e);
+            if e == DirEnd::Eof {
+                worker
+                    .table
+                    .borrow_mut()
+                    .set_state(id, ConnState::ClientClosed);
+            }
+        }
+        if down_end.is_none()
+            && let Poll::Ready(e) = down.as_mut().poll(cx)
+        {
+            down_end = Some(e);
+            if e == DirEnd::Eof {
+                worker
+                    .table
+                    .borrow_mut()
+                    .set_state(id, ConnState::BackendClosed);
+            }
+        }
+        match (up_end, down_end) {
+            (Some(DirEnd::ReadFailed), _) | (_, Some(DirEnd::WriteFailed)) => {
+                return Poll::Ready(End::ClientReset);
+            }
+            (Some(DirEnd::WriteFailed), _) | (_, Some(DirEnd::ReadFailed)) => {
+                return Poll::Ready(End::BackendReset);
+            }
+            (Some(DirEnd::Eof), Some(DirEnd::Eof)) => return Poll::Ready(End::Closed),
+            _ => {}
+        }
+        if idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::IdleTimeout);
+        }
+        if abort.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Shutdown);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Copies one direction through a buffer of `size` bytes until EOF or failure.
+async fn pump(
+    worker: &Worker,
+    id: ConnId,
+    dir: Dir,
+    from: &TcpStream,
+    to: &TcpStream,
+    size: usize,
+) -> DirEnd {
+    let mut reader = from;
+    let mut writer = to;
+    let mut buf = Vec::with_capacity(size);
+    loop {
+        buf.clear();
+        let BufResult(read, b) = reader.read(buf).await;
+        buf = b;
+        match read {
+            Ok(0) => {
+                // Half-close: the other direction keeps flowing until it ends too.
+                return match writer.shutdown().await {
+                    Ok(()) => DirEnd::Eof,
+                    Err(_) => DirEnd::WriteFailed,
+                };
+            }
+            Ok(n) => {
+                let BufResult(written, b) = writer.write_all(buf).await;
+                buf = b;
+                if written.is_err() {
+                    return DirEnd::WriteFailed;
+                }
+                let now = Instant::now();
+                let mut table = worker.table.borrow_mut();
+                match dir {
+                    Dir::Up => table.record_up(id, n as u64, now),
+                    Dir::Down => table.record_down(id, n as u64, now),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return DirEnd::ReadFailed,
+        }
+    }
+}
+
+/// Resolves once the connection has moved no byte for `idle`.
+async fn idle_timer(worker: &Worker, id: ConnId, idle: std::time::Duration) {
+    loop {
+        let remaining = worker
+            .table
+            .borrow()
+            .idle_remaining(id, idle, Instant::now());
+        match remaining {
+            Some(wait) => compio::time::sleep(wait).await,
+            None => return,
+        }
+    }
+}
+
+/// Makes the coming close send a reset (SO_LINGER 0), so a reset on one side reaches the other.
+fn reset_on_close(stream: &TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!(error = %e, "cannot set SO_LINGER 0");
+    }
+}

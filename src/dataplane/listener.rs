@@ -1,0 +1,82 @@
+//! Listening sockets, built with socket2 before the workers start.
+//!
+//! Owns: creating one `SO_REUSEPORT` TCP listener per (worker, service), so the kernel spreads
+//! new connections over the workers. Binding happens on the starting thread, so an address in use
+//! is reported to the operator before any worker runs.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::DataPlaneError;
+
+/// Binds `count` listeners on `addr` sharing the port through `SO_REUSEPORT`.
+///
+/// When `addr` has port 0, the first socket gets a port from the kernel and the others bind that
+/// same port, so every worker serves one address. Returns the listeners and that address.
+pub fn bind_tcp(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), DataPlaneError> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let listener = bind_one(bound, backlog).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => DataPlaneError::ListenerAddressInUse(bound),
+            _ => DataPlaneError::Bind {
+                address: bound,
+                source: e,
+            },
+        })?;
+        if bound.port() == 0 {
+            bound = listener.local_addr().map_err(|e| DataPlaneError::Bind {
+                address: addr,
+                source: e,
+            })?;
+        }
+        listeners.push(listener);
+    }
+    Ok((listeners, bound))
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // Dual-stack behaviour varies by host; a v6 listen address means v6 only.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux.
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_gives_every_worker_the_same_port() {
+        let (ls, addr) = bind_tcp("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        assert_ne!(addr.port(), 0);
+        for l in &ls {
+            assert_eq!(l.local_addr().unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn address_held_by_another_process_is_reported_with_the_address() {
+        // A plain listener without SO_REUSEPORT holds the port exclusively.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = other.local_addr().unwrap();
+        match bind_tcp(addr, 1, 16) {
+            Err(DataPlaneError::ListenerAddressInUse(a)) => assert_eq!(a, addr),
+            other => panic!("expected ListenerAddressInUse, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The data plane: worker threads, each with its own io_uring runtime (compio).
+//!
+//! Owns: worker threads and their runtimes, listening sockets, accepting, backend connects and
+//! byte forwarding, and each worker's connection-tracking table. compio types stay inside this
+//! module. Does not own: backend choice (the [`crate::balancer`] selectors, read through the
+//! [`crate::control::Snapshot`]) or deciding when to shut down ([`crate::control::Shutdown`]).
+//!
+//! Per connection there is no lock: the snapshot is loaded lock-free, counters are atomics, and
+//! the tracking table belongs to one thread.
+
+mod forward;
+mod listener;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+
+use crate::config::{Config, Protocol};
+use crate::control::{SharedSnapshot, Shutdown};
+
+pub use listener::bind_tcp;
+
+/// Errors starting the data plane; each names the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    /// Another process (without `SO_REUSEPORT` sharing) holds the listen address.
+    #[error("listen address {0} is already in use by another process")]
+    ListenerAddressInUse(SocketAddr),
+    /// Binding or listening failed for another reason.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address that could not be bound.
+        address: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A service uses a protocol this build does not serve yet.
+    #[error("service {0:?}: protocol udp is not supported by this build")]
+    UnsupportedProtocol(String),
+    /// A worker thread could not be started.
+    #[error("cannot start worker thread {index}: {source}")]
+    Thread {
+        /// The worker's index.
+        index: usize,
+        /// The operating system's error.
+        source: io::Error,
+    },
+}
+
+/// A service as it listens: its name and the address it was bound to (port 0 resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    /// The service's name.
+    pub service: String,
+    /// The bound address.
+    pub address: SocketAddr,
+}
+
+/// Running workers.
+#[derive(Debug)]
+pub struct DataPlane {
+    threads: Vec<JoinHandle<()>>,
+    exited: Receiver<usize>,
+    shutdown: Arc<Shutdown>,
+    listening: Vec<Listening>,
+}
+
+impl DataPlane {
+    /// Binds every service's listeners and starts `config.runtime.workers` workers.
+    pub fn start(
+        config: &Config,
+        snapshot: SharedSnapshot,
+        shutdown: Arc<Shutdown>,
+    ) -> Result<DataPlane, DataPlaneError> {
+        let workers = config.runtime.workers.max(1);
+        let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut listening = Vec::new();
+        for (index, service) in config.services.iter().enumerate() {
+            if service.protocol != Protocol::Tcp {
+                return Err(DataPlaneError::UnsupportedProtocol(service.name.clone()));
+            }
+            let (listeners, address) = bind_tcp(service.listen, workers, service.backlog)?;
+            for (worker, l) in listeners.into_iter().enumerate() {
+                per_worker[worker].push((index, l));
+            }
+            tracing::info!(service = %service.name, %address, workers, "listening");
+            listening.push(Listening {
+                service: service.name.clone(),
+                address,
+            });
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (exit_tx, exited) = crossbeam::channel::bounded(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for (index, listeners) in per_worker.into_iter().enumerate() {
+            let w = worker::WorkerSetup {
+                index,
+                pin_to: config.runtime.pin_workers.then_some(index % cpus),
+                listeners,
+                snapshot: snapshot.clone(),
+                shutdown: shutdown.clone(),
+                exited: exit_tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("ringlb-worker-{index}"))
+                .spawn(move || worker::run(w))
+                .map_err(|source| DataPlaneError::Thread { index, source })?;
+            threads.push(thread);
+        }
+        Ok(DataPlane {
+            threads,
+            exited,
+            shutdown,
+            listening,
+        })
+    }
+
+    /// The services and the addresses they listen on.
+    pub fn listening(&self) -> &[Listening] {
+        &self.listening
+    }
+
+    /// Drains: stops accepting now, lets live connections finish until `deadline`, then closes
+    /// the rest and waits for every worker to exit.
+    pub fn drain_until(self, deadline: Instant) {
+        self.shutdown.drain();
+        let mut remaining = self.threads.len();
+        while remaining > 0 {
+            match self.exited.recv_deadline(deadline) {
+                Ok(_) => remaining -= 1,
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!(
+                        workers = remaining,
+                        "drain deadline reached: closing live connections"
+                    );
+                    self.shutdown.abort();
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
