@@ -81,7 +81,7 @@ fn check(path: Option<&Path>) -> ExitCode {
     };
     match Config::load(path) {
         Ok(config) => {
-            print!("{}", config.summary());
+            println!("{}", config.summary().trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,58 +1,291 @@
-//! STUB (replaced by the config layer)
-use crate::balancer::Algorithm;
+//! Configuration: reading, parsing and validating ringlb's TOML config into a typed [`Config`].
+//!
+//! This module owns the config file format and its rules. It opens no sockets and starts nothing;
+//! the only I/O is reading the file and resolving backend host names (`host:port`) once at load.
+//! Binding listeners belongs to `dataplane`, building selectors from a service to `balancer` and
+//! `control`; this module only says what the operator asked for.
+//!
+//! Loading runs in three stages (style guide item 6):
+//!
+//! 1. `file`: serde structs that mirror the TOML, unknown keys denied; values that later checks
+//!    look at keep their byte span.
+//! 2. `validate`: per-value and cross-field checks (ranges, durations, duplicate names and listen
+//!    addresses, options of the other protocol), defaults from [`defaults`]. Value formats
+//!    (durations, byte sizes, backend addresses) are parsed in `values`.
+//! 3. The typed [`Config`] below, which the rest of ringlb uses.
+//!
+//! Every error is a [`ConfigError`] that names file, line, column and key path, and says what is
+//! wrong with the value, e.g.
+//! `config/x.toml:12:10: service[1].listen: "127.0.0.1:99999" is not a socket address (IP:port)`.
+//!
+//! Guarantee: a `Config` returned by [`Config::load`] or [`Config::parse`] has at least one service,
+//! every service at least one backend, every number within the limits in [`defaults`], distinct
+//! service names and no two services of one protocol on the same (or an overlapping) address.
+
+pub mod defaults;
+mod error;
+mod file;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
-#[derive(Debug, Clone)]
+
+pub use error::{ConfigError, Location};
+
+use crate::balancer::Algorithm;
+use error::Doc;
+use values::{format_bytes, format_duration};
+
+/// A loaded and validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The file path it was loaded from, or the name given to [`Config::parse`] (e.g. `<embedded>`).
     pub source: String,
+    /// Process-wide settings (`[runtime]`).
     pub runtime: Runtime,
+    /// The services (`[[service]]`), in file order; never empty.
     pub services: Vec<Service>,
 }
-#[derive(Debug, Clone)]
+
+/// Process-wide settings: the `[runtime]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Runtime {
+    /// Number of worker threads, each with its own io_uring. Default: the number of CPUs the
+    /// process may use (`std::thread::available_parallelism`), capped at [`defaults::MAX_WORKERS`].
     pub workers: usize,
+    /// Pin worker `i` to CPU `i`. Default [`defaults::DEFAULT_PIN_WORKERS`].
     pub pin_workers: bool,
+    /// How long a stop waits for open connections to finish; zero closes them at once.
+    /// Default [`defaults::DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
 }
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Protocol {
+    /// TCP: connections are accepted and forwarded to a backend connection.
     Tcp,
+    /// UDP: datagrams are grouped into flows per client address.
     Udp,
 }
-#[derive(Debug, Clone)]
+
+impl Protocol {
+    /// The name used in config files: "tcp" or "udp".
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a UDP service spreads datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UdpMode {
+    /// All datagrams of a flow (one client address) go to the backend its first datagram chose.
+    Flow,
+    /// Every datagram chooses a backend anew (stateless protocols such as syslog or statsd).
+    PerPacket,
+}
+
+impl UdpMode {
+    /// The name used in config files: "flow" or "per_packet".
+    pub fn name(self) -> &'static str {
+        match self {
+            UdpMode::Flow => "flow",
+            UdpMode::PerPacket => "per_packet",
+        }
+    }
+}
+
+/// One load-balanced service: a `[[service]]` table.
+///
+/// Options of the other protocol are refused when written; here they hold their defaults, and the
+/// data plane does not use them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
+    /// Unique name, 1 to [`defaults::MAX_SERVICE_NAME_LEN`] letters, digits, `-`, `_` or `.`.
     pub name: String,
+    /// Address to listen on (`IP:port`; port 0 picks a free port).
     pub listen: SocketAddr,
+    /// TCP or UDP. Default [`defaults::DEFAULT_PROTOCOL`].
     pub protocol: Protocol,
+    /// Backend selection. Default [`defaults::DEFAULT_ALGORITHM`].
     pub algorithm: Algorithm,
+    /// Maglev table size for `source_hash`: prime, at least
+    /// [`defaults::MIN_HASH_SLOTS_PER_BACKEND`] per backend. Default
+    /// [`defaults::DEFAULT_HASH_TABLE_SIZE`].
     pub hash_table_size: usize,
+    /// TCP: how long a connect to a backend may take. Default [`defaults::DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// TCP: a connection with no bytes either way for this long is closed. Default
+    /// [`defaults::DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
+    /// TCP: open client connections of this service, at least 1. Default
+    /// [`defaults::DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: u32,
+    /// TCP: further backends tried when a connect fails, at most [`defaults::MAX_RETRIES`].
+    /// Default [`defaults::DEFAULT_RETRIES`].
     pub retries: u32,
+    /// TCP: forwarding buffer per direction per connection, in bytes, between
+    /// [`defaults::MIN_BUFFER_SIZE`] and [`defaults::MAX_BUFFER_SIZE`]. Default
+    /// [`defaults::DEFAULT_BUFFER_SIZE`].
     pub buffer_size: usize,
+    /// TCP: listen backlog, between 1 and [`defaults::MAX_BACKLOG`]. Default
+    /// [`defaults::DEFAULT_BACKLOG`].
     pub backlog: u32,
+    /// One log line per closed connection or expired flow. Default [`defaults::DEFAULT_ACCESS_LOG`].
     pub access_log: bool,
+    /// UDP settings (the `udp_*` keys).
+    pub udp: UdpSettings,
+    /// The backends, in file order; never empty, no two with the same address.
     pub backends: Vec<Backend>,
 }
-#[derive(Debug, Clone)]
+
+/// The UDP settings of a service: its `udp_*` keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// `udp_idle_timeout`: a flow with no datagram either way for this long ends. Default
+    /// [`defaults::DEFAULT_UDP_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// `udp_max_flows`: flows tracked at once, at least 1; beyond it the least recently used flow
+    /// is evicted. Default [`defaults::DEFAULT_UDP_MAX_FLOWS`].
+    pub max_flows: usize,
+    /// `udp_replies`: when set, a flow ends once this many reply datagrams have come back for each
+    /// client datagram (1 for DNS). `None` (default): flows end by idle timeout only.
+    pub replies: Option<u32>,
+    /// `udp_mode`. Default [`defaults::DEFAULT_UDP_MODE`].
+    pub mode: UdpMode,
+}
+
+/// One backend server: a `[[service.backend]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
+    /// The address connected to, resolved at load time (first address of a host name).
     pub address: SocketAddr,
+    /// The address as written, e.g. "db1.local:5432".
     pub spec: String,
+    /// Relative weight, between 1 and [`defaults::MAX_WEIGHT`]. Default [`defaults::DEFAULT_WEIGHT`].
     pub weight: u32,
+    /// TCP: open connections to this backend, at least 1; `None` (default): no limit of its own.
     pub max_connections: Option<u32>,
 }
-#[derive(Debug, thiserror::Error)]
-#[error("bad config")]
-pub struct ConfigError;
+
 impl Config {
-    pub fn load(_p: &std::path::Path) -> Result<Config, ConfigError> {
-        Err(ConfigError)
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+        Config::parse(&text, &path.display().to_string())
     }
-    pub fn parse(_t: &str, _s: &str) -> Result<Config, ConfigError> {
-        Err(ConfigError)
+
+    /// Parses and validates config text; `source` names it in errors and in [`Config::source`]
+    /// (a path, or e.g. `<embedded>` for the built-in demo config).
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let doc = Doc { source, text };
+        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| doc.syntax(e))?;
+        let file = serde_path_to_error::deserialize(deserializer).map_err(|e| doc.schema(e))?;
+        validate::build(file, &doc)
     }
+
+    /// A short human summary: workers, then each service with protocol, listen address,
+    /// algorithm, timeouts and backends with weights. Printed by `ringlb check`.
     pub fn summary(&self) -> String {
-        String::new()
+        let mut out = String::new();
+        let rt = &self.runtime;
+        let services = self.services.len();
+        let _ = writeln!(
+            out,
+            "{}: {} worker{}{}, drain timeout {}, {} service{}",
+            self.source,
+            rt.workers,
+            plural(rt.workers),
+            if rt.pin_workers { " (pinned)" } else { "" },
+            format_duration(rt.drain_timeout),
+            services,
+            plural(services),
+        );
+        for s in &self.services {
+            let _ = write!(
+                out,
+                "service {:?}: {} {}, {}",
+                s.name,
+                s.protocol,
+                s.listen,
+                s.algorithm.name()
+            );
+            if s.algorithm == Algorithm::SourceHash {
+                let _ = write!(out, " (table {})", s.hash_table_size);
+            }
+            match s.protocol {
+                Protocol::Tcp => {
+                    let _ = write!(
+                        out,
+                        ", connect timeout {}, idle timeout {}, max {} connections, {} retr{}, \
+                         buffer {}, backlog {}",
+                        format_duration(s.connect_timeout),
+                        format_duration(s.idle_timeout),
+                        s.max_connections,
+                        s.retries,
+                        if s.retries == 1 { "y" } else { "ies" },
+                        format_bytes(s.buffer_size),
+                        s.backlog,
+                    );
+                }
+                Protocol::Udp => {
+                    let _ = write!(
+                        out,
+                        ", {} mode, idle timeout {}, max {} flows",
+                        s.udp.mode.name(),
+                        format_duration(s.udp.idle_timeout),
+                        s.udp.max_flows,
+                    );
+                    if let Some(replies) = s.udp.replies {
+                        let _ = write!(
+                            out,
+                            ", {replies} repl{}",
+                            if replies == 1 { "y" } else { "ies" }
+                        );
+                    }
+                }
+            }
+            if s.access_log {
+                out.push_str(", access log");
+            }
+            out.push('\n');
+            for b in &s.backends {
+                let _ = write!(out, "  backend {}", b.address);
+                if b.spec != b.address.to_string() {
+                    let _ = write!(out, " ({})", b.spec);
+                }
+                let _ = write!(out, " weight {}", b.weight);
+                if let Some(max) = b.max_connections {
+                    let _ = write!(out, ", max {max} connections");
+                }
+                out.push('\n');
+            }
+        }
+        out
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }

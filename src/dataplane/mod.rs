@@ -42,6 +42,9 @@ pub enum DataPlaneError {
     /// A service uses a protocol this build does not serve yet.
     #[error("service {0:?}: protocol udp is not supported by this build")]
     UnsupportedProtocol(String),
+    /// A worker's io_uring runtime could not be created or could not take its listeners.
+    #[error("cannot start the io_uring runtime: {0}")]
+    Runtime(io::Error),
     /// A worker thread could not be started.
     #[error("cannot start worker thread {index}: {source}")]
     Thread {
@@ -89,7 +92,6 @@ impl DataPlane {
             for (worker, l) in listeners.into_iter().enumerate() {
                 per_worker[worker].push((index, l));
             }
-            tracing::info!(service = %service.name, %address, workers, "listening");
             listening.push(Listening {
                 service: service.name.clone(),
                 address,
@@ -97,6 +99,7 @@ impl DataPlane {
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (exit_tx, exited) = crossbeam::channel::bounded(workers);
+        let (ready_tx, ready) = crossbeam::channel::bounded(workers);
         let mut threads = Vec::with_capacity(workers);
         for (index, listeners) in per_worker.into_iter().enumerate() {
             let w = worker::WorkerSetup {
@@ -106,12 +109,37 @@ impl DataPlane {
                 snapshot: snapshot.clone(),
                 shutdown: shutdown.clone(),
                 exited: exit_tx.clone(),
+                ready: ready_tx.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringlb-worker-{index}"))
                 .spawn(move || worker::run(w))
-                .map_err(|source| DataPlaneError::Thread { index, source })?;
+                .map_err(|source| {
+                    // Workers already started must not keep serving.
+                    shutdown.abort();
+                    DataPlaneError::Thread { index, source }
+                })?;
             threads.push(thread);
+        }
+        drop(ready_tx);
+        // Report readiness only once every worker runs its runtime and owns its listeners.
+        for _ in 0..workers {
+            match ready.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    shutdown.abort();
+                    return Err(e);
+                }
+                Err(_) => {
+                    shutdown.abort();
+                    return Err(DataPlaneError::Runtime(io::Error::other(
+                        "a worker exited while starting",
+                    )));
+                }
+            }
+        }
+        for l in &listening {
+            tracing::info!(service = %l.service, address = %l.address, workers, "listening");
         }
         Ok(DataPlane {
             threads,

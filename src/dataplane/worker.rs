@@ -18,7 +18,7 @@ use futures_util::future::{Either, select};
 use crate::balancer::conntrack::ConnTable;
 use crate::control::{ServiceState, SharedSnapshot, Shutdown};
 
-use super::forward;
+use super::{DataPlaneError, forward};
 
 /// How long accepting pauses after the process ran out of file descriptors (or socket memory).
 /// Short enough that accepts resume well within a second of fds being freed, long enough that a
@@ -34,6 +34,8 @@ pub(super) struct WorkerSetup {
     pub snapshot: SharedSnapshot,
     pub shutdown: Arc<Shutdown>,
     pub exited: Sender<usize>,
+    /// Told once the worker's runtime runs and owns its listeners (or why it could not).
+    pub ready: Sender<Result<(), DataPlaneError>>,
 }
 
 /// State shared by the tasks of one worker (one thread, so `Rc` and `RefCell`).
@@ -58,8 +60,7 @@ pub(super) fn run(setup: WorkerSetup) {
     match builder.build() {
         Ok(runtime) => runtime.block_on(serve(setup)),
         Err(e) => {
-            tracing::error!(worker = index, error = %e, "cannot create io_uring runtime");
-            setup.shutdown.drain();
+            let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
         }
     }
     // The receiver is gone only when the data plane was dropped; nothing is waiting then.
@@ -82,21 +83,24 @@ async fn serve(setup: WorkerSetup) {
         rng: RefCell::new(fastrand::Rng::new()),
         conn_closed: Event::new(),
     });
-    let mut accepting = Vec::new();
+    let mut listeners = Vec::with_capacity(setup.listeners.len());
     for (service, std_listener) in setup.listeners {
         match TcpListener::from_std(std_listener) {
-            Ok(listener) => {
-                accepting.push(compio::runtime::spawn(accept_loop(
-                    worker.clone(),
-                    service,
-                    listener,
-                )));
-            }
+            Ok(listener) => listeners.push((service, listener)),
             Err(e) => {
-                tracing::error!(worker = worker.index, service, error = %e, "cannot register listener")
+                let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
+                return;
             }
         }
     }
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|(service, listener)| {
+            compio::runtime::spawn(accept_loop(worker.clone(), service, listener))
+        })
+        .collect();
+    // The receiver is gone only if start() already failed; this worker then drains at once.
+    let _ = setup.ready.send(Ok(()));
     for task in accepting {
         // An accept loop returns once the drain began; its listener is closed by then.
         let _ = task.await;

@@ -1,0 +1,113 @@
+//! Defaults and limits of every config option, each with the reason for its value.
+//!
+//! `config/ringlb.toml` repeats the defaults for operators; a unit test checks that its example
+//! services equal services built from these constants, so the two cannot drift apart.
+
+use std::time::Duration;
+
+use super::{Protocol, UdpMode};
+use crate::balancer::Algorithm;
+
+// ---- [runtime] ----
+
+/// `runtime.pin_workers`: off. Pinning a worker to its core pays only when ringlb owns the cores;
+/// on a shared host it fights the scheduler.
+pub const DEFAULT_PIN_WORKERS: bool = false;
+
+/// `runtime.drain_timeout`: 30 s lets in-flight requests and short transactions finish after a stop,
+/// and stays well below systemd's default stop timeout (90 s), so ringlb exits on its own first.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Upper bound of `runtime.workers` (one worker per core): more cores than ringlb's hosts have,
+/// low enough to catch a typo such as `workers = 10000`.
+pub const MAX_WORKERS: usize = 1024;
+
+// ---- [[service]] ----
+
+/// Longest service name. Names end up in log lines and metric labels, so they stay short.
+pub const MAX_SERVICE_NAME_LEN: usize = 64;
+
+/// `protocol`: TCP, because ringlb mostly fronts databases (PostgreSQL, Redis, MySQL).
+pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
+
+/// `algorithm`: round robin needs no weights, state or tuning and is what an operator expects when
+/// they choose nothing.
+pub const DEFAULT_ALGORITHM: Algorithm = Algorithm::RoundRobin;
+
+/// `hash_table_size`: the selection core's Maglev default (65537, prime). It gives each of up to
+/// 655 backends the [`MIN_HASH_SLOTS_PER_BACKEND`] slots that keep shares even.
+pub const DEFAULT_HASH_TABLE_SIZE: usize = crate::balancer::DEFAULT_MAGLEV_SIZE;
+
+/// Maglev needs about 100 table slots per backend to keep every backend's share of keys within
+/// about 1% of its fair share (as the Maglev paper advises), so smaller tables are refused.
+pub const MIN_HASH_SLOTS_PER_BACKEND: usize = 100;
+
+/// Largest `hash_table_size`: the largest prime below 2^24. Every worker holds the table of each
+/// source-hash service; 2^24 four-byte entries (64 MiB) is already far more than 100 slots for
+/// each of the thousands of backends a service may have.
+pub const MAX_HASH_TABLE_SIZE: usize = 16_777_213;
+
+/// `connect_timeout`: 3 s. Linux retransmits a lost SYN after 1 s, so one loss is survived, and a
+/// dead backend is given up soon enough for `retries` to reach another one while the client waits.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `idle_timeout`: 10 min. Pooled database connections sit idle for minutes between bursts (10 min
+/// is also HikariCP's default idle timeout); connections whose client vanished without a FIN are
+/// still reclaimed within minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// `max_connections` of a service: 10000 bounds memory to about 313 MiB of forwarding buffers
+/// (2 × [`DEFAULT_BUFFER_SIZE`] each) and 20000 file descriptors, which a raised `ulimit -n` covers.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+
+/// `retries`: 2, so three backends are tried. With [`DEFAULT_CONNECT_TIMEOUT`] a client waits at
+/// most 9 s before ringlb gives up.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// Largest `retries`. Retries beyond the number of backends are harmless (candidates run out
+/// first), but a larger number is a typo: 100 connect timeouts is a client waiting for minutes.
+pub const MAX_RETRIES: u32 = 100;
+
+/// `buffer_size`: 16 KiB per direction per connection, the size of the largest TLS record, so
+/// one read moves a whole record; larger buffers cost memory on every connection for little gain.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Smallest `buffer_size`: below 1 KiB the per-read overhead dominates the bytes moved.
+pub const MIN_BUFFER_SIZE: usize = 1024;
+
+/// Largest `buffer_size`: 16 MiB is above any socket buffer Linux grants by default
+/// (`tcp_rmem` max is 6 MiB), so a larger buffer could never fill.
+pub const MAX_BUFFER_SIZE: usize = 16 * 1024 * 1024;
+
+/// `backlog`: 1024 pending connections absorb a reconnect storm of a large client pool; the kernel
+/// clamps it to `net.core.somaxconn` (4096 by default since Linux 5.4) anyway.
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
+/// Largest `backlog`: the kernel clamps the backlog to `net.core.somaxconn` (4096 by default), so
+/// a value above 65535 is a typo rather than tuning.
+pub const MAX_BACKLOG: u32 = 65_535;
+
+/// `access_log`: off, because one line per connection floods the log of a busy pool.
+pub const DEFAULT_ACCESS_LOG: bool = false;
+
+/// `udp_idle_timeout`: 30 s, the same as Linux conntrack's UDP timeout: a UDP flow quiet for that
+/// long is over for every stateful middlebox on the path anyway.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `udp_max_flows`: each flow holds an upstream socket (a file descriptor) and a table entry, so
+/// 65536 flows stay within a raised `ulimit -n` and a few MiB of memory, while serving tens of
+/// thousands of clients at once.
+pub const DEFAULT_UDP_MAX_FLOWS: usize = 65_536;
+
+/// `udp_mode`: whole flows stick to one backend, which stateful UDP protocols need; stateless ones
+/// (syslog, statsd) can choose `per_packet`.
+pub const DEFAULT_UDP_MODE: UdpMode = UdpMode::Flow;
+
+// ---- [[service.backend]] ----
+
+/// `weight` of a backend: 1, so all backends are equal unless told otherwise.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// Largest `weight`. Weights are relative: 1000 gives 0.1% resolution while keeping weighted
+/// round robin's sums and Maglev's per-weight work small.
+pub const MAX_WEIGHT: u32 = 1000;

@@ -1,0 +1,120 @@
+//! The config file as written: serde structs that mirror the TOML, stage one of loading.
+//!
+//! Every table denies unknown keys. Optional keys are `Option` so that validation knows whether a
+//! key was written (an option of the other protocol is an error even at its default value); the
+//! defaults are filled in from [`super::defaults`] when the typed config is built. Values that
+//! validation checks are `Spanned`, so its errors can point at them.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use super::{Protocol, UdpMode};
+use crate::balancer::Algorithm;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    /// `[runtime]`.
+    pub(crate) runtime: Option<RuntimeFile>,
+    /// `[[service]]` tables.
+    pub(crate) service: Option<Spanned<Vec<Spanned<ServiceFile>>>>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuntimeFile {
+    pub(crate) workers: Option<Spanned<usize>>,
+    pub(crate) pin_workers: Option<bool>,
+    pub(crate) drain_timeout: Option<Spanned<DurationText>>,
+}
+
+/// One `[[service]]`. The `udp_*` keys fill [`super::UdpSettings`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceFile {
+    pub(crate) name: Spanned<String>,
+    pub(crate) listen: Spanned<String>,
+    pub(crate) protocol: Option<Spanned<Protocol>>,
+    pub(crate) algorithm: Option<Spanned<Algorithm>>,
+    pub(crate) hash_table_size: Option<Spanned<usize>>,
+    pub(crate) connect_timeout: Option<Spanned<DurationText>>,
+    pub(crate) idle_timeout: Option<Spanned<DurationText>>,
+    pub(crate) max_connections: Option<Spanned<u32>>,
+    pub(crate) retries: Option<Spanned<u32>>,
+    pub(crate) buffer_size: Option<Spanned<ByteSize>>,
+    pub(crate) backlog: Option<Spanned<u32>>,
+    pub(crate) access_log: Option<Spanned<bool>>,
+    pub(crate) udp_idle_timeout: Option<Spanned<DurationText>>,
+    pub(crate) udp_max_flows: Option<Spanned<usize>>,
+    pub(crate) udp_replies: Option<Spanned<u32>>,
+    pub(crate) udp_mode: Option<Spanned<UdpMode>>,
+    pub(crate) backend: Option<Spanned<Vec<Spanned<BackendFile>>>>,
+}
+
+/// One `[[service.backend]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackendFile {
+    pub(crate) address: Spanned<String>,
+    pub(crate) weight: Option<Spanned<u32>>,
+    pub(crate) max_connections: Option<Spanned<u32>>,
+}
+
+/// A duration as written ("3s"); parsed during validation so that a bad one gets a typed error.
+/// Only strings are accepted: a bare number has no unit.
+#[derive(Debug)]
+pub(crate) struct DurationText(pub(crate) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a duration string with a unit, such as \"250ms\", \"3s\", \"10m\" or \"1h\"",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+/// A byte size as written: an integer number of bytes, or a string such as "64KiB".
+#[derive(Debug)]
+pub(crate) enum ByteSize {
+    /// An integer (may be negative or zero: validation says why that is wrong).
+    Bytes(i64),
+    /// A string, parsed during validation.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a byte size: a number of bytes or a string such as \"64KiB\" or \"1MiB\"",
+                )
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                Ok(ByteSize::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize::Bytes(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                Ok(ByteSize::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}

@@ -1,0 +1,570 @@
+//! Stage two of loading: checks every value and the rules between values, fills in defaults and
+//! builds the typed [`Config`]. Stops at the first error, checking in file order as far as that
+//! is practical.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::defaults::*;
+use super::error::{ConfigError, Doc};
+use super::file::{BackendFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile};
+use super::values::{AddrProblem, parse_byte_size, parse_duration, resolve_backend};
+use super::{Backend, Config, Protocol, Runtime, Service, UdpSettings};
+use crate::balancer::Algorithm;
+use crate::balancer::maglev::is_prime;
+
+/// Builds the typed config from the file structs.
+pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigError> {
+    let runtime = runtime(file.runtime, doc)?;
+    let Some(list) = file.service else {
+        return Err(ConfigError::NoServices {
+            at: doc.at(0, "service"),
+        });
+    };
+    if list.get_ref().is_empty() {
+        return Err(ConfigError::NoServices {
+            at: doc.at(list.span().start, "service"),
+        });
+    }
+    let mut services: Vec<Service> = Vec::with_capacity(list.get_ref().len());
+    let mut seen: Vec<Seen> = Vec::with_capacity(services.capacity());
+    for (index, entry) in list.into_inner().into_iter().enumerate() {
+        let mut check = ServiceCheck {
+            doc,
+            index,
+            header: entry.span().start,
+            seen: &seen,
+            protocol: DEFAULT_PROTOCOL,
+        };
+        let (service, this) = check.service(entry.into_inner())?;
+        services.push(service);
+        seen.push(this);
+    }
+    Ok(Config {
+        source: doc.source.to_owned(),
+        runtime,
+        services,
+    })
+}
+
+/// The number of workers when `workers` is not set: one per CPU this process may run on.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_WORKERS)
+}
+
+fn runtime(file: Option<RuntimeFile>, doc: &Doc<'_>) -> Result<Runtime, ConfigError> {
+    let Some(file) = file else {
+        return Ok(Runtime {
+            workers: default_workers(),
+            pin_workers: DEFAULT_PIN_WORKERS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        });
+    };
+    let workers = match &file.workers {
+        Some(w) => in_range(doc, w, "runtime.workers", 1, Some(MAX_WORKERS))?,
+        None => default_workers(),
+    };
+    let drain_timeout = match &file.drain_timeout {
+        // Zero is meaningful here: close every connection at once.
+        Some(d) => duration(doc, d, "runtime.drain_timeout".to_owned(), true)?,
+        None => DEFAULT_DRAIN_TIMEOUT,
+    };
+    Ok(Runtime {
+        workers,
+        pin_workers: file.pin_workers.unwrap_or(DEFAULT_PIN_WORKERS),
+        drain_timeout,
+    })
+}
+
+/// What later services are checked against: an earlier service's name and listen address.
+struct Seen {
+    name: String,
+    name_line: usize,
+    listen: SocketAddr,
+    listen_line: usize,
+    protocol: Protocol,
+}
+
+/// Checks one `[[service]]`.
+struct ServiceCheck<'a, 'd> {
+    doc: &'a Doc<'d>,
+    index: usize,
+    /// Byte offset of the service's table (its `[[service]]` header).
+    header: usize,
+    seen: &'a [Seen],
+    protocol: Protocol,
+}
+
+impl ServiceCheck<'_, '_> {
+    fn key(&self, key: &str) -> String {
+        format!("service[{}].{key}", self.index)
+    }
+
+    /// Refuses `value` (present) when the service's protocol is not `needs`.
+    fn only_for<T>(
+        &self,
+        needs: Protocol,
+        value: &Option<Spanned<T>>,
+        key: impl FnOnce() -> String,
+    ) -> Result<(), ConfigError> {
+        match value {
+            Some(v) if self.protocol != needs => Err(ConfigError::WrongProtocol {
+                at: self.doc.at(v.span().start, key()),
+                needs,
+                protocol: self.protocol,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn tcp_only<T>(&self, value: &Option<Spanned<T>>, key: &str) -> Result<(), ConfigError> {
+        self.only_for(Protocol::Tcp, value, || self.key(key))
+    }
+
+    fn udp_only<T>(&self, value: &Option<Spanned<T>>, key: &str) -> Result<(), ConfigError> {
+        self.only_for(Protocol::Udp, value, || self.key(key))
+    }
+
+    /// An optional duration that must not be zero.
+    fn duration(
+        &self,
+        value: &Option<Spanned<DurationText>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            Some(v) => duration(self.doc, v, self.key(key), false),
+            None => Ok(default),
+        }
+    }
+
+    /// An optional number within `min..=max`.
+    fn number<T: Copy + PartialOrd + Display>(
+        &self,
+        value: &Option<Spanned<T>>,
+        key: &str,
+        min: T,
+        max: Option<T>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) => in_range(self.doc, v, self.key(key), min, max),
+            None => Ok(default),
+        }
+    }
+
+    /// A valid name that no earlier service has.
+    fn name(&self, value: &Spanned<String>) -> Result<(), ConfigError> {
+        let name = value.get_ref();
+        let at = || self.doc.at(value.span().start, self.key("name"));
+        if !is_service_name(name) {
+            return Err(ConfigError::BadServiceName {
+                at: at(),
+                value: name.clone(),
+            });
+        }
+        match self.seen.iter().enumerate().find(|(_, o)| o.name == *name) {
+            Some((first_index, first)) => Err(ConfigError::DuplicateServiceName {
+                at: at(),
+                value: name.clone(),
+                first_index,
+                first_line: first.name_line,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// An `IP:port` that collides with no earlier service of the same protocol.
+    fn listen(&self, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        let at = || self.doc.at(value.span().start, self.key("listen"));
+        let listen: SocketAddr =
+            value
+                .get_ref()
+                .parse()
+                .map_err(|_| ConfigError::NotSocketAddr {
+                    at: at(),
+                    value: value.get_ref().clone(),
+                })?;
+        for other in self.seen.iter().filter(|o| o.protocol == self.protocol) {
+            match listen_clash(listen, other.listen) {
+                Some(Clash::Same) => {
+                    return Err(ConfigError::DuplicateListen {
+                        at: at(),
+                        addr: listen,
+                        other: other.name.clone(),
+                        other_line: other.listen_line,
+                    });
+                }
+                Some(Clash::Overlap) => {
+                    return Err(ConfigError::OverlappingListen {
+                        at: at(),
+                        addr: listen,
+                        other_addr: other.listen,
+                        other: other.name.clone(),
+                        other_line: other.listen_line,
+                    });
+                }
+                None => {}
+            }
+        }
+        Ok(listen)
+    }
+
+    /// `hash_table_size`: only with `source_hash`, within range, prime. The check against the
+    /// number of backends comes after the backends.
+    fn hash_table_size(
+        &self,
+        value: &Option<Spanned<usize>>,
+        algorithm: Algorithm,
+    ) -> Result<usize, ConfigError> {
+        let Some(size) = value else {
+            return Ok(DEFAULT_HASH_TABLE_SIZE);
+        };
+        let at = || self.doc.at(size.span().start, self.key("hash_table_size"));
+        if algorithm != Algorithm::SourceHash {
+            return Err(ConfigError::NotForAlgorithm {
+                at: at(),
+                algorithm,
+            });
+        }
+        // The range first: it keeps the primality test's trial division short.
+        let n = in_range(
+            self.doc,
+            size,
+            self.key("hash_table_size"),
+            2,
+            Some(MAX_HASH_TABLE_SIZE),
+        )?;
+        if !is_prime(n) {
+            return Err(ConfigError::NotPrime { at: at(), value: n });
+        }
+        Ok(n)
+    }
+
+    fn service(&mut self, s: ServiceFile) -> Result<(Service, Seen), ConfigError> {
+        let doc = self.doc;
+        self.protocol = given(&s.protocol, DEFAULT_PROTOCOL);
+        let algorithm = given(&s.algorithm, DEFAULT_ALGORITHM);
+
+        let name = s.name.get_ref();
+        self.name(&s.name)?;
+        let listen = self.listen(&s.listen)?;
+        let hash_table_size = self.hash_table_size(&s.hash_table_size, algorithm)?;
+
+        self.tcp_only(&s.connect_timeout, "connect_timeout")?;
+        let connect_timeout = self.duration(
+            &s.connect_timeout,
+            "connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        self.tcp_only(&s.idle_timeout, "idle_timeout")?;
+        let idle_timeout = self.duration(&s.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?;
+        self.tcp_only(&s.max_connections, "max_connections")?;
+        let max_connections = self.number(
+            &s.max_connections,
+            "max_connections",
+            1,
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+        )?;
+        self.tcp_only(&s.retries, "retries")?;
+        let retries = self.number(&s.retries, "retries", 0, Some(MAX_RETRIES), DEFAULT_RETRIES)?;
+        self.tcp_only(&s.buffer_size, "buffer_size")?;
+        let buffer_size = match &s.buffer_size {
+            Some(b) => self.buffer_size(b)?,
+            None => DEFAULT_BUFFER_SIZE,
+        };
+        self.tcp_only(&s.backlog, "backlog")?;
+        let backlog = self.number(&s.backlog, "backlog", 1, Some(MAX_BACKLOG), DEFAULT_BACKLOG)?;
+        let access_log = given(&s.access_log, DEFAULT_ACCESS_LOG);
+
+        self.udp_only(&s.udp_idle_timeout, "udp_idle_timeout")?;
+        self.udp_only(&s.udp_max_flows, "udp_max_flows")?;
+        self.udp_only(&s.udp_replies, "udp_replies")?;
+        self.udp_only(&s.udp_mode, "udp_mode")?;
+        let udp = UdpSettings {
+            idle_timeout: self.duration(
+                &s.udp_idle_timeout,
+                "udp_idle_timeout",
+                DEFAULT_UDP_IDLE_TIMEOUT,
+            )?,
+            max_flows: self.number(
+                &s.udp_max_flows,
+                "udp_max_flows",
+                1,
+                None,
+                DEFAULT_UDP_MAX_FLOWS,
+            )?,
+            replies: match &s.udp_replies {
+                Some(r) => Some(in_range(doc, r, self.key("udp_replies"), 1, None)?),
+                None => None,
+            },
+            mode: given(&s.udp_mode, DEFAULT_UDP_MODE),
+        };
+
+        let backends = self.backends(s.backend)?;
+
+        if algorithm == Algorithm::SourceHash {
+            let minimum = backends.len().saturating_mul(MIN_HASH_SLOTS_PER_BACKEND);
+            if hash_table_size < minimum {
+                // Point at the size, or at the algorithm when the size is the default.
+                let offset = match (&s.hash_table_size, &s.algorithm) {
+                    (Some(v), _) => v.span().start,
+                    (None, Some(a)) => a.span().start,
+                    (None, None) => self.header,
+                };
+                return Err(ConfigError::HashTableTooSmall {
+                    at: doc.at(offset, self.key("hash_table_size")),
+                    value: hash_table_size,
+                    backends: backends.len(),
+                    minimum,
+                });
+            }
+        }
+
+        let seen = Seen {
+            name: name.clone(),
+            name_line: doc.line(s.name.span().start),
+            listen,
+            listen_line: doc.line(s.listen.span().start),
+            protocol: self.protocol,
+        };
+        let service = Service {
+            name: s.name.into_inner(),
+            listen,
+            protocol: self.protocol,
+            algorithm,
+            hash_table_size,
+            connect_timeout,
+            idle_timeout,
+            max_connections,
+            retries,
+            buffer_size,
+            backlog,
+            access_log,
+            udp,
+            backends,
+        };
+        Ok((service, seen))
+    }
+
+    fn buffer_size(&self, value: &Spanned<ByteSize>) -> Result<usize, ConfigError> {
+        let at = || self.doc.at(value.span().start, self.key("buffer_size"));
+        let (bytes, written) = match value.get_ref() {
+            ByteSize::Bytes(n) => (u64::try_from(*n).ok(), n.to_string()),
+            ByteSize::Text(text) => {
+                let bytes = parse_byte_size(text).map_err(|reason| ConfigError::BadByteSize {
+                    at: at(),
+                    value: text.clone(),
+                    reason,
+                })?;
+                (Some(bytes), format!("{text:?}"))
+            }
+        };
+        match bytes.and_then(|b| usize::try_from(b).ok()) {
+            Some(b) if (MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&b) => Ok(b),
+            _ => Err(ConfigError::OutOfRange {
+                at: at(),
+                value: written,
+                allowed: format!(
+                    "between 1KiB and 16MiB ({MIN_BUFFER_SIZE} and {MAX_BUFFER_SIZE} bytes)"
+                ),
+            }),
+        }
+    }
+
+    fn backends(
+        &self,
+        list: Option<Spanned<Vec<Spanned<BackendFile>>>>,
+    ) -> Result<Vec<Backend>, ConfigError> {
+        let doc = self.doc;
+        let offset = list.as_ref().map_or(self.header, |l| l.span().start);
+        let list = list.map(Spanned::into_inner).unwrap_or_default();
+        if list.is_empty() {
+            return Err(ConfigError::NoBackends {
+                at: doc.at(offset, self.key("backend")),
+            });
+        }
+        let mut backends: Vec<Backend> = Vec::with_capacity(list.len());
+        let mut lines: Vec<usize> = Vec::with_capacity(list.len());
+        for (j, entry) in list.into_iter().enumerate() {
+            let b = entry.into_inner();
+            let key = |k: &str| format!("service[{}].backend[{j}].{k}", self.index);
+            let spec = b.address.get_ref();
+            let at = || doc.at(b.address.span().start, key("address"));
+            let address = resolve_backend(spec).map_err(|problem| match problem {
+                AddrProblem::NotAddress => ConfigError::NotBackendAddr {
+                    at: at(),
+                    value: spec.clone(),
+                },
+                AddrProblem::PortZero => ConfigError::BackendPortZero {
+                    at: at(),
+                    value: spec.clone(),
+                },
+                AddrProblem::Unresolvable(reason) => ConfigError::Unresolvable {
+                    at: at(),
+                    value: spec.clone(),
+                    reason,
+                },
+            })?;
+            if let Some(first_index) = backends.iter().position(|o| o.address == address) {
+                return Err(ConfigError::DuplicateBackend {
+                    at: at(),
+                    value: spec.clone(),
+                    addr: address,
+                    first_index,
+                    first_line: lines[first_index],
+                });
+            }
+            let weight = match &b.weight {
+                Some(w) => in_range(doc, w, key("weight"), 1, Some(MAX_WEIGHT))?,
+                None => DEFAULT_WEIGHT,
+            };
+            self.only_for(Protocol::Tcp, &b.max_connections, || key("max_connections"))?;
+            let max_connections = match &b.max_connections {
+                Some(m) => Some(in_range(doc, m, key("max_connections"), 1, None)?),
+                None => None,
+            };
+            lines.push(doc.line(b.address.span().start));
+            backends.push(Backend {
+                address,
+                spec: b.address.into_inner(),
+                weight,
+                max_connections,
+            });
+        }
+        Ok(backends)
+    }
+}
+
+/// The value of an optional key that needs no check, or its default.
+fn given<T: Copy>(value: &Option<Spanned<T>>, default: T) -> T {
+    value.as_ref().map_or(default, |v| *v.get_ref())
+}
+
+/// Parses a duration value; zero is refused unless `allow_zero`.
+fn duration(
+    doc: &Doc<'_>,
+    value: &Spanned<DurationText>,
+    key: String,
+    allow_zero: bool,
+) -> Result<Duration, ConfigError> {
+    let text = &value.get_ref().0;
+    let at = |key| doc.at(value.span().start, key);
+    let d = parse_duration(text).map_err(|reason| ConfigError::BadDuration {
+        at: at(key.clone()),
+        value: text.clone(),
+        reason,
+    })?;
+    if d.is_zero() && !allow_zero {
+        return Err(ConfigError::OutOfRange {
+            at: at(key),
+            value: format!("{text:?}"),
+            allowed: "longer than zero".to_owned(),
+        });
+    }
+    Ok(d)
+}
+
+/// Checks that a number is at least `min` and, if given, at most `max`.
+fn in_range<T: Copy + PartialOrd + Display>(
+    doc: &Doc<'_>,
+    value: &Spanned<T>,
+    key: impl Into<String>,
+    min: T,
+    max: Option<T>,
+) -> Result<T, ConfigError> {
+    let v = *value.get_ref();
+    if v >= min && max.is_none_or(|max| v <= max) {
+        return Ok(v);
+    }
+    Err(ConfigError::OutOfRange {
+        at: doc.at(value.span().start, key),
+        value: v.to_string(),
+        allowed: match max {
+            Some(max) => format!("between {min} and {max}"),
+            None => format!("at least {min}"),
+        },
+    })
+}
+
+/// Letters, digits, `-`, `_` and `.`; 1 to [`MAX_SERVICE_NAME_LEN`] of them.
+fn is_service_name(name: &str) -> bool {
+    (1..=MAX_SERVICE_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// How two listen addresses of the same protocol collide.
+#[derive(Debug, PartialEq, Eq)]
+enum Clash {
+    /// The same address.
+    Same,
+    /// Same port and family, one of them the wildcard address.
+    Overlap,
+}
+
+fn listen_clash(a: SocketAddr, b: SocketAddr) -> Option<Clash> {
+    if a.port() == 0 || b.port() == 0 {
+        // Port 0: each bind gets a free port of its own (tests use this).
+        return None;
+    }
+    if a == b {
+        return Some(Clash::Same);
+    }
+    let overlap = a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip().is_unspecified() || b.ip().is_unspecified());
+    overlap.then_some(Clash::Overlap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn listen_addresses_clash_when_equal_or_covered_by_a_wildcard() {
+        assert_eq!(
+            listen_clash(addr("127.0.0.1:7000"), addr("127.0.0.1:7000")),
+            Some(Clash::Same)
+        );
+        assert_eq!(
+            listen_clash(addr("0.0.0.0:7000"), addr("127.0.0.1:7000")),
+            Some(Clash::Overlap)
+        );
+        assert_eq!(
+            listen_clash(addr("[::1]:7000"), addr("[::]:7000")),
+            Some(Clash::Overlap)
+        );
+        assert_eq!(
+            listen_clash(addr("127.0.0.1:7000"), addr("127.0.0.2:7000")),
+            None
+        );
+        assert_eq!(
+            listen_clash(addr("127.0.0.1:7000"), addr("127.0.0.1:7001")),
+            None
+        );
+        assert_eq!(listen_clash(addr("0.0.0.0:7000"), addr("[::1]:7000")), None);
+        assert_eq!(listen_clash(addr("127.0.0.1:0"), addr("127.0.0.1:0")), None);
+    }
+
+    #[test]
+    fn service_names_are_short_and_plain() {
+        assert!(is_service_name("redis"));
+        assert!(is_service_name("pg-primary_2.eu"));
+        assert!(!is_service_name(""));
+        assert!(!is_service_name("my service"));
+        assert!(!is_service_name("ré"));
+        assert!(!is_service_name(&"x".repeat(MAX_SERVICE_NAME_LEN + 1)));
+    }
+}

@@ -1,0 +1,298 @@
+//! Shared helpers of the integration tests: a ringlb process started on a config with port-0
+//! listeners, and loopback backends that behave in the ways the tests need (echo, refuse,
+//! never complete the handshake, reset).
+//!
+//! Test backends and clients run on tokio (epoll); ringlb itself is the real binary, so every
+//! test goes through real sockets and a real process.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running ringlb process.
+pub struct Ringlb {
+    pub child: Child,
+    /// Service name -> the address it listens on.
+    pub services: HashMap<String, SocketAddr>,
+    /// Every line ringlb wrote to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl Ringlb {
+    /// Writes `config` to a file and runs `ringlb run --config FILE` on it; returns once every
+    /// service is listening. Listen addresses should use port 0.
+    pub fn start(config: &str) -> Ringlb {
+        let dir = TempDir::new();
+        let path = dir.path.join("ringlb.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(["--log-level", "info"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ringlb starts");
+        let expected = config.matches("[[service]]").count();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening") {
+                    let _ = tx.send(line.clone());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let mut services = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while services.len() < expected {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(wait) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "ringlb did not start; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
+            };
+            let name = field(&line, "service=").expect("listening line names its service");
+            let addr = field(&line, "address=").unwrap().parse().unwrap();
+            services.insert(name, addr);
+        }
+        Ringlb {
+            child,
+            services,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The address of the only (or named) service.
+    pub fn addr(&self, service: &str) -> SocketAddr {
+        self.services[service]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Number of open file descriptors of the ringlb process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we own (our child, still unreaped) and a valid signal number
+        // has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Extracts `key=value` from a tracing line (value up to the next space, quotes removed).
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+/// A directory removed on drop.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringlb-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A multi-threaded tokio runtime for test clients and backends.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An echo backend: every byte read is written back; EOF is answered with EOF. Counts the
+/// connections it accepted. When `greeting` is set, each connection first receives it (so a
+/// client can tell which backend it reached).
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn echo(greeting: Option<&str>) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        let greeting = greeting.map(|g| g.as_bytes().to_vec());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let greeting = greeting.clone();
+                tokio::spawn(async move {
+                    if let Some(g) = greeting
+                        && s.write_all(&g).await.is_err()
+                    {
+                        return;
+                    }
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address on which nothing listens: connects are refused at once.
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A backend whose handshakes never complete: a listener with a full accept queue (backlog 0
+/// and one connection parked in it), so the kernel drops further SYNs.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _parked: std::net::TcpStream,
+}
+
+impl Blackhole {
+    pub fn new() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        s.listen(0).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        let parked = std::net::TcpStream::connect(addr).unwrap();
+        Blackhole {
+            addr,
+            _listener: s,
+            _parked: parked,
+        }
+    }
+}
+
+/// Reads from `s` until EOF and returns everything.
+pub async fn read_all(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).await?;
+    Ok(v)
+}
+
+/// The config of one TCP service on port 0 in front of `backends`, with extra service keys.
+pub fn service_config(name: &str, algorithm: &str, backends: &[SocketAddr], extra: &str) -> String {
+    let mut c = format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nalgorithm = \"{algorithm}\"\n{extra}\n"
+    );
+    for b in backends {
+        c.push_str(&format!("\n[[service.backend]]\naddress = \"{b}\"\n"));
+    }
+    c
+}
+
+/// A whole config: runtime section with 2 workers and the given services.
+pub fn config(runtime_extra: &str, services: &[String]) -> String {
+    format!(
+        "[runtime]\nworkers = 2\n{runtime_extra}\n\n{}",
+        services.join("\n")
+    )
+}

@@ -1,0 +1,376 @@
+//! Forwarding through a real ringlb process: byte-exactness, concurrency, half-close, resets,
+//! failover over refused and silent backends, idle timeout.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{
+    Backend, Blackhole, Ringlb, config, read_all, refused_addr, runtime, service_config, wait_for,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Deterministic pseudo-random bytes (xorshift), so each stream has its own content.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+/// A backend for one connection that sends its own `len` bytes and, independently, hashes
+/// everything it receives until EOF. Reports the digest of what it received.
+async fn source_sink_backend(len: usize) -> (SocketAddr, oneshot::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let send = tokio::spawn(async move {
+            w.write_all(&pattern(2, len)).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        send.await.unwrap();
+        let _ = tx.send(hasher.finalize().to_vec());
+    });
+    (addr, rx)
+}
+
+#[test]
+fn sixty_four_mib_each_way_is_byte_exact() {
+    const LEN: usize = 64 << 20;
+    let rt = runtime();
+    let (backend, received_digest) = rt.block_on(source_sink_backend(LEN));
+    let lb = Ringlb::start(&config(
+        "",
+        &[service_config("bulk", "round_robin", &[backend], "")],
+    ));
+    let addr = lb.addr("bulk");
+    rt.block_on(async move {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let up = pattern(1, LEN);
+        let up_digest = sha(&up);
+        let writer = tokio::spawn(async move {
+            w.write_all(&up).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut down = Vec::with_capacity(LEN);
+        r.read_to_end(&mut down).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(down.len(), LEN, "backend-to-client length");
+        assert_eq!(
+            sha(&down),
+            sha(&pattern(2, LEN)),
+            "backend-to-client digest"
+        );
+        assert_eq!(
+            received_digest.await.unwrap(),
+            up_digest,
+            "client-to-backend digest"
+        );
+    });
+}
+
+#[test]
+fn two_thousand_concurrent_connections_are_byte_exact_and_leave_no_fds() {
+    const CONNS: usize = 2000;
+    const LEN: usize = 32 * 1024;
+    let rt = runtime();
+    let echo = rt.block_on(Backend::echo(None));
+    let lb = Ringlb::start(&config(
+        "",
+        &[service_config("echo", "least_conn", &[echo.addr], "")],
+    ));
+    let addr = lb.addr("echo");
+    let baseline = lb.fd_count();
+    rt.block_on(async move {
+        // Open every connection before any byte moves, so all 2,000 are live at once.
+        let mut streams = Vec::with_capacity(CONNS);
+        for _ in 0..CONNS {
+            streams.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONNS));
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let data = pattern(i as u64 + 10, LEN);
+                    let (mut r, mut w) = s.into_split();
+                    // Wait until every connection reached the backend side (echoed one byte).
+                    w.write_all(&data[..1]).await.unwrap();
+                    let mut first = [0u8; 1];
+                    r.read_exact(&mut first).await.unwrap();
+                    barrier.wait().await;
+                    let rest = data[1..].to_vec();
+                    let writer = tokio::spawn(async move {
+                        w.write_all(&rest).await.unwrap();
+                        w.shutdown().await.unwrap();
+                    });
+                    let mut got = first.to_vec();
+                    r.read_to_end(&mut got).await.unwrap();
+                    writer.await.unwrap();
+                    sha(&got) == sha(&data)
+                })
+            })
+            .collect();
+        let mut exact = 0;
+        for t in tasks {
+            if t.await.unwrap() {
+                exact += 1;
+            }
+        }
+        assert_eq!(exact, CONNS, "connections whose echo matched byte for byte");
+    });
+    assert_eq!(echo.accepted(), CONNS as u64);
+    assert!(
+        wait_for(Duration::from_secs(5), || lb.fd_count() <= baseline),
+        "ringlb fds: baseline {baseline}, now {}",
+        lb.fd_count()
+    );
+}
+
+#[test]
+fn client_half_close_still_delivers_the_reply() {
+    let rt = runtime();
+    let echo = rt.block_on(Backend::echo(None));
+    let lb = Ringlb::start(&config(
+        "",
+        &[service_config("echo", "round_robin", &[echo.addr], "")],
+    ));
+    let addr = lb.addr("echo");
+    rt.block_on(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let data = pattern(7, 3 << 20);
+        s.write_all(&data).await.unwrap();
+        s.shutdown().await.unwrap();
+        // The echo backend keeps sending after our EOF reached it, then closes.
+        let got = read_all(&mut s).await.unwrap();
+        assert_eq!(sha(&got), sha(&data));
+    });
+}
+
+#[test]
+fn backend_half_close_still_delivers_the_request() {
+    const LEN: usize = 3 << 20;
+    let rt = runtime();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    rt.spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"banner").await.unwrap();
+        s.shutdown().await.unwrap(); // backend done talking, still listening
+        let got = read_all(&mut s).await.unwrap();
+        let _ = tx.send(sha(&got));
+    });
+    let lb = Ringlb::start(&config(
+        "",
+        &[service_config("hc", "round_robin", &[backend], "")],
+    ));
+    let addr = lb.addr("hc");
+    rt.block_on(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut banner = Vec::new();
+        // EOF from the backend arrives after the banner...
+        (&mut s)
+            .take(1 << 20)
+            .read_to_end(&mut banner)
+            .await
+            .unwrap();
+        assert_eq!(banner, b"banner");
+        // ...and the client-to-backend direction still carries every byte.
+        let data = pattern(9, LEN);
+        s.write_all(&data).await.unwrap();
+        s.shutdown().await.unwrap();
+        assert_eq!(rx.await.unwrap(), sha(&data));
+    });
+}
+
+#[test]
+fn backend_reset_reaches_the_client_as_a_reset() {
+    let rt = runtime();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let backend = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).await.unwrap();
+        s.set_zero_linger().unwrap();
+        drop(s); // RST
+    });
+    let lb = Ringlb::start(&config(
+        "",
+        &[service_config("rst", "round_robin", &[backend], "")],
+    ));
+    let addr = lb.addr("rst");
+    rt.block_on(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let res = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap();
+        let err = res.expect_err("a reset, not EOF or data");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    });
+}
+
+#[test]
+fn client_reset_reaches_the_backend_as_a_reset() {
+    let rt = runtime();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    rt.spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).await.unwrap();
+        s.write_all(b"ok").await.unwrap();
+        let res = s.read(&mut b).await;
+        let _ = tx.send(res.map_err(|e| e.kind()));
+    });
+    let lb = Ringlb::start(&config(
+        "",
+        &[service_config("rst", "round_robin", &[backend], "")],
+    ));
+    let addr = lb.addr("rst");
+    rt.block_on(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let mut ok = [0u8; 2];
+        s.read_exact(&mut ok).await.unwrap();
+        s.set_zero_linger().unwrap();
+        drop(s);
+        let seen = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, Err(std::io::ErrorKind::ConnectionReset));
+    });
+}
+
+#[test]
+fn refused_and_silent_backends_fail_over_within_connect_timeout() {
+    let rt = runtime();
+    let echo = rt.block_on(Backend::echo(None));
+    let silent = Blackhole::new();
+    let refused = refused_addr();
+    let backends = [refused, silent.addr, echo.addr];
+    let svc = service_config(
+        "fo",
+        "round_robin",
+        &backends,
+        "connect_timeout = \"400ms\"\nretries = 2",
+    );
+    let lb = Ringlb::start(&config("", &[svc]));
+    let addr = lb.addr("fo");
+    rt.block_on(async move {
+        for i in 0..12u8 {
+            let started = Instant::now();
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&[i]).await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i);
+            // At worst: the silent backend's full connect timeout, then the echo backend.
+            assert!(
+                started.elapsed() < Duration::from_millis(1200),
+                "took {:?}",
+                started.elapsed()
+            );
+        }
+    });
+    assert_eq!(echo.accepted(), 12);
+}
+
+#[test]
+fn no_reachable_backend_closes_the_client_at_once() {
+    let rt = runtime();
+    let lb = Ringlb::start(&config(
+        "",
+        &[service_config(
+            "none",
+            "round_robin",
+            &[refused_addr(), refused_addr()],
+            "retries = 1",
+        )],
+    ));
+    let addr = lb.addr("none");
+    rt.block_on(async move {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b))
+            .await
+            .unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "closed, not data: {n:?}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    });
+}
+
+#[test]
+fn idle_connection_is_closed_after_idle_timeout() {
+    let rt = runtime();
+    let echo = rt.block_on(Backend::echo(None));
+    let svc = service_config(
+        "idle",
+        "round_robin",
+        &[echo.addr],
+        "idle_timeout = \"300ms\"",
+    );
+    let lb = Ringlb::start(&config("", &[svc]));
+    let addr = lb.addr("idle");
+    rt.block_on(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Activity keeps it open past the timeout...
+        let mut quiet = Instant::now();
+        for i in 0..5 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            s.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            quiet = Instant::now();
+        }
+        // ...silence closes it.
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b))
+            .await
+            .unwrap();
+        assert!(matches!(n, Ok(0)), "EOF after idle timeout, got {n:?}");
+        let waited = quiet.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_millis(1300),
+            "{waited:?}"
+        );
+    });
+}
