@@ -62,7 +62,8 @@ pids+=($!)
 cat >"$work/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
-    maxconn 20000
+    # Each proxied connection takes two fds; stay inside a 20,000 open-files limit.
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 3s
@@ -85,17 +86,20 @@ pids+=($!)
 # Wait (bounded) for every port to accept.
 for port in $REDIS_PORT $IPERF_PORT $LB_REDIS $LB_IPERF $HA_REDIS $HA_IPERF; do
   for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && continue 2
     sleep 0.1
   done
+  echo "nothing listens on 127.0.0.1:$port; logs in $work:" >&2
+  tail -n 5 "$work"/*.log >&2
+  exit 1
 done
 
 redis_rps() { # port -> requests/s
-  redis-benchmark -h 127.0.0.1 -p "$1" -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
+  timeout 120 redis-benchmark -h 127.0.0.1 -p "$1" -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
     | tr '\r' '\n' | awk '/GET:/ {print $2}' | tail -1
 }
 iperf_gbps() { # port -> Gbit/s (receiver side)
-  iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_IPERF" -J 2>/dev/null \
+  timeout $((SECONDS_IPERF + 30)) iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_IPERF" -J 2>/dev/null \
     | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 2))'
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
