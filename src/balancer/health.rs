@@ -234,8 +234,7 @@ mod tests {
         let results = [
             true, false, false, false, false, true, true, true, true, false, true, false, false,
         ];
-        let transitions: Vec<Transition> =
-            run(&mut m, &results).into_iter().flatten().collect();
+        let transitions: Vec<Transition> = run(&mut m, &results).into_iter().flatten().collect();
         assert_eq!(
             transitions,
             [Transition::Down, Transition::Up, Transition::Down]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Protocol, UdpMode};
+use super::{HealthKind, OnBackendDown, PersistenceKind, Protocol, UdpMode};
 use crate::balancer::Algorithm;
 
 // ---- [runtime] ----
@@ -103,6 +103,70 @@ pub const DEFAULT_UDP_MAX_FLOWS: usize = 65_536;
 /// (syslog, statsd) can choose `per_packet`.
 pub const DEFAULT_UDP_MODE: UdpMode = UdpMode::Flow;
 
+/// `on_backend_down`: keep. A backend marked down by a check may still be serving its live
+/// sessions (a failed probe port, a demoted primary that still answers reads); cutting them is
+/// a choice the operator makes per service.
+pub const DEFAULT_ON_BACKEND_DOWN: OnBackendDown = OnBackendDown::Keep;
+
+/// `slow_start`: off (zero), as in HAProxy and nginx: a recovered backend takes its full share at
+/// once unless the operator knows it needs to warm up (caches, JIT, connection pools).
+pub const DEFAULT_SLOW_START: Duration = Duration::ZERO;
+
+// ---- [service.health] ----
+//
+// Without a [service.health] table no check runs and every backend counts as healthy, as in
+// HAProxy without `check`: a bare connect probe is not free for every backend (PostgreSQL logs
+// "incomplete startup packet" for each one), so ringlb probes only when asked. With the table,
+// `kind` defaults to a TCP connect.
+
+/// `health.kind` when the table is present: a TCP connect, which every TCP backend answers.
+pub const DEFAULT_HEALTH_KIND: HealthKind = HealthKind::Tcp;
+
+/// `health.interval`: 2 s, HAProxy's `inter` default. With the default `fall` a dead backend is
+/// out within about 7 s; the probe load is one connection per backend every 2 s.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `health.timeout`: 1 s, or `interval` when that is shorter, so a probe ends before the next
+/// starts. A loopback or LAN backend that needs more than 1 s to accept or answer PING is not
+/// healthy in any useful sense.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `health.rise`: 2 passes in a row, HAProxy's default: one lucky probe does not bring back a
+/// flapping backend.
+pub const DEFAULT_RISE: u32 = 2;
+
+/// `health.fall`: 3 failures in a row, HAProxy's default: a single lost SYN or slow reply does
+/// not take a backend out.
+pub const DEFAULT_FALL: u32 = 3;
+
+/// Largest `rise` and `fall`: beyond 100 consecutive probes the hysteresis is a typo, not a
+/// policy (at the default interval it would take over three minutes to react).
+pub const MAX_RISE_FALL: u32 = 100;
+
+/// `health.passive_failures`: 3 connect failures in a row seen by the workers take a backend
+/// down without waiting for the probes; the same count as `fall`, seen sooner under traffic.
+pub const DEFAULT_PASSIVE_FAILURES: u32 = 3;
+
+/// `health.user` for `kind = "postgres"`: the superuser name every cluster has by default.
+pub const DEFAULT_POSTGRES_USER: &str = "postgres";
+
+// ---- [service.persistence] ----
+
+/// `persistence.kind`: the client IP, the only key an L4 balancer sees without parsing.
+pub const DEFAULT_PERSISTENCE_KIND: PersistenceKind = PersistenceKind::SourceIp;
+
+/// `persistence.ttl`: 30 min, the usual stick-table expiry in HAProxy setups: longer than a
+/// pooled client's pauses, short enough that a departed client's entry does not live on.
+pub const DEFAULT_PERSISTENCE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// `persistence.max_entries`: 100000 clients at roughly 100 bytes each (entry, index, map
+/// slack) is about 10 MiB per service.
+pub const DEFAULT_PERSISTENCE_MAX_ENTRIES: usize = 100_000;
+
+/// Largest `persistence.max_entries`: 10 million entries is about 1 GiB, more than any single
+/// service's distinct clients and small enough to catch a typo.
+pub const MAX_PERSISTENCE_ENTRIES: usize = 10_000_000;
+
 // ---- [[service.backend]] ----
 
 /// `weight` of a backend: 1, so all backends are equal unless told otherwise.
@@ -111,3 +175,6 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 /// Largest `weight`. Weights are relative: 1000 gives 0.1% resolution while keeping weighted
 /// round robin's sums and Maglev's per-weight work small.
 pub const MAX_WEIGHT: u32 = 1000;
+
+/// `backup`: false. A backup takes traffic only while no primary backend is up.
+pub const DEFAULT_BACKUP: bool = false;

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Protocol;
 use super::defaults::{DEFAULT_HASH_TABLE_SIZE, MAX_SERVICE_NAME_LEN, MIN_HASH_SLOTS_PER_BACKEND};
+use super::{HealthKind, Protocol, RoleName};
 use crate::balancer::Algorithm;
 
 /// Where in a config file an error is.
@@ -210,6 +210,56 @@ pub enum ConfigError {
         /// The service's protocol.
         protocol: Protocol,
     },
+    /// A `[service.health]` key set for a check kind that does not use it.
+    #[error("{at}: applies only to {applies_to}, and this check's kind is \"{kind}\"")]
+    NotForHealthKind {
+        /// The key.
+        at: Box<Location>,
+        /// The check's kind.
+        kind: HealthKind,
+        /// The kinds that take the key, in words.
+        applies_to: &'static str,
+    },
+    /// A `role` that the check's kind cannot report.
+    #[error("{at}: role \"{}\" does not apply to kind = \"{kind}\" (use {allowed})", role.name())]
+    RoleNotForKind {
+        /// The role value.
+        at: Box<Location>,
+        /// The role as written.
+        role: RoleName,
+        /// The check's kind.
+        kind: HealthKind,
+        /// The roles the kind takes, in words.
+        allowed: &'static str,
+    },
+    /// A probe timeout longer than the probe interval.
+    #[error(
+        "{at}: {timeout} is longer than the interval ({interval}): a probe must end before the \
+         next one starts"
+    )]
+    TimeoutOverInterval {
+        /// The timeout value.
+        at: Box<Location>,
+        /// The timeout as written.
+        timeout: String,
+        /// The interval, as written or its default.
+        interval: String,
+    },
+    /// A string option that must not be empty is.
+    #[error("{at}: must not be empty")]
+    Empty {
+        /// The empty value.
+        at: Box<Location>,
+    },
+    /// Every backend of a service is a backup.
+    #[error(
+        "{at}: every backend of this service is a backup; at least one must be a primary \
+         (backup = false)"
+    )]
+    NoPrimaryBackend {
+        /// The last backend's `backup` value.
+        at: Box<Location>,
+    },
     /// A service has no backend.
     #[error("{at}: a service needs at least one backend")]
     NoBackends {
@@ -281,6 +331,11 @@ impl ConfigError {
             | HashTableTooSmall { at, .. }
             | NotForAlgorithm { at, .. }
             | WrongProtocol { at, .. }
+            | NotForHealthKind { at, .. }
+            | RoleNotForKind { at, .. }
+            | TimeoutOverInterval { at, .. }
+            | Empty { at }
+            | NoPrimaryBackend { at }
             | NoBackends { at }
             | NotBackendAddr { at, .. }
             | BackendPortZero { at, .. }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{Protocol, UdpMode};
+use super::{HealthKind, OnBackendDown, PersistenceKind, Protocol, RoleName, UdpMode};
 use crate::balancer::Algorithm;
 
 /// The whole file.
@@ -51,7 +51,38 @@ pub(crate) struct ServiceFile {
     pub(crate) udp_max_flows: Option<Spanned<usize>>,
     pub(crate) udp_replies: Option<Spanned<u32>>,
     pub(crate) udp_mode: Option<Spanned<UdpMode>>,
+    pub(crate) on_backend_down: Option<Spanned<OnBackendDown>>,
+    pub(crate) slow_start: Option<Spanned<DurationText>>,
+    pub(crate) health: Option<Spanned<HealthFile>>,
+    pub(crate) persistence: Option<Spanned<PersistenceFile>>,
     pub(crate) backend: Option<Spanned<Vec<Spanned<BackendFile>>>>,
+}
+
+/// `[service.health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthFile {
+    pub(crate) kind: Option<Spanned<HealthKind>>,
+    pub(crate) interval: Option<Spanned<DurationText>>,
+    pub(crate) timeout: Option<Spanned<DurationText>>,
+    pub(crate) rise: Option<Spanned<u32>>,
+    pub(crate) fall: Option<Spanned<u32>>,
+    /// Wider than a port so that validation, not serde, says what is wrong with 70000.
+    pub(crate) port: Option<Spanned<u32>>,
+    pub(crate) passive_failures: Option<Spanned<u32>>,
+    pub(crate) role: Option<Spanned<RoleName>>,
+    pub(crate) user: Option<Spanned<String>>,
+    pub(crate) password: Option<Spanned<String>>,
+    pub(crate) database: Option<Spanned<String>>,
+}
+
+/// `[service.persistence]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PersistenceFile {
+    pub(crate) kind: Option<Spanned<PersistenceKind>>,
+    pub(crate) ttl: Option<Spanned<DurationText>>,
+    pub(crate) max_entries: Option<Spanned<usize>>,
 }
 
 /// One `[[service.backend]]`.
@@ -61,6 +92,7 @@ pub(crate) struct BackendFile {
     pub(crate) address: Spanned<String>,
     pub(crate) weight: Option<Spanned<u32>>,
     pub(crate) max_connections: Option<Spanned<u32>>,
+    pub(crate) backup: Option<Spanned<bool>>,
 }
 
 /// A duration as written ("3s"); parsed during validation so that a bad one gets a typed error.

@@ -11,7 +11,8 @@
 //!    look at keep their byte span.
 //! 2. `validate`: per-value and cross-field checks (ranges, durations, duplicate names and listen
 //!    addresses, options of the other protocol), defaults from [`defaults`]. Value formats
-//!    (durations, byte sizes, backend addresses) are parsed in `values`.
+//!    (durations, byte sizes, backend addresses) are parsed in `values`; the `[service.health]`
+//!    and `[service.persistence]` tables are checked in `validate_policy`.
 //! 3. The typed [`Config`] below, which the rest of ringlb uses.
 //!
 //! Every error is a [`ConfigError`] that names file, line, column and key path, and says what is
@@ -25,7 +26,9 @@
 pub mod defaults;
 mod error;
 mod file;
+mod policy;
 mod validate;
+mod validate_policy;
 mod values;
 
 #[cfg(test)]
@@ -38,6 +41,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, Location};
+pub use policy::{
+    HealthCheck, HealthKind, OnBackendDown, Persistence, PersistenceKind, PostgresRole, Probe,
+    RedisRole, RoleName, Secret,
+};
 
 use crate::balancer::Algorithm;
 use error::Doc;
@@ -153,7 +160,19 @@ pub struct Service {
     pub access_log: bool,
     /// UDP settings (the `udp_*` keys).
     pub udp: UdpSettings,
-    /// The backends, in file order; never empty, no two with the same address.
+    /// Active and passive health checks (`[service.health]`); `None` when the table is absent
+    /// or has `kind = "none"`: then every backend counts as healthy.
+    pub health: Option<HealthCheck>,
+    /// What happens to live sessions of a backend marked down. Default
+    /// [`defaults::DEFAULT_ON_BACKEND_DOWN`].
+    pub on_backend_down: OnBackendDown,
+    /// How long a backend that became ready again ramps from a small to its full share; zero
+    /// is off. Default [`defaults::DEFAULT_SLOW_START`].
+    pub slow_start: Duration,
+    /// Session persistence (`[service.persistence]`); `None` when absent.
+    pub persistence: Option<Persistence>,
+    /// The backends, in file order; never empty, no two with the same address, at least one
+    /// that is not a backup.
     pub backends: Vec<Backend>,
 }
 
@@ -184,6 +203,9 @@ pub struct Backend {
     pub weight: u32,
     /// TCP: open connections to this backend, at least 1; `None` (default): no limit of its own.
     pub max_connections: Option<u32>,
+    /// A backup takes traffic only while no primary (non-backup) backend of its service is up.
+    /// Default [`defaults::DEFAULT_BACKUP`].
+    pub backup: bool,
 }
 
 impl Config {
@@ -270,6 +292,7 @@ impl Config {
                 out.push_str(", access log");
             }
             out.push('\n');
+            summarize_policy(&mut out, s);
             for b in &s.backends {
                 let _ = write!(out, "  backend {}", b.address);
                 if b.spec != b.address.to_string() {
@@ -279,10 +302,94 @@ impl Config {
                 if let Some(max) = b.max_connections {
                     let _ = write!(out, ", max {max} connections");
                 }
+                if b.backup {
+                    out.push_str(", backup");
+                }
                 out.push('\n');
             }
         }
         out
+    }
+}
+
+/// The health, persistence and failover lines of a service's summary (none when all default).
+fn summarize_policy(out: &mut String, s: &Service) {
+    if let Some(h) = &s.health {
+        let _ = write!(out, "  health {}", h.probe.kind());
+        match &h.probe {
+            Probe::Tcp => {}
+            Probe::Redis { role, user, .. } => {
+                if *role != RedisRole::Any {
+                    let _ = write!(out, " (role {})", redis_role_name(*role));
+                }
+                if let Some(user) = user {
+                    let _ = write!(out, " as {user:?}");
+                }
+            }
+            Probe::Postgres {
+                role,
+                user,
+                database,
+                ..
+            } => {
+                if *role != PostgresRole::Any {
+                    let _ = write!(out, " (role {})", postgres_role_name(*role));
+                }
+                let _ = write!(out, " as {user:?} on {database:?}");
+            }
+        }
+        if let Some(port) = h.port {
+            let _ = write!(out, " on port {port}");
+        }
+        let _ = write!(
+            out,
+            ", every {}, timeout {}, rise {}, fall {}",
+            format_duration(h.interval),
+            format_duration(h.timeout),
+            h.rise,
+            h.fall
+        );
+        if h.passive_failures > 0 {
+            let _ = write!(
+                out,
+                ", down after {} connect failure{} in a row",
+                h.passive_failures,
+                plural(h.passive_failures as usize)
+            );
+        }
+        out.push('\n');
+    }
+    if s.on_backend_down != OnBackendDown::Keep || !s.slow_start.is_zero() {
+        let _ = write!(out, "  on backend down: {}", s.on_backend_down.name());
+        if !s.slow_start.is_zero() {
+            let _ = write!(out, ", slow start {}", format_duration(s.slow_start));
+        }
+        out.push('\n');
+    }
+    if let Some(p) = &s.persistence {
+        let _ = writeln!(
+            out,
+            "  persistence {}, ttl {}, max {} entries",
+            p.kind.name(),
+            format_duration(p.ttl),
+            p.max_entries
+        );
+    }
+}
+
+fn redis_role_name(role: RedisRole) -> &'static str {
+    match role {
+        RedisRole::Any => "any",
+        RedisRole::Master => "master",
+        RedisRole::Replica => "replica",
+    }
+}
+
+fn postgres_role_name(role: PostgresRole) -> &'static str {
+    match role {
+        PostgresRole::Any => "any",
+        PostgresRole::Primary => "primary",
+        PostgresRole::Standby => "standby",
     }
 }
 

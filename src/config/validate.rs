@@ -91,9 +91,9 @@ struct Seen {
 }
 
 /// Checks one `[[service]]`.
-struct ServiceCheck<'a, 'd> {
-    doc: &'a Doc<'d>,
-    index: usize,
+pub(super) struct ServiceCheck<'a, 'd> {
+    pub(super) doc: &'a Doc<'d>,
+    pub(super) index: usize,
     /// Byte offset of the service's table (its `[[service]]` header).
     header: usize,
     seen: &'a [Seen],
@@ -101,7 +101,7 @@ struct ServiceCheck<'a, 'd> {
 }
 
 impl ServiceCheck<'_, '_> {
-    fn key(&self, key: &str) -> String {
+    pub(super) fn key(&self, key: &str) -> String {
         format!("service[{}].{key}", self.index)
     }
 
@@ -307,6 +307,21 @@ impl ServiceCheck<'_, '_> {
             mode: given(&s.udp_mode, DEFAULT_UDP_MODE),
         };
 
+        let on_backend_down = given(&s.on_backend_down, DEFAULT_ON_BACKEND_DOWN);
+        let slow_start = match &s.slow_start {
+            // Zero is meaningful: no ramp.
+            Some(d) => duration(doc, d, self.key("slow_start"), true)?,
+            None => DEFAULT_SLOW_START,
+        };
+        let health = match s.health {
+            Some(h) => self.health(h.into_inner())?,
+            None => None,
+        };
+        let persistence = match s.persistence {
+            Some(p) => Some(self.persistence(p.into_inner())?),
+            None => None,
+        };
+
         let backends = self.backends(s.backend)?;
 
         if algorithm == Algorithm::SourceHash {
@@ -348,6 +363,10 @@ impl ServiceCheck<'_, '_> {
             backlog,
             access_log,
             udp,
+            health,
+            on_backend_down,
+            slow_start,
+            persistence,
             backends,
         };
         Ok((service, seen))
@@ -392,6 +411,7 @@ impl ServiceCheck<'_, '_> {
         }
         let mut backends: Vec<Backend> = Vec::with_capacity(list.len());
         let mut lines: Vec<usize> = Vec::with_capacity(list.len());
+        let mut last_backup = None;
         for (j, entry) in list.into_iter().enumerate() {
             let b = entry.into_inner();
             let key = |k: &str| format!("service[{}].backend[{j}].{k}", self.index);
@@ -430,12 +450,24 @@ impl ServiceCheck<'_, '_> {
                 Some(m) => Some(in_range(doc, m, key("max_connections"), 1, None)?),
                 None => None,
             };
+            let backup = given(&b.backup, DEFAULT_BACKUP);
+            if let Some(v) = &b.backup {
+                last_backup = Some((v.span().start, key("backup")));
+            }
             lines.push(doc.line(b.address.span().start));
             backends.push(Backend {
                 address,
                 spec: b.address.into_inner(),
                 weight,
                 max_connections,
+                backup,
+            });
+        }
+        if backends.iter().all(|b| b.backup)
+            && let Some((offset, key)) = last_backup
+        {
+            return Err(ConfigError::NoPrimaryBackend {
+                at: doc.at(offset, key),
             });
         }
         Ok(backends)
@@ -443,12 +475,12 @@ impl ServiceCheck<'_, '_> {
 }
 
 /// The value of an optional key that needs no check, or its default.
-fn given<T: Copy>(value: &Option<Spanned<T>>, default: T) -> T {
+pub(super) fn given<T: Copy>(value: &Option<Spanned<T>>, default: T) -> T {
     value.as_ref().map_or(default, |v| *v.get_ref())
 }
 
 /// Parses a duration value; zero is refused unless `allow_zero`.
-fn duration(
+pub(super) fn duration(
     doc: &Doc<'_>,
     value: &Spanned<DurationText>,
     key: String,
@@ -472,7 +504,7 @@ fn duration(
 }
 
 /// Checks that a number is at least `min` and, if given, at most `max`.
-fn in_range<T: Copy + PartialOrd + Display>(
+pub(super) fn in_range<T: Copy + PartialOrd + Display>(
     doc: &Doc<'_>,
     value: &Spanned<T>,
     key: impl Into<String>,
