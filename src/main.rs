@@ -12,6 +12,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use ringlb::config::Config;
+use ringlb::control::health::HealthChecker;
 use ringlb::control::{Shutdown, Snapshot};
 use ringlb::dataplane::DataPlane;
 
@@ -97,7 +98,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
     let shutdown = Arc::new(Shutdown::new());
     let snapshot = Snapshot::from_config(&config).into_shared();
-    let dataplane = DataPlane::start(&config, snapshot, shutdown.clone())?;
+    let dataplane = DataPlane::start(&config, snapshot.clone(), shutdown.clone())?;
+    // Probes run on their own thread (the control plane), never on a worker.
+    let health = HealthChecker::start(&snapshot.load()).context("cannot start health checks")?;
     tracing::info!(config = %path.display(), workers = config.runtime.workers, "ringlb running");
 
     let first = signals.forever().next();
@@ -113,6 +116,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
         }
     });
     dataplane.drain_until(deadline);
+    if let Some(health) = health {
+        health.stop();
+    }
     handle.close();
     let _ = second.join();
     tracing::info!("ringlb stopped");

@@ -1,13 +1,19 @@
 //! What runs beside the workers and what they share with it.
 //!
-//! Owns: the published [`Snapshot`] of services and backends, the shared counters inside it, and
-//! shutdown coordination. Does not own sockets: the data plane does all I/O. Later control-plane
-//! parts (health probes, admin API, reload, discovery) live here and publish new snapshots.
+//! Owns: the published [`Snapshot`] of services and backends, the shared counters and live
+//! availability state inside it, backend selection over that state (`pick`: primaries and
+//! backups, stickiness, slow start), health and admin transitions (`availability`), the health
+//! checker thread ([`health`]), and shutdown coordination. Does not own sockets of the data
+//! plane: the workers do all forwarding I/O; the only sockets here are the probes' own, on the
+//! checker's thread. Later control-plane parts (admin API, reload, discovery) live here too.
 
+mod availability;
+mod backend;
+pub mod health;
+mod pick;
 mod shutdown;
 mod snapshot;
 
+pub use backend::{BackendLive, BackendState};
 pub use shutdown::Shutdown;
-pub use snapshot::{
-    BackendCounters, BackendState, ServiceCounters, ServiceState, SharedSnapshot, Snapshot,
-};
+pub use snapshot::{BackendCounters, ServiceCounters, ServiceState, SharedSnapshot, Snapshot};

@@ -1,23 +1,36 @@
 //! The immutable view of services and backends that workers read for every new connection.
 //!
-//! Owns: [`Snapshot`], [`ServiceState`], [`BackendState`] and the shared counters they carry.
-//! Does not own: how a snapshot is chosen (config loading, later health and discovery) or any I/O.
+//! Owns: [`Snapshot`], [`ServiceState`] and the shared counters they carry. Does not own: how a
+//! snapshot is chosen (config loading, later discovery), backend selection (`pick`), health and
+//! admin transitions (`availability`, `backend`) or any I/O.
 //!
 //! A snapshot is built off the data path (selector tables included) and published through an
 //! [`ArcSwap`]; a worker loads it with one atomic operation per accepted connection and never
-//! waits on the control plane. The only shared mutable state a worker touches per connection is
-//! the cache-padded atomics in [`ServiceCounters`] and [`BackendCounters`].
+//! waits on the control plane. The shared mutable state a worker touches per connection is the
+//! cache-padded atomics in [`ServiceCounters`] and [`BackendCounters`], the availability flags
+//! of [`super::BackendLive`] (read; written only on transitions), and, with persistence, one
+//! short lock of a stick-table shard.
+//!
+//! Backends are split into two groups, primaries and backups, each with its own [`Selector`]
+//! over its members (a selector's indices are positions in its group, mapped back to the
+//! service's backend list when candidates are made). Backups get new connections only while no
+//! primary is up; see `pick`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use event_listener::Event;
+use parking_lot::Mutex;
 
+use crate::balancer::stick::StickTable;
 use crate::balancer::{BackendSpec, BackendView, Selector};
-use crate::config::{Backend, Config, Service};
+use crate::config::{Config, Service};
+
+use super::backend::{BackendState, init_clock};
 
 /// Where workers find the current [`Snapshot`].
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -34,6 +47,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the first snapshot of a configuration (selector tables included).
     pub fn from_config(config: &Config) -> Snapshot {
+        init_clock();
         Snapshot {
             version: 1,
             services: config
@@ -44,51 +58,110 @@ impl Snapshot {
         }
     }
 
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
+        self.services.iter().find(|s| s.config.name == name)
+    }
+
     /// Publishes this snapshot so workers can load it.
     pub fn into_shared(self) -> SharedSnapshot {
         Arc::new(ArcSwap::from_pointee(self))
     }
 }
 
-/// One service: its settings, backends, and the selector built over them.
+/// One service: its settings, backends, the selectors built over them, and its stick table.
 #[derive(Debug)]
 pub struct ServiceState {
     /// The validated settings of this service.
     pub config: Service,
-    /// Backends in config order; selectors return indices into this list.
+    /// Backends in config order; candidates are indices into this list.
     pub backends: Vec<BackendState>,
-    /// The algorithm's prebuilt state (Maglev table, weighted sequence, cursors).
-    pub selector: Selector,
+    /// The primary (non-backup) backends; never empty.
+    pub(super) primaries: Group,
+    /// The backups, when the service has any.
+    pub(super) backups: Option<Group>,
+    /// Session persistence, when configured.
+    pub(super) stick: Option<StickTable>,
+    /// Backend address -> index, to honour stick-table entries (which store addresses).
+    pub(super) by_address: HashMap<SocketAddr, usize>,
+    /// Whether some primary is up (healthy and enabled); kept by `availability`.
+    pub(super) primary_up: AtomicBool,
+    /// Whether some backup is up.
+    pub(super) backup_up: AtomicBool,
+    /// Serializes recomputing the two flags above, so each service-level change is logged once.
+    /// Taken only on backend transitions, never per connection.
+    pub(super) transitions: Mutex<()>,
     /// Process-wide counters of this service.
     pub counters: ServiceCounters,
 }
 
-impl ServiceState {
-    /// Builds the service state, including its selector, from its settings.
-    pub fn new(config: Service) -> ServiceState {
-        let specs: Vec<BackendSpec<'_>> = config
-            .backends
+/// Some of a service's backends and the selector built over them.
+#[derive(Debug)]
+pub(super) struct Group {
+    /// Indices into the service's backend list; the selector's index `i` is `members[i]`.
+    pub(super) members: Box<[usize]>,
+    pub(super) selector: Selector,
+}
+
+impl Group {
+    fn new(service: &Service, members: Vec<usize>) -> Group {
+        let specs: Vec<BackendSpec<'_>> = members
             .iter()
-            .map(|b| BackendSpec {
-                key: &b.spec,
-                weight: b.weight,
+            .map(|&i| {
+                let b = &service.backends[i];
+                BackendSpec {
+                    key: &b.spec,
+                    weight: b.weight,
+                }
             })
             .collect();
-        let selector = Selector::new(config.algorithm, &specs, config.hash_table_size);
+        let selector = Selector::new(service.algorithm, &specs, service.hash_table_size);
+        Group {
+            members: members.into_boxed_slice(),
+            selector,
+        }
+    }
+}
+
+impl ServiceState {
+    /// Builds the service state, including its selectors and stick table, from its settings.
+    pub fn new(config: Service) -> ServiceState {
+        let (backup, primary): (Vec<usize>, Vec<usize>) =
+            (0..config.backends.len()).partition(|&i| config.backends[i].backup);
+        let primaries = Group::new(&config, primary);
+        let backups = (!backup.is_empty()).then(|| Group::new(&config, backup));
+        let stick = config
+            .persistence
+            .as_ref()
+            .map(|p| StickTable::new(p.ttl, p.max_entries));
+        let by_address = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.address, i))
+            .collect();
         let backends = config
             .backends
             .iter()
-            .map(|b| BackendState {
-                config: b.clone(),
-                counters: BackendCounters::default(),
-            })
+            .map(|b| BackendState::new(b.clone()))
             .collect();
         ServiceState {
+            primary_up: AtomicBool::new(true),
+            backup_up: AtomicBool::new(backups.is_some()),
             config,
             backends,
-            selector,
+            primaries,
+            backups,
+            stick,
+            by_address,
+            transitions: Mutex::new(()),
             counters: ServiceCounters::default(),
         }
+    }
+
+    /// The stick table, when the service has persistence.
+    pub fn stick_table(&self) -> Option<&StickTable> {
+        self.stick.as_ref()
     }
 
     /// Tries to take one of the service's `max_connections` slots. Exact across workers.
@@ -125,28 +198,16 @@ impl BackendView for ServiceState {
         self.backends[i].counters.active.load(Ordering::Relaxed)
     }
 
+    /// Healthy, enabled and under its own `max_connections`.
     fn ready(&self, i: usize) -> bool {
         let backend = &self.backends[i];
+        if !backend.live.up() {
+            return false;
+        }
         match backend.config.max_connections {
             Some(max) => backend.counters.active.load(Ordering::Relaxed) < u64::from(max),
             None => true,
         }
-    }
-}
-
-/// One backend of a service and its shared counters.
-#[derive(Debug)]
-pub struct BackendState {
-    /// The validated settings of this backend (resolved address, weight, limits).
-    pub config: Backend,
-    /// Counters shared by all workers.
-    pub counters: BackendCounters,
-}
-
-impl BackendState {
-    /// The address connections are made to.
-    pub fn address(&self) -> SocketAddr {
-        self.config.address
     }
 }
 
@@ -158,7 +219,7 @@ pub struct ServiceCounters {
     pub active: CachePadded<AtomicU64>,
     /// Client connections accepted since start.
     pub accepted: CachePadded<AtomicU64>,
-    /// Client connections closed because no backend could be reached.
+    /// Client connections closed because no backend was ready or none could be reached.
     pub no_backend: AtomicU64,
     /// Notified when a slot is freed while the service was at its limit.
     pub slot_freed: Event,
@@ -177,4 +238,11 @@ pub struct BackendCounters {
     pub bytes_to_backend: AtomicU64,
     /// Bytes sent from this backend to clients.
     pub bytes_to_client: AtomicU64,
+    /// Live sessions closed because the backend was marked down (`on_backend_down =
+    /// "shutdown"`) or disabled.
+    pub sessions_closed: AtomicU64,
+    /// Health probes run.
+    pub probes: AtomicU64,
+    /// Health probes that failed.
+    pub probe_failures: AtomicU64,
 }

@@ -3,6 +3,9 @@
 //! Owns: the service slot, connection tracking for the connection's life, choosing and
 //! connecting a backend (with retries over distinct candidates), moving bytes both ways through
 //! bounded buffers, half-close and reset propagation, the idle timeout, and the access-log line.
+//! It reports connect results for passive health detection and session persistence, and ends a
+//! session when its backend's close event fires (marked down with `on_backend_down =
+//! "shutdown"`, or disabled).
 //!
 //! Guarantees: every byte read from one side is written to the other before that direction is
 //! shut down; a direction's buffer is `buffer_size` bytes and is not refilled until written out,
@@ -41,6 +44,9 @@ enum End {
     IdleTimeout,
     /// The drain deadline passed.
     Shutdown,
+    /// The backend was marked down (`on_backend_down = "shutdown"`) or disabled; both sides
+    /// were reset.
+    BackendDown,
 }
 
 impl End {
@@ -51,6 +57,7 @@ impl End {
             End::BackendReset => "backend_reset",
             End::IdleTimeout => "idle_timeout",
             End::Shutdown => "shutdown",
+            End::BackendDown => "backend_down",
         }
     }
 }
@@ -152,11 +159,21 @@ pub(super) async fn serve(
         id,
     };
 
-    let Some((index, backend, _active)) = connect_backend(&worker, &state, peer).await else {
-        state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(service = %state.config.name, client = %peer,
-            "no backend could be reached: client connection closed");
-        return;
+    let (index, backend, _active, epoch) = match connect_backend(&worker, &state, peer).await {
+        Ok(connected) => connected,
+        Err(NoBackend::NoneReady) => {
+            // Logged once per transition by the control side ("service down"), not here.
+            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(service = %state.config.name, client = %peer,
+                "no backend is ready: client connection closed");
+            return;
+        }
+        Err(NoBackend::AllFailed) => {
+            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(service = %state.config.name, client = %peer,
+                "no backend could be reached: client connection closed");
+            return;
+        }
     };
     worker
         .table
@@ -168,12 +185,20 @@ pub(super) async fn serve(
         .connections
         .fetch_add(1, Ordering::Relaxed);
 
-    let end = proxy(&worker, &state, id, &client, &backend).await;
+    let end = proxy(&worker, &state, index, epoch, id, &client, &backend).await;
 
-    if matches!(end, End::ClientReset) {
-        reset_on_close(&backend);
-    } else if matches!(end, End::BackendReset) {
-        reset_on_close(&client);
+    match end {
+        End::ClientReset => reset_on_close(&backend),
+        End::BackendReset => reset_on_close(&client),
+        End::BackendDown => {
+            reset_on_close(&backend);
+            reset_on_close(&client);
+            backend_state
+                .counters
+                .sessions_closed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        End::Closed | End::IdleTimeout | End::Shutdown => {}
     }
     drop(backend);
     drop(client);
@@ -200,25 +225,41 @@ pub(super) async fn serve(
     }
 }
 
-/// Tries the selector's distinct candidates in order, each within `connect_timeout`.
+/// Why no backend connection was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NoBackend {
+    /// No backend was ready (none up, or all at their `max_connections`).
+    NoneReady,
+    /// Every candidate's connect failed or timed out.
+    AllFailed,
+}
+
+/// Tries the service's distinct candidates in order, each within `connect_timeout`. On success
+/// returns the backend's index, the stream, its active-count guard and the backend's close
+/// epoch from before the connect (so a mark-down during the connect still closes the session).
 async fn connect_backend<'a>(
     worker: &Worker,
     state: &'a ServiceState,
     peer: SocketAddr,
-) -> Option<(usize, TcpStream, ActiveGuard<'a>)> {
+) -> Result<(usize, TcpStream, ActiveGuard<'a>, u64), NoBackend> {
     let config = &state.config;
     let attempts = config.retries as usize + 1;
-    let mut candidates = Vec::with_capacity(attempts);
-    state.selector.candidates(
-        state,
+    // One spare: slow start may ask the selector for one more than it returns.
+    let mut candidates = Vec::with_capacity(attempts + 1);
+    state.candidates(
         peer.ip(),
         &mut worker.rng.borrow_mut(),
         attempts,
+        Instant::now(),
         &mut candidates,
     );
+    if candidates.is_empty() {
+        return Err(NoBackend::NoneReady);
+    }
     for index in candidates {
         let backend = &state.backends[index];
         let active = ActiveGuard::new(backend);
+        let epoch = backend.live.close_epoch();
         let address = backend.address();
         let failure = match compio::time::timeout(
             config.connect_timeout,
@@ -231,7 +272,9 @@ async fn connect_backend<'a>(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(%address, error = %e, "cannot set TCP_NODELAY");
                 }
-                return Some((index, stream, active));
+                state.connect_succeeded(index);
+                state.stick(peer.ip(), index, Instant::now());
+                return Ok((index, stream, active, epoch));
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:?}", config.connect_timeout),
@@ -241,15 +284,19 @@ async fn connect_backend<'a>(
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(service = %config.name, backend = %address, reason = %failure, "connect failed");
+        // Passive health detection: enough failures in a row mark the backend down at once.
+        state.connect_failed(index, &failure);
     }
-    None
+    Err(NoBackend::AllFailed)
 }
 
 /// Moves bytes both ways until both directions ended in order, one side failed, the connection
-/// went idle, or the drain deadline passed.
+/// went idle, the drain deadline passed, or the backend's close event fired after `epoch`.
 async fn proxy(
     worker: &Worker,
     state: &ServiceState,
+    index: usize,
+    epoch: u64,
     id: ConnId,
     client: &TcpStream,
     backend: &TcpStream,
@@ -259,6 +306,7 @@ async fn proxy(
     let mut down = pin!(pump(worker, id, Dir::Down, backend, client, size));
     let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
     let mut abort = pin!(worker.shutdown.aborting());
+    let mut closed = pin!(state.backends[index].live.closed_after(epoch));
     let mut up_end = None;
     let mut down_end = None;
     std::future::poll_fn(|cx| {
@@ -299,6 +347,9 @@ async fn proxy(
         }
         if abort.as_mut().poll(cx).is_ready() {
             return Poll::Ready(End::Shutdown);
+        }
+        if closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::BackendDown);
         }
         Poll::Pending
     })

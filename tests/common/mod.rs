@@ -6,6 +6,8 @@
 //! test goes through real sockets and a real process.
 #![allow(dead_code)]
 
+pub mod health;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -45,13 +47,18 @@ impl Ringlb {
     /// Writes `config` to a file and runs `ringlb run --config FILE` on it; returns once every
     /// service is listening. Listen addresses should use port 0.
     pub fn start(config: &str) -> Ringlb {
+        Ringlb::start_with_log(config, "info")
+    }
+
+    /// [`Ringlb::start`] with a `--log-level` filter other than `info`.
+    pub fn start_with_log(config: &str, log_level: &str) -> Ringlb {
         let dir = TempDir::new();
         let path = dir.path.join("ringlb.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
             .args(["run", "--config"])
             .arg(&path)
-            .args(["--log-level", "info"])
+            .args(["--log-level", log_level])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,165 @@
+//! Health and admin transitions of a service's backends, and what follows from them: the log
+//! line (once per transition, with its reason), closing live sessions, the slow-start ramp, and
+//! the service-level state (some backend up or not; primaries or backups serving).
+//!
+//! Owns: applying a decision to the shared state. Does not own: deciding (the probe task's
+//! `HealthMachine`, the workers' passive failure count, the operator) or any I/O.
+//!
+//! Callers: the health checker thread (probe results), workers (passive detection, at most once
+//! per transition thanks to the compare-and-swap in `BackendLive::set_healthy`), and the admin
+//! API ([`ServiceState::set_admin`]). Each transition changes a backend's flag first, then
+//! recomputes the service-level flags under the service's `transitions` lock, so every
+//! service-level change is logged exactly once, whichever thread causes it.
+
+use std::fmt::Display;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::balancer::health::Admin;
+use crate::config::OnBackendDown;
+
+use super::snapshot::{Group, ServiceState};
+
+impl ServiceState {
+    /// Marks backend `index` unhealthy because of `reason`. Returns whether this call made the
+    /// change (and so logged it); `false` if it was already down.
+    pub fn mark_down(&self, index: usize, reason: &dyn Display) -> bool {
+        let Some(backend) = self.backends.get(index) else {
+            return false;
+        };
+        if !backend.live.set_healthy(false) {
+            return false;
+        }
+        tracing::warn!(
+            service = %self.config.name,
+            backend = %backend.address(),
+            reason = %reason,
+            "backend down"
+        );
+        if self.config.on_backend_down == OnBackendDown::Shutdown {
+            backend.live.close_sessions();
+        }
+        self.refresh_availability();
+        true
+    }
+
+    /// Marks backend `index` healthy again at `now` (starting its slow-start ramp). Returns
+    /// whether this call made the change.
+    pub fn mark_up(&self, index: usize, reason: &dyn Display, now: Instant) -> bool {
+        let Some(backend) = self.backends.get(index) else {
+            return false;
+        };
+        if !backend.live.set_healthy(true) {
+            return false;
+        }
+        backend.live.reset_failures();
+        // A reader may see the flag a moment before the ramp: one connection at full weight.
+        if !self.config.slow_start.is_zero() {
+            backend.live.start_ramp(now);
+        }
+        tracing::info!(
+            service = %self.config.name,
+            backend = %backend.address(),
+            reason = %reason,
+            "backend up"
+        );
+        self.refresh_availability();
+        true
+    }
+
+    /// Passive detection: a worker failed to connect to backend `index` with `error`. After
+    /// `health.passive_failures` failures in a row the backend is marked down at once; the
+    /// probes bring it back. Off without `[service.health]` (nothing would bring it back).
+    pub fn connect_failed(&self, index: usize, error: &dyn Display) {
+        let Some(health) = &self.config.health else {
+            return;
+        };
+        let Some(backend) = self.backends.get(index) else {
+            return;
+        };
+        let threshold = health.passive_failures;
+        if backend.live.connect_failed(threshold) && backend.live.healthy() {
+            let reason = format!("{threshold} connect failures in a row (last: {error})");
+            if self.mark_down(index, &reason) {
+                backend.live.note_passive_down();
+            }
+        }
+    }
+
+    /// A worker connected to backend `index`: its run of connect failures is over.
+    pub fn connect_succeeded(&self, index: usize) {
+        if let Some(backend) = self.backends.get(index) {
+            backend.live.connect_succeeded();
+        }
+    }
+
+    /// Sets the operator's state of backend `index` at `now`; returns the previous state, or
+    /// `None` if there is no such backend.
+    ///
+    /// - `Drain`: no new connections; live ones run to their end.
+    /// - `Disabled`: no new connections, and live ones are closed at once.
+    /// - `Enabled`: new connections again (ramping over `slow_start` when set).
+    ///
+    /// Health checks go on in every state, so a re-enabled backend's health is known.
+    pub fn set_admin(&self, index: usize, admin: Admin, now: Instant) -> Option<Admin> {
+        let backend = self.backends.get(index)?;
+        let before = backend.live.set_admin(admin);
+        if before == admin {
+            return Some(before);
+        }
+        if admin == Admin::Enabled && !self.config.slow_start.is_zero() {
+            backend.live.start_ramp(now);
+        }
+        tracing::info!(
+            service = %self.config.name,
+            backend = %backend.address(),
+            from = before.name(),
+            to = admin.name(),
+            "backend admin state changed"
+        );
+        if admin.closes_live() {
+            backend.live.close_sessions();
+        }
+        self.refresh_availability();
+        Some(before)
+    }
+
+    /// Whether some backend (primary or backup) is up.
+    pub fn available(&self) -> bool {
+        self.primary_up.load(Ordering::Acquire) || self.backup_up.load(Ordering::Acquire)
+    }
+
+    /// Recomputes whether some primary and some backup are up, and logs the service-level
+    /// changes: down (no backend up) and up again; and, with backups, when they take over and
+    /// when a primary is back.
+    pub(super) fn refresh_availability(&self) {
+        let _serial = self.transitions.lock();
+        let any_up = |g: &Group| g.members.iter().any(|&i| self.backends[i].live.up());
+        let primary = any_up(&self.primaries);
+        let backup = self.backups.as_ref().is_some_and(any_up);
+        let was_primary = self.primary_up.swap(primary, Ordering::AcqRel);
+        let was_backup = self.backup_up.swap(backup, Ordering::AcqRel);
+        let name = &self.config.name;
+        match (was_primary || was_backup, primary || backup) {
+            (true, false) => tracing::warn!(
+                service = %name,
+                "service down: no backend is up, new connections are closed at once"
+            ),
+            (false, true) => tracing::info!(service = %name, "service up"),
+            _ => {}
+        }
+        if self.backups.is_some() {
+            if was_primary && !primary && backup {
+                tracing::warn!(
+                    service = %name,
+                    "no primary backend is up: backups take new connections"
+                );
+            } else if !was_primary && primary {
+                tracing::info!(
+                    service = %name,
+                    "a primary backend is up: new connections go to primaries again"
+                );
+            }
+        }
+    }
+}
