@@ -10,6 +10,17 @@
 //! API ([`ServiceState::set_admin`]). Each transition changes a backend's flag first, then
 //! recomputes the service-level flags under the service's `transitions` lock, so every
 //! service-level change is logged exactly once, whichever thread causes it.
+//!
+//! Closing live sessions crosses threads in two steps, and never wakes sessions directly from
+//! here: the backend's close epoch is bumped, then the service's `closing` event is notified.
+//! Only one watcher task per worker listens on it ([`ServiceState::closing_after`]); it wakes its
+//! worker's sessions with a worker-local event, and each session compares its backend's epoch
+//! with the one it started with. Why not one cross-thread listener per session: compio queues
+//! wake-ups from other threads in a bounded queue (64 entries) and the waking thread spins while
+//! it is full, and event-listener calls the wakers while holding its list lock; notifying
+//! thousands of sessions from the health thread while a worker waits for that lock (to register
+//! a new session) would deadlock both threads. With one listener per worker, a notification
+//! queues at most one wake-up on each worker.
 
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
@@ -38,6 +49,7 @@ impl ServiceState {
         );
         if self.config.on_backend_down == OnBackendDown::Shutdown {
             backend.live.close_sessions();
+            self.wake_closing();
         }
         self.refresh_availability();
         true
@@ -119,9 +131,40 @@ impl ServiceState {
         );
         if admin.closes_live() {
             backend.live.close_sessions();
+            self.wake_closing();
         }
         self.refresh_availability();
         Some(before)
+    }
+
+    /// Tells the workers' watchers that sessions of this service must be looked at.
+    fn wake_closing(&self) {
+        self.closing_generation.fetch_add(1, Ordering::AcqRel);
+        self.closing.notify(usize::MAX);
+    }
+
+    /// The current closing generation; a watcher starts from it.
+    pub fn closing_generation(&self) -> u64 {
+        self.closing_generation.load(Ordering::Acquire)
+    }
+
+    /// Resolves once some backend's sessions must close after generation `seen`; returns the
+    /// new generation. Meant for one watcher task per worker (see the module docs), not for
+    /// sessions.
+    pub async fn closing_after(&self, seen: u64) -> u64 {
+        loop {
+            let now = self.closing_generation();
+            if now != seen {
+                return now;
+            }
+            // Register before the second check so a bump between the two is not missed.
+            let listener = self.closing.listen();
+            let now = self.closing_generation();
+            if now != seen {
+                return now;
+            }
+            listener.await;
+        }
     }
 
     /// Whether some backend (primary or backup) is up.

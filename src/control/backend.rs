@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam::utils::CachePadded;
-use event_listener::Event;
 
 use crate::balancer::health::{self, Admin};
 use crate::config::Backend;
@@ -75,10 +74,10 @@ impl BackendState {
 pub struct BackendLive {
     healthy: AtomicBool,
     admin: AtomicU8,
-    /// Bumped whenever live sessions to the backend must be closed.
+    /// Bumped whenever live sessions to the backend must be closed. The wake-up that makes
+    /// sessions look at it is the service's (`ServiceState::closing_generation`), so that the
+    /// control plane wakes one task per worker, not every session (see `availability`).
     close_epoch: AtomicU64,
-    /// Notified after each bump of `close_epoch`.
-    close: Event,
     /// [`clock_nanos`] of the start of the current slow-start ramp; 0: no ramp.
     ramp_start: AtomicU64,
     /// Consecutive failed connects the workers saw (reset by a successful one).
@@ -94,7 +93,6 @@ impl Default for BackendLive {
             healthy: AtomicBool::new(true),
             admin: AtomicU8::new(Admin::Enabled.to_u8()),
             close_epoch: AtomicU64::new(0),
-            close: Event::new(),
             ramp_start: AtomicU64::new(0),
             failures_in_row: AtomicU32::new(0),
             passive_downs: AtomicU64::new(0),
@@ -136,25 +134,10 @@ impl BackendLive {
         self.close_epoch.load(Ordering::Acquire)
     }
 
-    /// Tells every live session to this backend to close.
+    /// Marks every live session to this backend as to be closed (sessions started before
+    /// now see a newer epoch). The caller then wakes the workers.
     pub(crate) fn close_sessions(&self) {
         self.close_epoch.fetch_add(1, Ordering::AcqRel);
-        self.close.notify(usize::MAX);
-    }
-
-    /// Resolves once sessions started at `epoch` must close.
-    pub async fn closed_after(&self, epoch: u64) {
-        loop {
-            if self.close_epoch() != epoch {
-                return;
-            }
-            // Register before the second check so a bump between the two is not missed.
-            let listener = self.close.listen();
-            if self.close_epoch() != epoch {
-                return;
-            }
-            listener.await;
-        }
     }
 
     /// Starts a slow-start ramp at `now`.
@@ -174,12 +157,9 @@ impl BackendLive {
         if permille >= 1000 {
             // The ramp is over: later reads skip the arithmetic. A racing restart of the ramp
             // is not lost: compare_exchange leaves a newer start in place.
-            let _ = self.ramp_start.compare_exchange(
-                start,
-                0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            let _ = self
+                .ramp_start
+                .compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
         permille
     }
@@ -231,19 +211,6 @@ mod tests {
         assert!(!live.up());
         assert_eq!(live.set_admin(Admin::Enabled), Admin::Drain);
         assert!(live.up());
-    }
-
-    #[test]
-    fn waiters_wake_when_sessions_must_close() {
-        let live = std::sync::Arc::new(BackendLive::default());
-        let epoch = live.close_epoch();
-        let l2 = live.clone();
-        let t = std::thread::spawn(move || l2.close_sessions());
-        compio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(live.closed_after(epoch));
-        t.join().unwrap();
-        assert_eq!(live.close_epoch(), epoch + 1);
     }
 
     #[test]

@@ -171,9 +171,7 @@ mod tests {
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
     fn service(extra: &str, backends: &[&str]) -> ServiceState {
-        let mut text = format!(
-            "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
-        );
+        let mut text = format!("[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n{extra}\n");
         for (i, b) in backends.iter().enumerate() {
             text.push_str(&format!(
                 "[[service.backend]]\naddress = \"127.0.0.1:{}\"\n{b}\n",
@@ -289,7 +287,10 @@ mod tests {
 
     #[test]
     fn a_client_stuck_to_a_backup_returns_to_the_primaries() {
-        let s = service("[service.persistence]\nttl = \"1h\"", &["", "backup = true"]);
+        let s = service(
+            "[service.persistence]\nttl = \"1h\"",
+            &["", "backup = true"],
+        );
         let now = Instant::now();
         let mut rng = fastrand::Rng::with_seed(3);
         let mut out = Vec::new();
@@ -330,13 +331,19 @@ mod tests {
             let full = at(20);
             assert!(early < 250, "{algorithm}: {early} at 10%");
             assert!((300..700).contains(&half), "{algorithm}: {half} at 50%");
-            assert!((800..1200).contains(&full), "{algorithm}: {full} after the ramp");
+            assert!(
+                (800..1200).contains(&full),
+                "{algorithm}: {full} after the ramp"
+            );
         }
     }
 
     #[test]
     fn least_conn_counts_a_ramping_backends_connections_against_its_share() {
-        let s = service("algorithm = \"least_conn\"\nslow_start = \"10s\"", &["", ""]);
+        let s = service(
+            "algorithm = \"least_conn\"\nslow_start = \"10s\"",
+            &["", ""],
+        );
         let start = Instant::now();
         s.mark_down(0, &"test");
         s.mark_up(0, &"test", start);

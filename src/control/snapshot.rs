@@ -91,6 +91,10 @@ pub struct ServiceState {
     /// Serializes recomputing the two flags above, so each service-level change is logged once.
     /// Taken only on backend transitions, never per connection.
     pub(super) transitions: Mutex<()>,
+    /// Bumped when some backend's live sessions must close (see `availability`).
+    pub(super) closing_generation: AtomicU64,
+    /// Notified after each bump; one watcher task per worker listens, never a session.
+    pub(super) closing: Event,
     /// Process-wide counters of this service.
     pub counters: ServiceCounters,
 }
@@ -155,6 +159,8 @@ impl ServiceState {
             stick,
             by_address,
             transitions: Mutex::new(()),
+            closing_generation: AtomicU64::new(0),
+            closing: Event::new(),
             counters: ServiceCounters::default(),
         }
     }

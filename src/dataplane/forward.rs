@@ -306,7 +306,7 @@ async fn proxy(
     let mut down = pin!(pump(worker, id, Dir::Down, backend, client, size));
     let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
     let mut abort = pin!(worker.shutdown.aborting());
-    let mut closed = pin!(state.backends[index].live.closed_after(epoch));
+    let mut closed = pin!(backend_closed(worker, state, index, epoch));
     let mut up_end = None;
     let mut down_end = None;
     std::future::poll_fn(|cx| {
@@ -354,6 +354,35 @@ async fn proxy(
         Poll::Pending
     })
     .await
+}
+
+/// Resolves once the sessions to backend `index` started at close `epoch` must close.
+async fn backend_closed(worker: &Worker, state: &ServiceState, index: usize, epoch: u64) {
+    let live = &state.backends[index].live;
+    loop {
+        if live.close_epoch() != epoch {
+            return;
+        }
+        // A worker-local event (woken from this thread by `watch_closing`): registering on it
+        // never contends with another thread.
+        let listener = worker.sessions_closing.listen();
+        if live.close_epoch() != epoch {
+            return;
+        }
+        listener.await;
+    }
+}
+
+/// One per (worker, service): relays the control plane's "sessions must close" to this
+/// worker's sessions. The control plane wakes only these watchers (one per worker), never
+/// sessions directly; see `control::availability` for why.
+pub(super) async fn watch_closing(worker: Rc<Worker>, service: usize) {
+    let state: Arc<ServiceState> = worker.snapshot.load().services[service].clone();
+    let mut seen = state.closing_generation();
+    loop {
+        seen = state.closing_after(seen).await;
+        worker.sessions_closing.notify(usize::MAX);
+    }
 }
 
 /// Copies one direction through a buffer of `size` bytes until EOF or failure.

@@ -47,6 +47,9 @@ pub(super) struct Worker {
     pub rng: RefCell<fastrand::Rng>,
     /// Notified whenever a tracked connection ends (the drain waits on it).
     pub conn_closed: Event,
+    /// Notified (from this thread) when some backend's live sessions must close: each session
+    /// then compares its backend's close epoch with the one it started with.
+    pub sessions_closing: Event,
 }
 
 /// Thread body: builds the runtime and serves until drained.
@@ -82,6 +85,7 @@ async fn serve(setup: WorkerSetup) {
         table: RefCell::new(ConnTable::new(capacity)),
         rng: RefCell::new(fastrand::Rng::new()),
         conn_closed: Event::new(),
+        sessions_closing: Event::new(),
     });
     let mut listeners = Vec::with_capacity(setup.listeners.len());
     for (service, std_listener) in setup.listeners {
@@ -92,6 +96,10 @@ async fn serve(setup: WorkerSetup) {
                 return;
             }
         }
+    }
+    for &(service, _) in &listeners {
+        // Ends with the runtime, after the drain.
+        compio::runtime::spawn(forward::watch_closing(worker.clone(), service)).detach();
     }
     let accepting: Vec<_> = listeners
         .into_iter()

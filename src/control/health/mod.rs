@@ -153,8 +153,10 @@ async fn watch(service: Arc<ServiceState>, index: usize) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let started = Instant::now();
         let result = probe::run(&check.probe, target, check.timeout).await;
         let now = Instant::now();
+        let took_ms = now.duration_since(started).as_millis() as u64;
         let counters = &backend.counters;
         counters.probes.fetch_add(1, Ordering::Relaxed);
         let passive = backend.live.passive_downs();
@@ -165,11 +167,11 @@ async fn watch(service: Arc<ServiceState>, index: usize) {
         }
         match &result {
             Ok(()) => tracing::debug!(service = %service.config.name, backend = %target,
-                "probe passed"),
+                took_ms, "probe passed"),
             Err(failure) => {
                 counters.probe_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(service = %service.config.name, backend = %target,
-                    reason = %failure, "probe failed");
+                    took_ms, reason = %failure, "probe failed");
             }
         }
         match (machine.record(result.is_ok(), now), &result) {

@@ -93,10 +93,12 @@ pub async fn run(probe: &Probe, target: SocketAddr, timeout: Duration) -> Result
 }
 
 async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeFailure> {
-    let stream = TcpStream::connect(target).await.map_err(|e| match e.kind() {
-        io::ErrorKind::ConnectionRefused => ProbeFailure::Refused,
-        _ => ProbeFailure::Connect(e.to_string()),
-    })?;
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionRefused => ProbeFailure::Refused,
+            _ => ProbeFailure::Connect(e.to_string()),
+        })?;
     // Probes are tiny request/response exchanges.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -282,7 +284,10 @@ mod tests {
     fn the_role_line_is_found_in_info_replication() {
         let info = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\n";
         assert_eq!(redis_role(info), Some("slave"));
-        assert_eq!(redis_role("# Replication\r\nrole:master\r\n"), Some("master"));
+        assert_eq!(
+            redis_role("# Replication\r\nrole:master\r\n"),
+            Some("master")
+        );
         assert_eq!(redis_role("connected_slaves:0\r\n"), None);
     }
 
