@@ -5,13 +5,17 @@
 //! The folders follow the three planes of `README.md`'s design section:
 //!
 //! - [`balancer`]: pure logic with no I/O and no clock reads: selection algorithms, the Maglev
-//!   table, the per-worker connection-tracking table. Tested without sockets.
+//!   table, the per-worker connection-tracking table, the health state machine (rise/fall, admin
+//!   state, slow-start ramp) and the stick table. Tested without sockets.
 //! - [`config`]: the TOML file, its validation and the typed configuration. No sockets.
 //! - [`dataplane`]: the worker threads. Each owns a compio (io_uring) runtime, its own
 //!   `SO_REUSEPORT` listening sockets, its slice of connection tracking, and forwards bytes.
 //!   compio types never leave this module.
 //! - [`control`]: what runs beside the workers: the published [`control::Snapshot`] they read
-//!   lock-free, process-wide counters, and shutdown/drain coordination.
+//!   lock-free with the per-backend availability atomics inside it, backend selection over that
+//!   state (primaries and backups, persistence, slow start), health and admin transitions, the
+//!   health checker thread ([`control::health`], a tokio current-thread runtime that probes out
+//!   of band), process-wide counters, and shutdown/drain coordination.
 //! - [`demo`]: `ringlb demo`, a self-contained first look (echo backends, balancer, load).
 
 pub mod balancer;
