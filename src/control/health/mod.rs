@@ -1,9 +1,8 @@
 //! The health checker: the control-plane thread that probes backends out of band.
 //!
 //! Owns: one thread (`ringlb-health`) running a plain tokio current-thread runtime (epoll, per
-//! the design), one task per checked backend, and each backend's
-//! [`HealthMachine`](crate::balancer::health::HealthMachine). Workers never run a probe and never
-//! wait on this thread.
+//! the design), one task per checked backend, and each backend's [`HealthMachine`]. Workers
+//! never run a probe and never wait on this thread.
 //!
 //! How results reach the workers: a task applies each probe result to its backend's state
 //! machine; a transition flips the backend's atomic health flag inside the shared
