@@ -48,6 +48,8 @@ impl RedisServer {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
+            // Replicas sync at once instead of after Redis 7's default 5 s diskless delay.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&dir.path)
             .stdin(Stdio::null())
