@@ -12,7 +12,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use ringlb::config::Config;
-use ringlb::control::{Shutdown, Snapshot};
+use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
 use ringlb::dataplane::DataPlane;
 
 /// ringlb: a Layer-4 TCP/UDP load balancer on io_uring, one worker thread per core.
@@ -96,7 +96,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
     // Registered before the workers start, so a signal never hits the default handler.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
     let shutdown = Arc::new(Shutdown::new());
-    let snapshot = Snapshot::from_config(&config).into_shared();
+    let budget = Arc::new(ConnectionBudget::for_config(&config));
+    let snapshot = Snapshot::from_config(&config, &budget).into_shared();
     let dataplane = DataPlane::start(&config, snapshot, shutdown.clone())?;
     tracing::info!(config = %path.display(), workers = config.runtime.workers, "ringlb running");
 

@@ -3,7 +3,7 @@
 //! Owns: the accept loop of each service on this worker (with the pause at `max_connections` and
 //! on fd exhaustion), and the worker's exit once a drain has closed its last connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io;
 use std::rc::Rc;
@@ -47,6 +47,28 @@ pub(super) struct Worker {
     pub rng: RefCell<fastrand::Rng>,
     /// Notified whenever a tracked connection ends (the drain waits on it).
     pub conn_closed: Event,
+    /// Set once the drain deadline passed; this worker's connections then close.
+    aborted: Cell<bool>,
+    /// Wakes this worker's connections when `aborted` is set. Local to the worker: only one
+    /// task per worker listens on the process-wide [`Shutdown`], so a shutdown never makes
+    /// thousands of connections contend on a shared lock or flood another thread's queue.
+    abort_event: Event,
+}
+
+impl Worker {
+    /// Resolves once this worker's live connections must close (drain deadline passed).
+    pub async fn aborting(&self) {
+        loop {
+            if self.aborted.get() {
+                return;
+            }
+            let listener = self.abort_event.listen();
+            if self.aborted.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
 }
 
 /// Thread body: builds the runtime and serves until drained.
@@ -93,7 +115,18 @@ async fn serve(setup: WorkerSetup) {
         table: RefCell::new(ConnTable::new(capacity)),
         rng: RefCell::new(fastrand::Rng::new()),
         conn_closed: Event::new(),
+        aborted: Cell::new(false),
+        abort_event: Event::new(),
     });
+    // The one listener of this worker on the process-wide abort; it fans out locally.
+    let abort_relay = {
+        let worker = worker.clone();
+        compio::runtime::spawn(async move {
+            worker.shutdown.aborting().await;
+            worker.aborted.set(true);
+            worker.abort_event.notify(usize::MAX);
+        })
+    };
     let mut listeners = Vec::with_capacity(setup.listeners.len());
     for (service, std_listener) in setup.listeners {
         match TcpListener::from_std(std_listener) {
@@ -117,6 +150,7 @@ async fn serve(setup: WorkerSetup) {
         let _ = task.await;
     }
     wait_until_empty(&worker).await;
+    drop(abort_relay);
     tracing::debug!(worker = worker.index, "worker drained");
 }
 
@@ -142,7 +176,7 @@ async fn accept_loop(worker: Rc<Worker>, service: usize, listener: TcpListener) 
         let state: Arc<ServiceState> = worker.snapshot.load().services[service].clone();
         if state.at_limit() {
             // Pause: leave new connections in the kernel's accept queue until a slot frees.
-            let slot = wait_for_slot(&state);
+            let slot = state.wait_for_slot();
             futures_util::pin_mut!(slot);
             let drain = shutdown.draining();
             futures_util::pin_mut!(drain);
@@ -191,21 +225,7 @@ async fn accept_loop(worker: Rc<Worker>, service: usize, listener: TcpListener) 
     tracing::debug!(worker = worker.index, service, "listener closed");
 }
 
-/// Resolves when the service may have a free slot again.
-pub(super) async fn wait_for_slot(state: &ServiceState) {
-    loop {
-        if !state.at_limit() {
-            return;
-        }
-        let listener = state.counters.slot_freed.listen();
-        if !state.at_limit() {
-            return;
-        }
-        listener.await;
-    }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
+pub(super) fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
