@@ -205,9 +205,31 @@ bench() { # mode port args... -> JSON
   timeout $((DURATION + 30)) "$BIN" bench "$1" "127.0.0.1:$2" --threads "$CLIENT_THREADS" \
     --duration "${DURATION}s" --json "${@:3}" 2>>"$OUT/bench.err" || echo '{}'
 }
-w_rr()      { bench rr "$(port "$1" $ECHO)" --connections 50 --size 64 | tee -a "$OUT/raw.jsonl" | jq -r '.requests_per_s // "nan"'; }
-w_connect() { bench connect "$(port "$1" $ECHO)" --connections 50 --size 64 | tee -a "$OUT/raw.jsonl" | jq -r '.connections_per_s // "nan"'; }
-w_stream()  { bench stream "$(port "$1" $SINK)" --connections 1 | tee -a "$OUT/raw.jsonl" | jq -r '.sent_gbit_per_s // "nan"'; }
+proxy_pid() { case $1 in ringlb) echo "$RINGLB_PID" ;; haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+cpu_ticks() { # pid -> user+system clock ticks of the process (all threads) and its children
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo $total
+}
+# measure TARGET JQ_VALUE JQ_UNITS SCALE bench-args... -> "value cpu": the bench's value and the
+# proxy's CPU time per unit (SCALE: us per unit from ticks/units), "nan" for the direct target.
+# CPU time per unit depends little on what else runs on the machine, unlike rates.
+measure() {
+  local t=$1 value=$2 units=$3 scale=$4 pid a b json
+  shift 4
+  pid=$(proxy_pid "$t")
+  [ -n "$pid" ] && a=$(cpu_ticks "$pid")
+  json=$(bench "$@")
+  echo "$json" >>"$OUT/raw.jsonl"
+  [ -n "$pid" ] && b=$(cpu_ticks "$pid")
+  echo "$json" | jq -r --arg t "${a:-}" --arg b "${b:-}" --argjson hz "$(getconf CLK_TCK)" --argjson scale "$scale" \
+    "[($value // \"nan\"), (if \$t == \"\" or ($units // 0) == 0 then \"nan\" else ((\$b | tonumber) - (\$t | tonumber)) / \$hz * \$scale / $units | . * 100 | round / 100 end)] | @tsv"
+}
+w_rr()      { measure "$1" .requests_per_s .requests 1e6 rr "$(port "$1" $ECHO)" --connections 50 --size 64; }
+w_connect() { measure "$1" .connections_per_s .connections_opened 1e6 connect "$(port "$1" $ECHO)" --connections 50 --size 64; }
+w_stream()  { measure "$1" .sent_gbit_per_s "(.bytes_sent / 1e9)" 1e3 stream "$(port "$1" $SINK)" --connections 1; }
 w_p99()     { bench rr "$(port "$1" $ECHO)" --connections 50 --size 64 --rate "$RATE" | tee -a "$OUT/raw.jsonl" | jq -r '.latency_us.p99 // "nan"'; }
 w_udp() {
   if [ "$1" = haproxy ] || { [ "$1" = ringlb ] && [ -z "$RINGLB_UDP" ]; }; then echo nan; return; fi
@@ -239,9 +261,10 @@ declare -A R
 for round in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     for w in "${WORKLOADS[@]}"; do
-      v=$(w_$w "$t")
+      read -r v c < <(w_$w "$t")
       R[${w}_$t]+="$v "
-      echo "round $round $t $w $v" | tee -a "$OUT/raw.txt" >&2
+      R[${w}cpu_$t]+="${c:-nan} "
+      echo "round $round $t $w $v ${c:-}" | tee -a "$OUT/raw.txt" >&2
     done
   done
 done
@@ -273,7 +296,7 @@ for t in ringlb haproxy nginx; do
 done
 
 # --- report ---
-median() { tr ' ' '\n' | grep -v '^$' | grep -v nan | sort -g \
+median() { tr ' ' '\n' | awk '$1 != "" && $1 != "nan"' | sort -g \
   | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ratio() { python3 -c "
 a, b = '$1', '$2'
@@ -297,6 +320,9 @@ row "p99 at $RATE req/s, 50 conns (us, lower is better)" p99
 row "redis-benchmark -t get -c 50 (req/s)" redis
 row "iperf3 single stream (Gbit/s)" iperf
 row "udp: 50 sockets, 64 B (req/s)" udp
+row "proxy CPU per rr request (us, lower is better)" rrcpu
+row "proxy CPU per connect-mode connection (us, lower is better)" connectcpu
+row "proxy CPU per GB streamed (ms, lower is better)" streamcpu
 echo
 if [ -z "$RINGLB_UDP" ]; then
   echo "ringlb UDP: not measured, this build: $RINGLB_UDP_NOTE. HAProxy has no UDP proxy."
