@@ -37,6 +37,8 @@ enum Command {
     Check,
     /// Start three echo backends and a balancer on loopback, drive a short load, print results.
     Demo(ringlb::demo::DemoOptions),
+    /// Load generator (connect, rr, stream, udp, idle) and echo/sink server (serve).
+    Bench(ringlb::loadtool::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check) => return check(cli.config.as_deref()),
         Some(Command::Demo(options)) => ringlb::demo::run(&options),
+        Some(Command::Bench(args)) => ringlb::loadtool::run(&args),
         Some(Command::Run) | None => match cli.config.as_deref() {
             Some(path) => run(path),
             None => Err(anyhow::anyhow!(
