@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
 use crate::config::Config;
-use crate::control::{Shutdown, Snapshot};
+use crate::control::{ConnectionBudget, Shutdown, Snapshot};
 use crate::dataplane::DataPlane;
 
 /// The embedded configuration; `{backend0}`..`{backend2}` are replaced by the echo servers'
@@ -79,7 +79,8 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     let shutdown = Arc::new(Shutdown::new());
     let dataplane = DataPlane::start(
         &config,
-        Snapshot::from_config(&config).into_shared(),
+        Snapshot::from_config(&config, &Arc::new(ConnectionBudget::for_config(&config)))
+            .into_shared(),
         shutdown,
     )?;
     let target = dataplane.listening()[0].address;

@@ -17,9 +17,13 @@
 //!   health checker thread ([`control::health`], a tokio current-thread runtime that probes out
 //!   of band), process-wide counters, and shutdown/drain coordination.
 //! - [`demo`]: `ringlb demo`, a self-contained first look (echo backends, balancer, load).
+//! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
+//!   against other proxies. It runs on its own compio runtimes and shares nothing with the
+//!   balancer.
 
 pub mod balancer;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod demo;
+pub mod loadtool;

@@ -13,7 +13,7 @@ use signal_hook::iterator::Signals;
 
 use ringlb::config::Config;
 use ringlb::control::health::HealthChecker;
-use ringlb::control::{Shutdown, Snapshot};
+use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
 use ringlb::dataplane::DataPlane;
 
 /// ringlb: a Layer-4 TCP/UDP load balancer on io_uring, one worker thread per core.
@@ -38,6 +38,8 @@ enum Command {
     Check,
     /// Start three echo backends and a balancer on loopback, drive a short load, print results.
     Demo(ringlb::demo::DemoOptions),
+    /// Load generator (connect, rr, stream, udp, idle) and echo/sink server (serve).
+    Bench(ringlb::loadtool::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check) => return check(cli.config.as_deref()),
         Some(Command::Demo(options)) => ringlb::demo::run(&options),
+        Some(Command::Bench(args)) => ringlb::loadtool::run(&args),
         Some(Command::Run) | None => match cli.config.as_deref() {
             Some(path) => run(path),
             None => Err(anyhow::anyhow!(
@@ -97,7 +100,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
     // Registered before the workers start, so a signal never hits the default handler.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
     let shutdown = Arc::new(Shutdown::new());
-    let snapshot = Snapshot::from_config(&config).into_shared();
+    let budget = Arc::new(ConnectionBudget::for_config(&config));
+    let snapshot = Snapshot::from_config(&config, &budget).into_shared();
     let dataplane = DataPlane::start(&config, snapshot.clone(), shutdown.clone())?;
     // Probes run on their own thread (the control plane), never on a worker.
     let health = HealthChecker::start(&snapshot.load()).context("cannot start health checks")?;

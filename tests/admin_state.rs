@@ -11,7 +11,7 @@ use common::health::{Switchable, greeting};
 use common::runtime;
 use ringlb::balancer::health::Admin;
 use ringlb::config::Config;
-use ringlb::control::{Shutdown, Snapshot};
+use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
 use ringlb::dataplane::DataPlane;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -57,7 +57,8 @@ fn drain_keeps_live_sessions_disabled_closes_them_and_both_stop_new_ones() {
         a.addr, b.addr
     );
     let config = Config::parse(&text, "test").unwrap();
-    let snapshot = Snapshot::from_config(&config).into_shared();
+    let budget = Arc::new(ConnectionBudget::new(1000));
+    let snapshot = Snapshot::from_config(&config, &budget).into_shared();
     let dataplane = DataPlane::start(&config, snapshot.clone(), Arc::new(Shutdown::new())).unwrap();
     let addr = dataplane.listening()[0].address;
     let svc = snapshot.load().service("svc").unwrap().clone();

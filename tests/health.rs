@@ -417,8 +417,8 @@ fn a_thousand_probe_rounds_against_a_backend_that_drops_syns_leak_no_fd() {
     );
 }
 
-/// A backend whose health port flaps for about 12 s (the issue asks for a minute; probes every
-/// 100 ms make 12 s cover as many probe rounds as a minute at 500 ms). Its traffic port keeps
+/// A backend whose health port flaps for about 10 s: 10 cycles of down and up (the issue asks for
+/// a minute; probes every 100 ms make 10 s about 100 probe rounds and 20 transitions). Its traffic port keeps
 /// accepting and records when, so a connection sent while ringlb had it marked down would show.
 #[test]
 fn a_flapping_backend_never_gets_a_connection_while_marked_down() {

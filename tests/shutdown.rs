@@ -92,3 +92,49 @@ fn drain_deadline_closes_stuck_connections_and_exits_zero() {
     });
     assert_eq!(lb.wait_exit(Duration::from_secs(5)), Some(0));
 }
+
+#[test]
+fn drain_deadline_with_two_thousand_live_connections_exits_promptly() {
+    const CONNS: usize = 2000;
+    let rt = runtime();
+    let echo = rt.block_on(Backend::echo(None));
+    let mut lb = Ringlb::start(&config(
+        "drain_timeout = \"1s\"",
+        &[service_config("echo", "least_conn", &[echo.addr], "")],
+    ));
+    let addr = lb.addr("echo");
+    let mut conns = rt.block_on(async {
+        let mut v = Vec::with_capacity(CONNS);
+        for _ in 0..CONNS {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            v.push(s);
+        }
+        v
+    });
+    let signalled = Instant::now();
+    lb.signal(libc::SIGTERM);
+    // Every connection is closed at the deadline, all at once, and the process exits 0.
+    assert_eq!(
+        lb.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        lb.log_text()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    rt.block_on(async {
+        for s in conns.iter_mut() {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .unwrap();
+            assert!(matches!(n, Ok(0) | Err(_)), "closed by the drain: {n:?}");
+        }
+    });
+}

@@ -9,11 +9,13 @@
 
 mod availability;
 mod backend;
+mod budget;
 pub mod health;
 mod pick;
 mod shutdown;
 mod snapshot;
 
 pub use backend::{BackendLive, BackendState};
+pub use budget::ConnectionBudget;
 pub use shutdown::Shutdown;
 pub use snapshot::{BackendCounters, ServiceCounters, ServiceState, SharedSnapshot, Snapshot};

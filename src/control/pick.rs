@@ -180,7 +180,8 @@ mod tests {
         }
         let config = Config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"));
         super::super::backend::init_clock();
-        ServiceState::new(config.services.into_iter().next().unwrap())
+        let budget = std::sync::Arc::new(crate::control::ConnectionBudget::new(1000));
+        ServiceState::new(config.services.into_iter().next().unwrap(), budget)
     }
 
     fn first_choices(s: &ServiceState, n: usize, now: Instant) -> HashMap<usize, usize> {

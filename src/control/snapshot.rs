@@ -30,6 +30,7 @@ use crate::balancer::stick::StickTable;
 use crate::balancer::{BackendSpec, BackendView, Selector};
 use crate::config::{Config, Service};
 
+use super::ConnectionBudget;
 use super::backend::{BackendState, init_clock};
 
 /// Where workers find the current [`Snapshot`].
@@ -45,15 +46,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the first snapshot of a configuration (selector tables included).
-    pub fn from_config(config: &Config) -> Snapshot {
+    /// Builds the first snapshot of a configuration (selector tables included); every service
+    /// draws its connections from the process-wide `budget` too.
+    pub fn from_config(config: &Config, budget: &Arc<ConnectionBudget>) -> Snapshot {
         init_clock();
         Snapshot {
             version: 1,
             services: config
                 .services
                 .iter()
-                .map(|s| Arc::new(ServiceState::new(s.clone())))
+                .map(|s| Arc::new(ServiceState::new(s.clone(), budget.clone())))
                 .collect(),
         }
     }
@@ -97,6 +99,8 @@ pub struct ServiceState {
     pub(super) closing: Event,
     /// Process-wide counters of this service.
     pub counters: ServiceCounters,
+    /// The process-wide connection budget (from the open-files limit) shared by all services.
+    pub budget: Arc<ConnectionBudget>,
 }
 
 /// Some of a service's backends and the selector built over them.
@@ -128,8 +132,9 @@ impl Group {
 }
 
 impl ServiceState {
-    /// Builds the service state, including its selectors and stick table, from its settings.
-    pub fn new(config: Service) -> ServiceState {
+    /// Builds the service state, including its selectors and stick table, from its settings;
+    /// its connections also count against the process-wide `budget`.
+    pub fn new(config: Service, budget: Arc<ConnectionBudget>) -> ServiceState {
         let (backup, primary): (Vec<usize>, Vec<usize>) =
             (0..config.backends.len()).partition(|&i| config.backends[i].backup);
         let primaries = Group::new(&config, primary);
@@ -162,6 +167,7 @@ impl ServiceState {
             closing_generation: AtomicU64::new(0),
             closing: Event::new(),
             counters: ServiceCounters::default(),
+            budget,
         }
     }
 
@@ -170,28 +176,45 @@ impl ServiceState {
         self.stick.as_ref()
     }
 
-    /// Tries to take one of the service's `max_connections` slots. Exact across workers.
+    /// Tries to take one of the service's `max_connections` slots and one connection of the
+    /// process-wide budget. Exact across workers.
     pub fn try_acquire_slot(&self) -> bool {
+        if !self.budget.try_acquire() {
+            return false;
+        }
         let max = u64::from(self.config.max_connections);
-        self.counters
+        let taken = self
+            .counters
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .is_ok()
+            .is_ok();
+        if !taken && self.budget.release() {
+            self.budget.notify_freed();
+        }
+        taken
     }
 
-    /// Gives a slot back and wakes workers whose accept loops paused at the limit.
+    /// Gives a slot back and wakes workers whose accept loops paused at a limit.
     pub fn release_slot(&self) {
         let before = self.counters.active.fetch_sub(1, Ordering::AcqRel);
-        if before >= u64::from(self.config.max_connections) {
-            self.counters.slot_freed.notify(usize::MAX);
+        let budget_was_spent = self.budget.release();
+        if budget_was_spent || before >= u64::from(self.config.max_connections) {
+            self.budget.notify_freed();
         }
     }
 
-    /// Whether the service is at its `max_connections` limit.
+    /// Whether a new connection must wait: the service is at `max_connections` or the process
+    /// at its connection budget.
     pub fn at_limit(&self) -> bool {
         self.counters.active.load(Ordering::Acquire) >= u64::from(self.config.max_connections)
+            || self.budget.exhausted()
+    }
+
+    /// Resolves when a connection may be admitted again (or may be: callers re-check).
+    pub async fn wait_for_slot(&self) {
+        self.budget.wait_while(|| self.at_limit()).await
     }
 }
 
@@ -227,8 +250,9 @@ pub struct ServiceCounters {
     pub accepted: CachePadded<AtomicU64>,
     /// Client connections closed because no backend was ready or none could be reached.
     pub no_backend: AtomicU64,
-    /// Notified when a slot is freed while the service was at its limit.
-    pub slot_freed: Event,
+    /// Backend connects that failed for a local reason (out of fds, ports or memory); these say
+    /// nothing about the backend's health.
+    pub local_connect_failures: AtomicU64,
 }
 
 /// Process-wide counters of one backend.

@@ -23,13 +23,13 @@ use std::task::Poll;
 use std::time::Instant;
 
 use compio::BufResult;
-use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
 use crate::control::{BackendState, ServiceState};
 
-use super::worker::{Worker, wait_for_slot};
+use super::worker::{Worker, is_resource_exhaustion};
 
 /// How a proxied connection ended; the access log's `end` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,8 +131,8 @@ pub(super) async fn serve(
     // The accept loop paused at the limit, but another worker may have taken the last slot in
     // the meantime: queue the connection until a slot frees rather than accept-then-close.
     while !state.try_acquire_slot() {
-        let slot = pin!(wait_for_slot(&state));
-        let abort = pin!(worker.shutdown.aborting());
+        let slot = pin!(state.wait_for_slot());
+        let abort = pin!(worker.aborting());
         if let futures_util::future::Either::Right(_) =
             futures_util::future::select(slot, abort).await
         {
@@ -276,6 +276,17 @@ async fn connect_backend<'a>(
                 state.stick(peer.ip(), index, Instant::now());
                 return Ok((index, stream, active, epoch));
             }
+            Ok(Err(e)) if is_local_failure(&e) => {
+                // Out of fds, local ports or memory: the backend is not at fault, so this must
+                // never count against its health.
+                state
+                    .counters
+                    .local_connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(service = %config.name, backend = %address, error = %e,
+                    "cannot open a backend connection: local resources exhausted");
+                continue;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:?}", config.connect_timeout),
         };
@@ -305,7 +316,7 @@ async fn proxy(
     let mut up = pin!(pump(worker, id, Dir::Up, client, backend, size));
     let mut down = pin!(pump(worker, id, Dir::Down, backend, client, size));
     let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
-    let mut abort = pin!(worker.shutdown.aborting());
+    let mut abort = pin!(worker.aborting());
     let mut closed = pin!(backend_closed(worker, state, index, epoch));
     let mut up_end = None;
     let mut down_end = None;
@@ -403,9 +414,12 @@ async fn pump(
         buf = b;
         match read {
             Ok(0) => {
-                // Half-close: the other direction keeps flowing until it ends too.
-                return match writer.shutdown().await {
+                // Half-close: the other direction keeps flowing until it ends too. shutdown(2)
+                // on a TCP socket never blocks, and io_uring would run its SHUTDOWN opcode on a
+                // kernel worker thread (iou-wrk), so the plain syscall is cheaper here.
+                return match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
                     Ok(()) => DirEnd::Eof,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Eof,
                     Err(_) => DirEnd::WriteFailed,
                 };
             }
@@ -440,6 +454,11 @@ async fn idle_timer(worker: &Worker, id: ConnId, idle: std::time::Duration) {
             None => return,
         }
     }
+}
+
+/// Whether a connect failed for a reason local to this host rather than the backend.
+fn is_local_failure(e: &io::Error) -> bool {
+    is_resource_exhaustion(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
 
 /// Makes the coming close send a reset (SO_LINGER 0), so a reset on one side reaches the other.

@@ -11,6 +11,7 @@ pub mod health;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,15 +48,43 @@ impl Ringlb {
     /// Writes `config` to a file and runs `ringlb run --config FILE` on it; returns once every
     /// service is listening. Listen addresses should use port 0.
     pub fn start(config: &str) -> Ringlb {
-        Ringlb::start_with_log(config, "info")
+        Ringlb::start_with(config, None, "info")
+    }
+
+    /// Like [`Ringlb::start`], with the open-files limit (soft and hard) set to `nofile`
+    /// through util-linux's `prlimit`.
+    pub fn start_with_nofile(config: &str, nofile: Option<u64>) -> Ringlb {
+        Ringlb::start_with(config, nofile, "info")
     }
 
     /// [`Ringlb::start`] with a `--log-level` filter other than `info`.
     pub fn start_with_log(config: &str, log_level: &str) -> Ringlb {
+        Ringlb::start_with(config, None, log_level)
+    }
+
+    fn start_with(config: &str, nofile: Option<u64>, log_level: &str) -> Ringlb {
         let dir = TempDir::new();
         let path = dir.path.join("ringlb.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg(env!("CARGO_BIN_EXE_ringlb"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ringlb")),
+        };
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe; it allocates nothing and touches no shared state.
+        unsafe {
+            command.pre_exec(|| {
+                // A test process killed mid-test must not leave ringlb running behind it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(["run", "--config"])
             .arg(&path)
             .args(["--log-level", log_level])
@@ -141,6 +170,34 @@ impl Ringlb {
         }
     }
 
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which is in parentheses and may contain spaces).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions; _SC_CLK_TCK is a valid name.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// The first log line containing `needle`, waiting for it up to `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let mut found = None;
+        wait_for(timeout, || {
+            found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned();
+            found.is_some()
+        });
+        found
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -154,7 +211,7 @@ impl Drop for Ringlb {
 }
 
 /// Extracts `key=value` from a tracing line (value up to the next space, quotes removed).
-fn field(line: &str, key: &str) -> Option<String> {
+pub fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
     let rest = &line[start..];
     let end = rest.find(' ').unwrap_or(rest.len());

@@ -1,0 +1,170 @@
+//! The process-wide connection budget derived from the open-files limit.
+//!
+//! Owns: how many proxied connections the process may hold at once so that it never runs out of
+//! file descriptors mid-connection, and the wake-up for accept loops paused on it. Each proxied
+//! TCP connection holds two descriptors (client and backend); the rest of the process (rings,
+//! event fds, listeners, logs) needs a reserve. As HAProxy derives its `maxconn` from
+//! `ulimit -n`, ringlb pauses accepting when the budget is spent, instead of accepting a client
+//! and then failing to open its backend connection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam::utils::CachePadded;
+use event_listener::Event;
+
+/// Descriptors kept for everything that is not a proxied connection: two per worker ring
+/// (io_uring fd and its wake-up eventfd), stdio, the health checker's runtime, and later the
+/// admin sockets. 128 covers 16 workers with room to spare; listeners and one probe socket per
+/// checked backend are added on top.
+pub const FD_RESERVE: u64 = 128;
+
+/// Descriptors one proxied connection holds: the client's socket and the backend's.
+pub const FDS_PER_CONNECTION: u64 = 2;
+
+/// A process-wide count of proxied connections against a fixed maximum.
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    max: u64,
+    active: CachePadded<AtomicU64>,
+    freed: Event,
+}
+
+impl ConnectionBudget {
+    /// A budget of `max` concurrent connections.
+    pub fn new(max: u64) -> ConnectionBudget {
+        ConnectionBudget {
+            max,
+            active: CachePadded::new(AtomicU64::new(0)),
+            freed: Event::new(),
+        }
+    }
+
+    /// Raises the soft open-files limit to the hard limit (as HAProxy does) and sizes the budget
+    /// from it, keeping `FD_RESERVE + listeners` descriptors aside.
+    pub fn from_fd_limit(listeners: u64) -> ConnectionBudget {
+        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+                rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+            }
+        };
+        ConnectionBudget::new(Self::connections_for(limit, listeners))
+    }
+
+    /// The budget for running `config`: sized from the open-files limit, logged, with a warning
+    /// when the services' `max_connections` add up to more than it allows.
+    pub fn for_config(config: &crate::config::Config) -> ConnectionBudget {
+        let listeners = (config.runtime.workers * config.services.len()) as u64;
+        // The health checker holds at most one probe socket per checked backend at a time.
+        let probes: u64 = config
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .map(|s| s.backends.len() as u64)
+            .sum();
+        let budget = ConnectionBudget::from_fd_limit(listeners + probes);
+        let wanted: u64 = config
+            .services
+            .iter()
+            .map(|s| u64::from(s.max_connections))
+            .sum();
+        if wanted > budget.max() {
+            tracing::warn!(
+                budget = budget.max(),
+                services_max_connections = wanted,
+                "connection budget from the open-files limit is below the services' \
+                 max_connections added up; accepting pauses at the budget (raise `ulimit -n`)"
+            );
+        } else {
+            tracing::info!(
+                budget = budget.max(),
+                "connection budget from the open-files limit"
+            );
+        }
+        budget
+    }
+
+    /// How many proxied connections `fd_limit` descriptors allow.
+    pub fn connections_for(fd_limit: u64, listeners: u64) -> u64 {
+        fd_limit.saturating_sub(FD_RESERVE + listeners) / FDS_PER_CONNECTION
+    }
+
+    /// The maximum number of concurrent connections.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Connections currently counted.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Takes one connection from the budget, if any is left.
+    pub fn try_acquire(&self) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns one connection; returns whether the budget was spent before (so waiters need a
+    /// wake-up).
+    pub fn release(&self) -> bool {
+        self.active.fetch_sub(1, Ordering::AcqRel) >= self.max
+    }
+
+    /// Whether the budget is spent.
+    pub fn exhausted(&self) -> bool {
+        self.active() >= self.max
+    }
+
+    /// Wakes every waiter: a slot (of a service or of the budget) was freed.
+    pub fn notify_freed(&self) {
+        self.freed.notify(usize::MAX);
+    }
+
+    /// Waits until `paused` returns false, re-checking after every freed slot.
+    pub async fn wait_while(&self, paused: impl Fn() -> bool) {
+        loop {
+            if !paused() {
+                return;
+            }
+            // Register before the second check so a release in between is not missed.
+            let listener = self.freed.listen();
+            if !paused() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_follows_the_fd_limit() {
+        assert_eq!(
+            ConnectionBudget::connections_for(1024, 4),
+            (1024 - 128 - 4) / 2
+        );
+        assert_eq!(ConnectionBudget::connections_for(100, 4), 0);
+    }
+
+    #[test]
+    fn spent_budget_refuses_until_released() {
+        let b = ConnectionBudget::new(2);
+        assert!(b.try_acquire() && b.try_acquire());
+        assert!(!b.try_acquire());
+        assert!(b.exhausted());
+        assert!(
+            b.release(),
+            "release from a spent budget must ask for a wake-up"
+        );
+        assert!(!b.release());
+        assert_eq!(b.active(), 0);
+    }
+}

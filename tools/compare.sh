@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# ringlb against HAProxy (tcp mode) and NGINX (stream module) on this host, in the same run.
+#
+# One command starts everything: the backends (`ringlb bench serve` echo, sink and UDP echo,
+# redis-server, iperf3), HAProxy 2.6 with nbthread = ringlb's workers, NGINX with as many worker
+# processes (its own prefix, config and logs in a temp dir, `daemon off`), and ringlb (release
+# build), all with equivalent configs: one backend per service, round robin, 16 KiB buffers,
+# SO_REUSEPORT listeners. Then, in interleaved rounds (ringlb, haproxy, nginx, direct, ringlb,
+# ...), every workload runs against every target and directly against the backend (the ceiling):
+#
+#   rr        ringlb bench rr, 50 persistent connections, 64-byte messages      requests/s
+#   connect   ringlb bench connect, 50 concurrent, a connection per request    connections/s
+#   stream    ringlb bench stream, one connection to a sink                     Gbit/s
+#   p99       ringlb bench rr --rate R (open loop, below saturation)            p99 latency, us
+#   redis     redis-benchmark -t get -c 50                                      requests/s
+#   iperf3    one stream                                                        Gbit/s
+#   udp       ringlb bench udp, 50 sockets, 64-byte datagrams                   requests/s
+#
+# and prints medians and the ratios ringlb/HAProxy and ringlb/NGINX as a markdown table. Then
+# memory: each proxy holds IDLE_CONNS idle proxied connections (`ringlb bench idle` as the client,
+# `bench serve` as the backend, each its own process, so that no process passes the 20,000 fd
+# limit), and the proxy's memory (PSS, summed over its processes) is compared with its baseline.
+#
+# UDP: HAProxy (community) has no UDP proxy. ringlb's UDP row is measured when this build serves
+# `protocol = "udp"` (detected by starting it on a UDP config and loading it); otherwise it says so.
+#
+# Usage: tools/compare.sh [rounds]      (default 3 rounds; every load is bounded in time)
+# Environment: WORKERS (2), DURATION seconds per bench run (5), CLIENT_THREADS (2), RATE (req/s
+# of the p99 row; default a quarter of the slowest proxy's rr rate, measured first), REQUESTS per
+# redis-benchmark run (200000), SECONDS_IPERF (5), IDLE_CONNS (5000), OUT (results directory).
+# Needs: haproxy, nginx + libnginx-mod-stream, redis-server, redis-tools, iperf3, jq (installed
+# with apt-get when absent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+WORKERS=${WORKERS:-2}
+DURATION=${DURATION:-5}
+CLIENT_THREADS=${CLIENT_THREADS:-2}
+REQUESTS=${REQUESTS:-200000}
+SECONDS_IPERF=${SECONDS_IPERF:-5}
+IDLE_CONNS=${IDLE_CONNS:-5000}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=$CARGO_TARGET_DIR/release/ringlb
+OUT=${OUT:-$(mktemp -d /tmp/ringlb-compare.XXXXXX)}
+mkdir -p "$OUT"
+
+# Ports: backends 26xxx; ringlb 27xxx, HAProxy 28xxx, NGINX 29xxx; same last digits per service.
+declare -A BASE=([direct]=26000 [ringlb]=27000 [haproxy]=28000 [nginx]=29000)
+ECHO=0 SINK=1 UDP=2 REDIS=379 IPERF=201
+port() { echo $(( ${BASE[$1]} + $2 )); }   # target service -> port
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need haproxy || ! need nginx || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
+   || ! need redis-server || ! need redis-benchmark || ! need iperf3 || ! need jq; then
+  echo "installing haproxy nginx libnginx-mod-stream redis-server redis-tools iperf3 jq with apt-get" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream \
+    redis-server redis-tools iperf3 jq >/dev/null
+fi
+
+cargo build --release --locked -q
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- backends (each in its own process) ---
+"$BIN" bench serve --listen 127.0.0.1:$(port direct $ECHO) --threads 1 >"$work/echo.log" 2>&1 &
+pids+=($!)
+"$BIN" bench serve --listen 127.0.0.1:$(port direct $SINK) --threads 1 --sink >"$work/sink.log" 2>&1 &
+pids+=($!)
+"$BIN" bench serve --listen 127.0.0.1:$(port direct $UDP) --threads 1 --udp >"$work/udp.log" 2>&1 &
+pids+=($!)
+redis-server --port $(port direct $REDIS) --bind 127.0.0.1 --save '' --appendonly no \
+  --daemonize no >"$work/redis.log" 2>&1 &
+pids+=($!)
+iperf3 -s -p $(port direct $IPERF) -B 127.0.0.1 >"$work/iperf.log" 2>&1 &
+pids+=($!)
+
+# --- ringlb ---
+{
+  echo "[runtime]"
+  echo "workers = $WORKERS"
+  for s in echo:$ECHO sink:$SINK redis:$REDIS iperf:$IPERF; do
+    name=${s%%:*} off=${s##*:}
+    cat <<EOF
+
+[[service]]
+name = "$name"
+listen = "127.0.0.1:$(port ringlb "$off")"
+algorithm = "round_robin"
+buffer_size = "16KiB"
+[[service.backend]]
+address = "127.0.0.1:$(port direct "$off")"
+EOF
+  done
+} >"$work/ringlb.toml"
+"$BIN" run --config "$work/ringlb.toml" --log-level warn >"$work/ringlb.log" 2>&1 &
+RINGLB_PID=$!
+pids+=($RINGLB_PID)
+
+# ringlb UDP: its own instance, so a build without UDP still runs every TCP row.
+cat >"$work/ringlb-udp.toml" <<EOF
+[runtime]
+workers = $WORKERS
+
+[[service]]
+name = "udp"
+listen = "127.0.0.1:$(port ringlb $UDP)"
+protocol = "udp"
+algorithm = "round_robin"
+[[service.backend]]
+address = "127.0.0.1:$(port direct $UDP)"
+EOF
+RINGLB_UDP=""
+if "$BIN" check --config "$work/ringlb-udp.toml" >/dev/null 2>&1; then
+  "$BIN" run --config "$work/ringlb-udp.toml" --log-level warn >"$work/ringlb-udp.log" 2>&1 &
+  udp_pid=$!
+  pids+=($udp_pid)
+  sleep 1
+  if kill -0 "$udp_pid" 2>/dev/null \
+     && "$BIN" bench udp 127.0.0.1:$(port ringlb $UDP) --connections 2 --requests 100 --duration 3s \
+          --timeout 500ms --json 2>/dev/null | jq -e '.errors_total == 0' >/dev/null; then
+    RINGLB_UDP=yes
+  fi
+fi
+if [ -z "$RINGLB_UDP" ]; then
+  RINGLB_UDP_NOTE=$(grep -m1 -io 'protocol udp[^"]*' "$work/ringlb-udp.log" 2>/dev/null || echo "does not serve UDP")
+  echo "ringlb UDP: not measured ($RINGLB_UDP_NOTE)" >&2
+fi
+
+# --- HAProxy ---
+cat >"$work/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    # Each proxied connection takes two fds; stay inside a 20,000 open-files limit.
+    maxconn 8000
+defaults
+    mode tcp
+    balance roundrobin
+    timeout connect 3s
+    timeout client 10m
+    timeout server 10m
+EOF
+for s in echo:$ECHO sink:$SINK redis:$REDIS iperf:$IPERF; do
+  name=${s%%:*} off=${s##*:}
+  cat >>"$work/haproxy.cfg" <<EOF
+listen $name
+    bind 127.0.0.1:$(port haproxy "$off")
+    server ${name}1 127.0.0.1:$(port direct "$off")
+EOF
+done
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+HAPROXY_PID=$!
+pids+=($HAPROXY_PID)
+
+# --- NGINX (stream module; own prefix, config and logs in the temp dir) ---
+mkdir -p "$work/nginx/logs"
+{
+  cat <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 10000; }
+stream {
+    proxy_connect_timeout 3s;
+    proxy_timeout 10m;
+    proxy_buffer_size 16k;
+EOF
+  for s in echo:$ECHO sink:$SINK redis:$REDIS iperf:$IPERF; do
+    off=${s##*:}
+    echo "    server { listen 127.0.0.1:$(port nginx "$off") reuseport; proxy_pass 127.0.0.1:$(port direct "$off"); }"
+  done
+  echo "    server { listen 127.0.0.1:$(port nginx $UDP) udp reuseport; proxy_pass 127.0.0.1:$(port direct $UDP); proxy_timeout 10s; }"
+  echo "}"
+} >"$work/nginx/nginx.conf"
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" >"$work/nginx.log" 2>&1 &
+NGINX_PID=$!
+pids+=($NGINX_PID)
+
+# Wait (bounded) for every TCP port to accept.
+for t in direct ringlb haproxy nginx; do
+  for off in $ECHO $SINK $REDIS $IPERF; do
+    p=$(port $t $off)
+    for _ in $(seq 100); do
+      (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && continue 2
+      sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$p ($t); logs in $work:" >&2
+    tail -n 5 "$work"/*.log "$work"/nginx/logs/*.log >&2 || true
+    exit 1
+  done
+done
+
+# --- workloads: each prints one number ---
+bench() { # mode port args... -> JSON
+  timeout $((DURATION + 30)) "$BIN" bench "$1" "127.0.0.1:$2" --threads "$CLIENT_THREADS" \
+    --duration "${DURATION}s" --json "${@:3}" 2>>"$OUT/bench.err" || echo '{}'
+}
+proxy_pid() { case $1 in ringlb) echo "$RINGLB_PID" ;; haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+cpu_ticks() { # pid -> user+system clock ticks of the process (all threads) and its children
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo $total
+}
+# measure TARGET JQ_VALUE JQ_UNITS SCALE bench-args... -> "value cpu": the bench's value and the
+# proxy's CPU time per unit (SCALE: us per unit from ticks/units), "nan" for the direct target.
+# CPU time per unit depends little on what else runs on the machine, unlike rates.
+measure() {
+  local t=$1 value=$2 units=$3 scale=$4 pid a b json
+  shift 4
+  pid=$(proxy_pid "$t")
+  [ -n "$pid" ] && a=$(cpu_ticks "$pid")
+  json=$(bench "$@")
+  echo "$json" >>"$OUT/raw.jsonl"
+  [ -n "$pid" ] && b=$(cpu_ticks "$pid")
+  echo "$json" | jq -r --arg t "${a:-}" --arg b "${b:-}" --argjson hz "$(getconf CLK_TCK)" --argjson scale "$scale" \
+    "[($value // \"nan\"), (if \$t == \"\" or ($units // 0) == 0 then \"nan\" else ((\$b | tonumber) - (\$t | tonumber)) / \$hz * \$scale / $units | . * 100 | round / 100 end)] | @tsv"
+}
+w_rr()      { measure "$1" .requests_per_s .requests 1e6 rr "$(port "$1" $ECHO)" --connections 50 --size 64; }
+w_connect() { measure "$1" .connections_per_s .connections_opened 1e6 connect "$(port "$1" $ECHO)" --connections 50 --size 64; }
+w_stream()  { measure "$1" .sent_gbit_per_s "(.bytes_sent / 1e9)" 1e3 stream "$(port "$1" $SINK)" --connections 1; }
+w_p99()     { bench rr "$(port "$1" $ECHO)" --connections 50 --size 64 --rate "$RATE" | tee -a "$OUT/raw.jsonl" | jq -r '.latency_us.p99 // "nan"'; }
+w_udp() {
+  if [ "$1" = haproxy ] || { [ "$1" = ringlb ] && [ -z "$RINGLB_UDP" ]; }; then echo nan; return; fi
+  bench udp "$(port "$1" $UDP)" --connections 50 --size 64 --timeout 1s | tee -a "$OUT/raw.jsonl" | jq -r '.requests_per_s // "nan"'
+}
+w_redis() {
+  timeout 120 redis-benchmark -h 127.0.0.1 -p "$(port "$1" $REDIS)" -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
+    | tr '\r' '\n' | awk '/GET:/ {print $2}' | tail -1 | grep . || echo nan
+}
+w_iperf() {
+  timeout $((SECONDS_IPERF + 30)) iperf3 -c 127.0.0.1 -p "$(port "$1" $IPERF)" -t "$SECONDS_IPERF" -J 2>/dev/null \
+    | jq -r '.end.sum_received.bits_per_second / 1e9 * 100 | round / 100' 2>/dev/null || echo nan
+}
+
+if [ -z "${RATE:-}" ]; then
+  # A quarter of the slowest proxy's closed-loop rate: well below saturation for every proxy,
+  # also when neighbours take CPU during the run.
+  slowest=$(for t in ringlb haproxy nginx; do
+    timeout 60 "$BIN" bench rr 127.0.0.1:$(port $t $ECHO) --connections 50 --threads "$CLIENT_THREADS" \
+      --duration 2s --json | jq -r .requests_per_s
+  done | sort -g | head -1)
+  RATE=$(python3 -c "print(max(1000, int($slowest * 0.25) // 1000 * 1000))")
+fi
+echo "p99 row at $RATE requests/s" >&2
+
+WORKLOADS=(rr connect stream p99 redis iperf udp)
+TARGETS=(ringlb haproxy nginx direct)
+declare -A R
+for round in $(seq "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    for w in "${WORKLOADS[@]}"; do
+      read -r v c < <(w_$w "$t")
+      R[${w}_$t]+="$v "
+      R[${w}cpu_$t]+="${c:-nan} "
+      echo "round $round $t $w $v ${c:-}" | tee -a "$OUT/raw.txt" >&2
+    done
+  done
+done
+
+# --- memory: IDLE_CONNS idle proxied connections ---
+pss_kib() { # pid -> PSS in KiB of the process and its children
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0) ))
+  done
+  echo $total
+}
+declare -A MEM_BASE MEM_LOADED MEM_OPEN
+for t in ringlb haproxy nginx; do
+  case $t in ringlb) pid=$RINGLB_PID ;; haproxy) pid=$HAPROXY_PID ;; nginx) pid=$NGINX_PID ;; esac
+  sleep 1
+  MEM_BASE[$t]=$(pss_kib $pid)
+  "$BIN" bench idle 127.0.0.1:$(port $t $ECHO) --connections "$IDLE_CONNS" --duration 60s \
+    --threads "$CLIENT_THREADS" --json >"$work/idle-$t.json" 2>"$work/idle-$t.err" &
+  idle_pid=$!
+  for _ in $(seq 300); do grep -q holding "$work/idle-$t.err" && break; sleep 0.1; done
+  sleep 1
+  MEM_LOADED[$t]=$(pss_kib $pid)
+  MEM_OPEN[$t]=$(grep -o 'holding [0-9]*' "$work/idle-$t.err" | awk '{print $2}' || echo 0)
+  kill "$idle_pid" 2>/dev/null || true
+  wait "$idle_pid" 2>/dev/null || true
+  echo "memory $t base ${MEM_BASE[$t]} KiB loaded ${MEM_LOADED[$t]} KiB open ${MEM_OPEN[$t]:-0}" | tee -a "$OUT/raw.txt" >&2
+  sleep 2   # let the proxy close both sides before the next one
+done
+
+# --- report ---
+median() { tr ' ' '\n' | awk '$1 != "" && $1 != "nan"' | sort -g \
+  | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+ratio() { python3 -c "
+a, b = '$1', '$2'
+try: print(f'{float(a)/float(b):.2f}')
+except Exception: print('n/a')"; }
+m() { printf '%s' "${R[$1]:-}" | median; }
+row() { # label workload
+  local r h n d
+  r=$(m "$2_ringlb") h=$(m "$2_haproxy") n=$(m "$2_nginx") d=$(m "$2_direct")
+  echo "| $1 | $r | $h | $n | $d | $(ratio "$r" "$h") | $(ratio "$r" "$n") |"
+}
+{
+echo "Host: $(nproc) CPUs ($(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')), $(uname -r); ringlb $WORKERS workers, HAProxy $(haproxy -v | head -1 | awk '{print $3}') nbthread $WORKERS, NGINX $(nginx -v 2>&1 | awk -F/ '{print $2}') $WORKERS workers; client ringlb bench $CLIENT_THREADS threads; everything on the same $(nproc) CPUs; median of $ROUNDS interleaved rounds, ${DURATION} s per bench run"
+echo
+echo "| workload | ringlb | HAProxy | NGINX | direct (no proxy) | ringlb / HAProxy | ringlb / NGINX |"
+echo "|---|---|---|---|---|---|---|"
+row "rr: 50 conns, 64 B (req/s)" rr
+row "connect: conn per request, 50 concurrent (conn/s)" connect
+row "stream: 1 conn to sink (Gbit/s)" stream
+row "p99 at $RATE req/s, 50 conns (us, lower is better)" p99
+row "redis-benchmark -t get -c 50 (req/s)" redis
+row "iperf3 single stream (Gbit/s)" iperf
+row "udp: 50 sockets, 64 B (req/s)" udp
+row "proxy CPU per rr request (us, lower is better)" rrcpu
+row "proxy CPU per connect-mode connection (us, lower is better)" connectcpu
+row "proxy CPU per GB streamed (ms, lower is better)" streamcpu
+echo
+if [ -z "$RINGLB_UDP" ]; then
+  echo "ringlb UDP: not measured, this build: $RINGLB_UDP_NOTE. HAProxy has no UDP proxy."
+else
+  echo "HAProxy (community) has no UDP proxy."
+fi
+echo
+echo "| memory, $IDLE_CONNS idle proxied connections | ringlb | HAProxy | NGINX |"
+echo "|---|---|---|---|"
+echo "| PSS before (MiB) | $((MEM_BASE[ringlb] / 1024)) | $((MEM_BASE[haproxy] / 1024)) | $((MEM_BASE[nginx] / 1024)) |"
+echo "| PSS holding them (MiB) | $((MEM_LOADED[ringlb] / 1024)) | $((MEM_LOADED[haproxy] / 1024)) | $((MEM_LOADED[nginx] / 1024)) |"
+per() { python3 -c "print(f'{($2 - $1) / max(1, $3):.1f}')"; }
+echo "| KiB per connection | $(per "${MEM_BASE[ringlb]}" "${MEM_LOADED[ringlb]}" "${MEM_OPEN[ringlb]:-0}") | $(per "${MEM_BASE[haproxy]}" "${MEM_LOADED[haproxy]}" "${MEM_OPEN[haproxy]:-0}") | $(per "${MEM_BASE[nginx]}" "${MEM_LOADED[nginx]}" "${MEM_OPEN[nginx]:-0}") |"
+echo "| connections held | ${MEM_OPEN[ringlb]:-0} | ${MEM_OPEN[haproxy]:-0} | ${MEM_OPEN[nginx]:-0} |"
+} | tee "$OUT/table.md"
+echo >&2
+echo "raw values and table in $OUT" >&2
