@@ -1,6 +1,6 @@
 //! The `ringlb` command: run the balancer, check a config, or run the demo.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -85,7 +85,8 @@ fn check(path: Option<&Path>) -> ExitCode {
     };
     match Config::load(path) {
         Ok(config) => {
-            println!("{}", config.summary().trim_end());
+            // A closed pipe (`ringlb check ... | head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", config.summary().trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => {
