@@ -469,14 +469,14 @@ fn a_flapping_backend_never_gets_a_connection_while_marked_down() {
     for cycle in 1..=CYCLES {
         rt.block_on(flap_health.stop());
         assert!(
-            wait_event(&lb, "backend down", Some(flapping.addr), cycle, PHASE * 2).is_some(),
+            wait_event(&lb, "backend down", Some(flapping.addr), cycle, PHASE * 5).is_some(),
             "cycle {cycle}: not marked down:\n{}",
             lb.log_text()
         );
         std::thread::sleep(PHASE.saturating_sub(Duration::from_millis(250)));
         rt.block_on(flap_health.restart());
         assert!(
-            wait_event(&lb, "backend up", Some(flapping.addr), cycle, PHASE * 2).is_some(),
+            wait_event(&lb, "backend up", Some(flapping.addr), cycle, PHASE * 5).is_some(),
             "cycle {cycle}: not marked up:\n{}",
             lb.log_text()
         );
