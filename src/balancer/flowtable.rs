@@ -56,6 +56,15 @@ pub enum ReplyVerdict {
     Done,
 }
 
+fn verdict<V>(flow: &Flow<V>, replies: Option<u32>) -> ReplyVerdict {
+    match replies {
+        Some(n) if flow.datagrams_down >= u64::from(n).saturating_mul(flow.datagrams_up) => {
+            ReplyVerdict::Done
+        }
+        _ => ReplyVerdict::Continue,
+    }
+}
+
 const NIL: usize = usize::MAX;
 
 #[derive(Debug)]
@@ -144,12 +153,15 @@ impl<V> FlowTable<V> {
         flow.datagrams_down += 1;
         flow.bytes_down += bytes as u64;
         flow.last_activity = now;
-        Some(match replies {
-            Some(n) if flow.datagrams_down >= u64::from(n).saturating_mul(flow.datagrams_up) => {
-                ReplyVerdict::Done
-            }
-            _ => ReplyVerdict::Continue,
-        })
+        Some(verdict(flow, replies))
+    }
+
+    /// What the `udp_replies` rule says of `client`'s flow now (see [`FlowTable::record_down`]).
+    /// A caller that learnt [`ReplyVerdict::Done`] and then waited (e.g. sending the reply on)
+    /// asks again before ending the flow: a client datagram that arrived meanwhile awaits its own
+    /// replies. `None` when `client` has no flow.
+    pub fn verdict(&self, client: &SocketAddr, replies: Option<u32>) -> Option<ReplyVerdict> {
+        self.get(client).map(|f| verdict(f, replies))
     }
 
     /// Tracks a new flow for `client`, whose first datagram (of `bytes`) arrived at `now`.
@@ -440,6 +452,7 @@ mod tests {
         );
         // Two queries from one port (A and AAAA): the first answer does not end the flow.
         t.insert(client(2), 40, 0, t0);
+        assert_eq!(t.verdict(&client(2), Some(1)), Some(ReplyVerdict::Continue));
         t.record_up(&client(2), 40, t0).unwrap();
         assert_eq!(
             t.record_down(&client(2), 90, t0, Some(1)),
@@ -449,6 +462,15 @@ mod tests {
             t.record_down(&client(2), 90, t0, Some(1)),
             Some(ReplyVerdict::Done)
         );
+        // A query that arrives after an answer was counted reopens the question.
+        t.insert(client(5), 40, 0, t0);
+        assert_eq!(
+            t.record_down(&client(5), 90, t0, Some(1)),
+            Some(ReplyVerdict::Done)
+        );
+        t.record_up(&client(5), 40, t0).unwrap();
+        assert_eq!(t.verdict(&client(5), Some(1)), Some(ReplyVerdict::Continue));
+        assert_eq!(t.verdict(&client(9), Some(1)), None);
         // Two replies expected per request.
         t.insert(client(3), 40, 0, t0);
         assert_eq!(

@@ -588,14 +588,18 @@ impl UdpService {
         drop(old);
     }
 
-    /// Ends a flow whose replies are all in (`udp_replies`); called by its own reader.
-    fn answered(&self, client: SocketAddr, link: u64) {
+    /// Ends a flow whose replies are all in (`udp_replies`), asking the rule again: a client
+    /// datagram may have arrived while the last reply was being sent. Called by the flow's own
+    /// reader; returns whether the flow ended.
+    fn answered(&self, client: SocketAddr, link: u64) -> bool {
         let mut flows = self.flows.borrow_mut();
-        if flows.get(&client).and_then(|f| f.value.link_id()) != Some(link) {
-            return;
+        if flows.get(&client).and_then(|f| f.value.link_id()) != Some(link)
+            || flows.verdict(&client, self.replies) != Some(ReplyVerdict::Done)
+        {
+            return false;
         }
         let Some(mut flow) = flows.remove(&client) else {
-            return;
+            return false;
         };
         drop(flows);
         if let Some(reader) = flow.value.link.as_mut().and_then(|l| l.reader.take()) {
@@ -607,6 +611,7 @@ impl UdpService {
             .udp_flows_answered
             .fetch_add(1, Ordering::Relaxed);
         self.log_end(&flow, End::Replies);
+        true
     }
 
     fn evicted(&self, flow: Flow<Upstream>) {
@@ -740,8 +745,7 @@ async fn read_replies(
                     "udp send to client failed");
             }
         }
-        if verdict == Some(ReplyVerdict::Done) {
-            svc.answered(client, link);
+        if verdict == Some(ReplyVerdict::Done) && svc.answered(client, link) {
             return;
         }
     }
