@@ -5,11 +5,11 @@
 //! The folders follow the three planes of `README.md`'s design section:
 //!
 //! - [`balancer`]: pure logic with no I/O and no clock reads: selection algorithms, the Maglev
-//!   table, the per-worker connection-tracking table. Tested without sockets.
+//!   table, the per-worker connection-tracking table and UDP flow table. Tested without sockets.
 //! - [`config`]: the TOML file, its validation and the typed configuration. No sockets.
 //! - [`dataplane`]: the worker threads. Each owns a compio (io_uring) runtime, its own
-//!   `SO_REUSEPORT` listening sockets, its slice of connection tracking, and forwards bytes.
-//!   compio types never leave this module.
+//!   `SO_REUSEPORT` listening sockets, its slice of connection tracking and its UDP flows, and
+//!   forwards bytes and datagrams. compio types never leave this module.
 //! - [`control`]: what runs beside the workers: the published [`control::Snapshot`] they read
 //!   lock-free, process-wide counters, and shutdown/drain coordination.
 //! - [`demo`]: `ringlb demo`, a self-contained first look (echo backends, balancer, load).

@@ -413,9 +413,9 @@ impl UdpService {
             self.evicted(flow);
         }
         let state = self.current_state();
-        let mut up = Upstream::new(state.clone());
-        let link = self.open_link(&state, &mut up.failed, client, candidates)?;
+        let link = self.open_link(&state, &mut Vec::new(), client, candidates)?;
         let target = self.aim(&state, &link, client, candidates);
+        let mut up = Upstream::new(state);
         up.link = Some(link);
         let displaced = self.flows.borrow_mut().insert(client, len, up, now);
         drop(displaced);
@@ -535,26 +535,29 @@ impl UdpService {
         }
     }
 
+    /// Counts a datagram sent up, against the flow's service state (no `Arc` clone per datagram:
+    /// its reference count is shared by every worker).
     fn count_up(&self, client: SocketAddr, backend: Option<usize>, len: usize) {
-        let flows = self.flows.borrow();
-        let state = match flows.get(&client) {
-            Some(f) => f.value.state.clone(),
-            None => self.current_state(),
+        let count = |state: &ServiceState| {
+            state
+                .counters
+                .udp_datagrams_up
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(b) = backend.and_then(|b| state.backends.get(b)) {
+                b.counters
+                    .bytes_to_backend
+                    .fetch_add(len as u64, Ordering::Relaxed);
+            }
         };
-        drop(flows);
-        state
-            .counters
-            .udp_datagrams_up
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = backend.and_then(|b| state.backends.get(b)) {
-            b.counters
-                .bytes_to_backend
-                .fetch_add(len as u64, Ordering::Relaxed);
+        match self.flows.borrow().get(&client) {
+            Some(f) => count(&f.value.state),
+            None => count(&self.current_state()),
         }
     }
 
-    /// The flow's upstream socket reported an error: count it against its backend, remember the
-    /// backend, and drop the link so the next client datagram picks another one. `from_reader`:
+    /// The flow's upstream socket reported an error: drop the link so the next client datagram
+    /// opens a new one; when the error says the backend is not there (refused, unreachable),
+    /// count it against the backend and remember it so the flow picks another one. `from_reader`:
     /// called by the link's own reader task, which must not cancel itself.
     fn link_failed(&self, client: SocketAddr, link: u64, error: &io::Error, from_reader: bool) {
         let mut flows = self.flows.borrow_mut();
@@ -568,7 +571,7 @@ impl UdpService {
         let Some(mut old) = up.link.take() else {
             return;
         };
-        if let Some(b) = old.backend {
+        if let Some(b) = old.backend.filter(|_| is_backend_failure(error)) {
             if let Some(backend) = up.state.backends.get(b) {
                 backend
                     .counters
@@ -687,7 +690,7 @@ async fn read_replies(
         };
         let (buf, from) = match received {
             Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            Err(e) if is_pool_empty(&e) => {
                 svc.wait_for_buffer().await;
                 continue;
             }
@@ -767,6 +770,12 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Whether a receive into the buffer pool failed because the pool had no free buffer: the
+/// kernel's ENOBUFS, which compio reports as `ResourceBusy`.
+fn is_pool_empty(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ResourceBusy || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
 /// Errors of a connected upstream socket that mean the backend is not there (ICMP port or host
 /// unreachable), as opposed to a local problem.
 fn is_backend_failure(e: &io::Error) -> bool {
@@ -817,6 +826,43 @@ mod tests {
         assert!(!is_backend_failure(&io::Error::from_raw_os_error(
             libc::ENOBUFS
         )));
+    }
+
+    /// What the reply reader relies on: with the worker's buffer pool empty, a receive fails
+    /// with ENOBUFS (whether the datagram was already queued or arrives while the receive
+    /// waits) and the datagram stays in its socket until a buffer comes back.
+    #[test]
+    fn an_empty_reply_pool_reports_enobufs_and_keeps_the_datagram() {
+        let mut proactor = compio::driver::ProactorBuilder::new();
+        proactor
+            .buffer_pool_size(std::num::NonZeroU16::MIN)
+            .buffer_pool_buffer_len(MAX_DATAGRAM);
+        let rt = compio::runtime::RuntimeBuilder::new()
+            .with_proactor(proactor)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender.send_to(b"first", a_addr).unwrap();
+            sender.send_to(b"second", b_addr).unwrap();
+            let held = a.recv_managed(0).await.unwrap().unwrap();
+            assert_eq!(&held[..], b"first");
+            let err = b.recv_managed(0).await.unwrap_err();
+            assert!(is_pool_empty(&err), "{err:?}");
+            drop(held);
+            let got = b.recv_managed(0).await.unwrap().unwrap();
+            assert_eq!(&got[..], b"second");
+            // The same with the receive already waiting when the datagram arrives.
+            let waiting = compio::runtime::spawn(async move { b.recv_managed(0).await });
+            compio::time::sleep(Duration::from_millis(50)).await;
+            sender.send_to(b"third", b_addr).unwrap();
+            let err = waiting.await.unwrap().unwrap_err();
+            assert!(is_pool_empty(&err), "{err:?}");
+            drop(got);
+        });
     }
 
     #[test]
