@@ -60,6 +60,11 @@
 //! waits for a buffer to come back (replies stay queued in their socket meanwhile). compio itself
 //! allocates a small record per submitted operation, as on the TCP path. Counters are
 //! process-wide atomics updated per datagram.
+//!
+//! Sending: a datagram is first sent with a non-blocking `send` syscall, which succeeds whenever
+//! the socket buffer has room (UDP sends never wait for the peer); only when it is full does the
+//! send go through io_uring and wait. This saves a trip round the event loop per datagram in each
+//! direction and frees a reply buffer as soon as the reply is read.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -348,11 +353,17 @@ impl UdpService {
                     .fetch_add(1, Ordering::Relaxed);
                 return buf;
             };
-            let BufResult(sent, b) = match target.dest {
-                None => target.socket.send(buf).await,
-                Some(dest) => target.socket.send_to(buf, dest).await,
+            let sent = match send_now(&target.socket, &buf, target.dest) {
+                Some(sent) => sent,
+                None => {
+                    let BufResult(sent, b) = match target.dest {
+                        None => target.socket.send(buf).await,
+                        Some(dest) => target.socket.send_to(buf, dest).await,
+                    };
+                    buf = b;
+                    sent
+                }
             };
-            buf = b;
             match sent {
                 Ok(_) => {
                     self.count_up(client, target.backend, len);
@@ -721,9 +732,16 @@ async fn read_replies(
             }
             flows.record_down(&client, len, Instant::now(), svc.replies)
         };
-        let sent = match buf {
-            Some(buf) => svc.socket.send_to(buf, client).await.0,
-            None => svc.socket.send_to(EMPTY, client).await.0,
+        let data: &[u8] = buf.as_deref().unwrap_or(EMPTY);
+        let sent = match send_now(&svc.socket, data, Some(client)) {
+            Some(sent) => {
+                drop(buf);
+                sent
+            }
+            None => match buf {
+                Some(buf) => svc.socket.send_to(buf, client).await.0,
+                None => svc.socket.send_to(EMPTY, client).await.0,
+            },
         };
         // The reply buffer is back in the pool.
         svc.buffer_freed.notify(1);
@@ -767,6 +785,26 @@ fn canonical(a: SocketAddr) -> SocketAddr {
             None => a,
         },
         v4 => v4,
+    }
+}
+
+/// Sends one datagram at once with a non-blocking `send`/`sendto` (`dest`: unconnected socket),
+/// the usual case for UDP, where the socket buffer has room: this saves an io_uring round trip
+/// per datagram and gives a reply buffer back to the pool at once. `None` when the socket buffer
+/// is full; the caller then waits on an io_uring send.
+fn send_now(
+    socket: &UdpSocket,
+    data: &[u8],
+    dest: Option<SocketAddr>,
+) -> Option<io::Result<usize>> {
+    let socket = socket2::SockRef::from(socket);
+    let sent = match dest {
+        None => socket.send_with_flags(data, libc::MSG_DONTWAIT),
+        Some(dest) => socket.send_to_with_flags(data, &dest.into(), libc::MSG_DONTWAIT),
+    };
+    match sent {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        other => Some(other),
     }
 }
 
