@@ -7,6 +7,9 @@
 //! service's [`crate::balancer::Selector`], client IP as key), the table's rules (pure logic in
 //! [`crate::balancer::flowtable`]) or when to stop ([`crate::control::Shutdown`]).
 //!
+//! This file is the client side (the service's socket, the flow table, choosing and opening
+//! links); `upstream` is the backend side (the reader of each link's replies, upstream sockets).
+//!
 //! # Flows
 //!
 //! A flow is (service, client address). Its first datagram picks a backend and opens an upstream
@@ -68,7 +71,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -80,13 +83,15 @@ use compio::net::UdpSocket;
 use compio::runtime::JoinHandle;
 use event_listener::Event;
 use futures_util::future::{Either, select};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balancer::flowtable::{Flow, FlowTable, ReplyVerdict};
 use crate::config::UdpMode;
 use crate::control::ServiceState;
 
 use super::worker::Worker;
+use upstream::{is_backend_failure, open_upstream, read_replies, recv_now, send_now};
+
+mod upstream;
 
 /// Size of every datagram buffer: the largest UDP payload is 65,507 bytes over IPv4 and 65,527
 /// over IPv6, so no datagram is ever truncated.
@@ -103,6 +108,12 @@ const BUFFER_RETRY: Duration = Duration::from_millis(5);
 
 /// Pause after a failed receive on a service's socket, so a persistent error cannot spin.
 const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Datagrams taken with non-blocking receives after each io_uring wake-up of a socket (see
+/// `receive_loop` and `upstream::read_replies`): enough to empty a busy socket's queue in one
+/// trip round the event loop, few enough (at most 2 MiB of 64 KiB datagrams) that one socket
+/// does not keep the worker from its others for long.
+pub(super) const DRAIN_BATCH: usize = 32;
 
 /// Sends of one client datagram: the first, and one more after the backend's refusal of an
 /// earlier datagram surfaced on this send and the flow moved to another backend.
@@ -148,6 +159,7 @@ pub(super) fn spawn(worker: &Rc<Worker>, setups: Vec<UdpSetup>) -> io::Result<Ve
             next_link: Cell::new(0),
             warned_full: Cell::new(false),
             buffer_freed: buffer_freed.clone(),
+            scratch: RefCell::new(Vec::with_capacity(MAX_DATAGRAM)),
         });
         tasks.push(compio::runtime::spawn(receive_loop(svc.clone())));
         tasks.push(compio::runtime::spawn(expire_loop(svc)));
@@ -171,6 +183,8 @@ struct UdpService {
     warned_full: Cell<bool>,
     /// Notified whenever a reply buffer goes back to the worker's pool.
     buffer_freed: Rc<Event>,
+    /// Replies taken with non-blocking receives land here; never borrowed across an await.
+    scratch: RefCell<Vec<u8>>,
 }
 
 /// What the flow table keeps for a flow.
@@ -285,7 +299,25 @@ async fn receive_loop(svc: Rc<UdpService>) {
         };
         buf = b;
         match received {
-            Ok((_, client)) => buf = svc.forward_up(buf, client, &mut candidates).await,
+            Ok((_, client)) => {
+                buf = svc.forward_up(buf, client, &mut candidates).await;
+                // Datagrams already queued are taken with non-blocking receives: one trip round
+                // the event loop for a burst, not one per datagram.
+                for _ in 0..DRAIN_BATCH {
+                    match recv_now(&svc.socket, &mut buf) {
+                        Some(Ok(client)) => {
+                            buf = svc.forward_up(buf, client, &mut candidates).await;
+                        }
+                        Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Some(Err(e)) => {
+                            tracing::debug!(service = svc.service, error = %e,
+                                "udp receive failed");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::debug!(service = svc.service, error = %e, "udp receive failed");
@@ -674,242 +706,5 @@ impl UdpService {
         let listener = self.buffer_freed.listen();
         let timeout = pin!(compio::time::sleep(BUFFER_RETRY));
         let _ = select(listener, timeout).await;
-    }
-}
-
-/// Reads the replies of one link and sends them to the flow's client, until the link fails, the
-/// flow's replies are all in, or the task is cancelled (the flow ended).
-async fn read_replies(
-    svc: Rc<UdpService>,
-    state: Arc<ServiceState>,
-    client: SocketAddr,
-    link: u64,
-    socket: UdpSocket,
-    backend: Option<usize>,
-) {
-    const EMPTY: &[u8] = &[];
-    loop {
-        // `None` is an empty datagram.
-        let received = match backend {
-            Some(b) => socket.recv_managed(0).await.map(|buf| (buf, Some(b))),
-            None => match socket.recv_from_managed(0).await {
-                Ok(Some((buf, from))) => Ok((Some(buf), backend_index(&state, from))),
-                // An empty datagram's source is not reported: it cannot be checked.
-                Ok(None) => Ok((None, None)),
-                Err(e) => Err(e),
-            },
-        };
-        let (buf, from) = match received {
-            Ok(r) => r,
-            Err(e) if is_pool_empty(&e) => {
-                svc.wait_for_buffer().await;
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                if backend.is_none() {
-                    tracing::debug!(service = %state.config.name, %client, error = %e,
-                        "udp upstream receive failed");
-                }
-                svc.link_failed(client, link, &e, true);
-                return;
-            }
-        };
-        let Some(from) = from else {
-            // Per-packet: not from a backend of the service.
-            state
-                .counters
-                .udp_datagrams_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let len = buf.as_ref().map_or(0, |b| b.len());
-        let verdict = {
-            let mut flows = svc.flows.borrow_mut();
-            if flows.get(&client).and_then(|f| f.value.link_id()) != Some(link) {
-                // The flow moved on; this task is about to be cancelled.
-                return;
-            }
-            flows.record_down(&client, len, Instant::now(), svc.replies)
-        };
-        let data: &[u8] = buf.as_deref().unwrap_or(EMPTY);
-        let sent = match send_now(&svc.socket, data, Some(client)) {
-            Some(sent) => {
-                drop(buf);
-                sent
-            }
-            None => match buf {
-                Some(buf) => svc.socket.send_to(buf, client).await.0,
-                None => svc.socket.send_to(EMPTY, client).await.0,
-            },
-        };
-        // The reply buffer is back in the pool.
-        svc.buffer_freed.notify(1);
-        match sent {
-            Ok(_) => {
-                state
-                    .counters
-                    .udp_datagrams_down
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(b) = state.backends.get(from) {
-                    b.counters
-                        .bytes_to_client
-                        .fetch_add(len as u64, Ordering::Relaxed);
-                }
-            }
-            Err(e) => {
-                state
-                    .counters
-                    .udp_datagrams_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(service = %state.config.name, %client, error = %e,
-                    "udp send to client failed");
-            }
-        }
-        if verdict == Some(ReplyVerdict::Done) && svc.answered(client, link) {
-            return;
-        }
-    }
-}
-
-/// The index of the backend `from` is (v4-mapped addresses compared as IPv4).
-fn backend_index(state: &ServiceState, from: SocketAddr) -> Option<usize> {
-    let from = canonical(from);
-    state.backends.iter().position(|b| b.address() == from)
-}
-
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        v4 => v4,
-    }
-}
-
-/// Sends one datagram at once with a non-blocking `send`/`sendto` (`dest`: unconnected socket),
-/// the usual case for UDP, where the socket buffer has room: this saves an io_uring round trip
-/// per datagram and gives a reply buffer back to the pool at once. `None` when the socket buffer
-/// is full; the caller then waits on an io_uring send.
-fn send_now(
-    socket: &UdpSocket,
-    data: &[u8],
-    dest: Option<SocketAddr>,
-) -> Option<io::Result<usize>> {
-    let socket = socket2::SockRef::from(socket);
-    let sent = match dest {
-        None => socket.send_with_flags(data, libc::MSG_DONTWAIT),
-        Some(dest) => socket.send_to_with_flags(data, &dest.into(), libc::MSG_DONTWAIT),
-    };
-    match sent {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        other => Some(other),
-    }
-}
-
-/// Whether a receive into the buffer pool failed because the pool had no free buffer: the
-/// kernel's ENOBUFS, which compio reports as `ResourceBusy`.
-fn is_pool_empty(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::ResourceBusy || e.raw_os_error() == Some(libc::ENOBUFS)
-}
-
-/// Errors of a connected upstream socket that mean the backend is not there (ICMP port or host
-/// unreachable), as opposed to a local problem.
-fn is_backend_failure(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN)
-    )
-}
-
-/// A new upstream socket on an ephemeral port: connected to `backend` (flow mode) or not
-/// (per-packet mode; dual-stack when `v6`, so it can also reach IPv4 backends).
-fn open_upstream(v6: bool, backend: Option<SocketAddr>) -> io::Result<std::net::UdpSocket> {
-    let (domain, any): (Domain, SocketAddr) = if v6 {
-        (Domain::IPV6, (Ipv6Addr::UNSPECIFIED, 0).into())
-    } else {
-        (Domain::IPV4, (Ipv4Addr::UNSPECIFIED, 0).into())
-    };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    if v6 {
-        socket.set_only_v6(false)?;
-    }
-    socket.bind(&any.into())?;
-    if let Some(b) = backend {
-        socket.connect(&b.into())?;
-    }
-    Ok(socket.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn v4_mapped_addresses_compare_as_ipv4() {
-        let v4: SocketAddr = "127.0.0.1:53".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:53".parse().unwrap();
-        assert_eq!(canonical(mapped), v4);
-        assert_eq!(canonical(v4), v4);
-        let v6: SocketAddr = "[::1]:53".parse().unwrap();
-        assert_eq!(canonical(v6), v6);
-    }
-
-    #[test]
-    fn refusal_and_unreachable_are_backend_failures() {
-        for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENETUNREACH] {
-            assert!(is_backend_failure(&io::Error::from_raw_os_error(errno)));
-        }
-        assert!(!is_backend_failure(&io::Error::from_raw_os_error(
-            libc::ENOBUFS
-        )));
-    }
-
-    /// What the reply reader relies on: with the worker's buffer pool empty, a receive fails
-    /// with ENOBUFS (whether the datagram was already queued or arrives while the receive
-    /// waits) and the datagram stays in its socket until a buffer comes back.
-    #[test]
-    fn an_empty_reply_pool_reports_enobufs_and_keeps_the_datagram() {
-        let mut proactor = compio::driver::ProactorBuilder::new();
-        proactor
-            .buffer_pool_size(std::num::NonZeroU16::MIN)
-            .buffer_pool_buffer_len(MAX_DATAGRAM);
-        let rt = compio::runtime::RuntimeBuilder::new()
-            .with_proactor(proactor)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            sender.send_to(b"first", a_addr).unwrap();
-            sender.send_to(b"second", b_addr).unwrap();
-            let held = a.recv_managed(0).await.unwrap().unwrap();
-            assert_eq!(&held[..], b"first");
-            let err = b.recv_managed(0).await.unwrap_err();
-            assert!(is_pool_empty(&err), "{err:?}");
-            drop(held);
-            let got = b.recv_managed(0).await.unwrap().unwrap();
-            assert_eq!(&got[..], b"second");
-            // The same with the receive already waiting when the datagram arrives.
-            let waiting = compio::runtime::spawn(async move { b.recv_managed(0).await });
-            compio::time::sleep(Duration::from_millis(50)).await;
-            sender.send_to(b"third", b_addr).unwrap();
-            let err = waiting.await.unwrap().unwrap_err();
-            assert!(is_pool_empty(&err), "{err:?}");
-            drop(got);
-        });
-    }
-
-    #[test]
-    fn upstream_sockets_are_connected_or_dual_stack() {
-        let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let s = open_upstream(false, Some(backend)).unwrap();
-        assert_eq!(s.peer_addr().unwrap(), backend);
-        let s = open_upstream(true, None).unwrap();
-        assert!(s.local_addr().unwrap().is_ipv6());
-        assert!(s.peer_addr().is_err());
     }
 }
