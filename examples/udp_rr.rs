@@ -174,7 +174,11 @@ async fn client(
         match tokio::time::timeout(wait, socket.recv(&mut buf)).await {
             Ok(Ok(n)) => {
                 let got = u64::from_le_bytes(buf[..8.min(n)].try_into().unwrap_or([0; 8]));
-                // Loopback keeps a flow's order; anything older than the reply was lost.
+                if in_flight.front().is_none_or(|&(front, _)| got < front) {
+                    // A late reply to a request already counted lost.
+                    continue;
+                }
+                // Loopback keeps a flow's order; requests older than the reply were lost.
                 while let Some(&(s, sent)) = in_flight.front() {
                     in_flight.pop_front();
                     if s == got {

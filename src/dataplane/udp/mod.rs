@@ -48,26 +48,33 @@
 //! from any backend arrive on that socket and go back to the flow's client. This keeps the bound
 //! of one upstream socket per flow however many backends a client's datagrams reach, with no
 //! per-datagram state. Replies whose source is not one of the service's backends are dropped (an
-//! unconnected socket accepts datagrams from anyone), and so are empty replies, whose source the
-//! receive cannot report. An unconnected socket gets no ICMP errors, so per-packet mode does not
+//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when it is
+//! the one that wakes the reader, the pool receive cannot report its source. An unconnected socket gets no ICMP errors, so per-packet mode does not
 //! see refused backends; health checks will. Per-packet datagrams count in no backend's active
 //! count, so `least_conn` and `power_of_two` see no UDP load there.
 //!
-//! # Buffers
+//! # I/O and buffers
 //!
-//! Nothing is allocated per datagram by this module: each service's receive loop reuses one
-//! 64 KiB buffer, and replies are received into the worker's io_uring buffer pool (a provided
-//! buffer ring of [`REPLY_BUFFERS`] buffers of [`MAX_DATAGRAM`] bytes, needs Linux 5.19): the
-//! kernel takes a buffer only when a reply arrives, so thousands of flows waiting for replies hold
-//! no buffer each, and the pool bounds reply memory per worker. When the pool is empty a reader
-//! waits for a buffer to come back (replies stay queued in their socket meanwhile). compio itself
+//! io_uring wakes each task: the service's receive loop waits on a `recvfrom` of the service
+//! socket, and each link's reader on a receive of its upstream socket into the worker's io_uring
+//! buffer pool (a provided buffer ring of [`REPLY_BUFFERS`] buffers of [`MAX_DATAGRAM`] bytes,
+//! Linux 5.19+): the kernel takes a buffer only when a reply arrives, so thousands of flows
+//! waiting for replies hold no buffer each, and the pool bounds reply memory per worker. When the
+//! pool is empty a reader waits for a buffer to come back; the reply stays queued in its socket.
+//!
+//! After each wake-up, up to [`DRAIN_BATCH`] datagrams already queued on that socket are taken
+//! with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
+//! `send`/`sendto`, which succeeds whenever the socket buffer has room (a UDP send never waits
+//! for its peer); only a full socket buffer sends through io_uring and waits. A burst thus costs
+//! one trip round the event loop instead of two per datagram (the 100,000-datagram test runs
+//! about 3.5 times faster than with io_uring alone). This is the readiness-plus-syscall pattern
+//! the design names for splice; io_uring still does all the waiting.
+//!
+//! Nothing is allocated per datagram by this module: the receive loop reuses one 64 KiB buffer,
+//! non-blocking reply receives use one 64 KiB scratch buffer per service (never held across an
+//! await; only a reply that must wait for a full socket buffer is copied out). compio itself
 //! allocates a small record per submitted operation, as on the TCP path. Counters are
 //! process-wide atomics updated per datagram.
-//!
-//! Sending: a datagram is first sent with a non-blocking `send` syscall, which succeeds whenever
-//! the socket buffer has room (UDP sends never wait for the peer); only when it is full does the
-//! send go through io_uring and wait. This saves a trip round the event loop per datagram in each
-//! direction and frees a reply buffer as soon as the reply is read.
 
 use std::cell::{Cell, RefCell};
 use std::io;
