@@ -404,6 +404,7 @@ fn ten_thousand_client_ports_never_take_more_than_max_flows() {
     let hot = client();
     let (hot_backend, hot_upstream) = whoami(&ask(&hot, addr, b"hot"));
     let mut peak_fds = 0;
+    let mut rss_full = 0;
     // Ports below Linux's ephemeral range (32768-60999), so none is one the kernel hands out
     // meanwhile, and each distinct: a port given back and handed out again would be the same
     // flow. A port something else holds is skipped.
@@ -426,6 +427,9 @@ fn ten_thousand_client_ports_never_take_more_than_max_flows() {
                 "the active flow kept its backend and upstream socket (after {i} new ports)"
             );
         }
+        if i == 2 * MAX_FLOWS {
+            rss_full = rss_kib(lb.pid());
+        }
         if i % 250 == 0 || i == PORTS - 1 {
             let fds = lb.fd_count();
             peak_fds = peak_fds.max(fds);
@@ -435,6 +439,12 @@ fn ten_thousand_client_ports_never_take_more_than_max_flows() {
             );
         }
     }
+    // Memory: once the tables are full (after 2,000 ports), 8,000 more ports do not grow it.
+    let rss_end = rss_kib(lb.pid());
+    assert!(
+        rss_end < rss_full + 8 * 1024,
+        "ringlb's RSS grew from {rss_full} KiB to {rss_end} KiB with full flow tables"
+    );
     // The tables are full: one upstream socket per tracked flow, no more.
     let fds = lb.fd_count();
     assert!(
@@ -455,7 +465,19 @@ fn ten_thousand_client_ports_never_take_more_than_max_flows() {
         "every flow beyond the bound evicted one, and each eviction was counted"
     );
     assert_eq!(totals["flows_expired"], 0);
-    eprintln!("peak fds {peak_fds} (baseline {baseline}); totals {totals:?}");
+    eprintln!(
+        "peak fds {peak_fds} (baseline {baseline}); RSS {rss_full} -> {rss_end} KiB; {totals:?}"
+    );
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
 
 // ---- ending flows ----
