@@ -9,8 +9,8 @@
 //!   state, slow-start ramp) and the stick table. Tested without sockets.
 //! - [`config`]: the TOML file, its validation and the typed configuration. No sockets.
 //! - [`dataplane`]: the worker threads. Each owns a compio (io_uring) runtime, its own
-//!   `SO_REUSEPORT` listening sockets, its slice of connection tracking, and forwards bytes.
-//!   compio types never leave this module.
+//!   `SO_REUSEPORT` listening sockets, its slice of connection tracking and its UDP flows, and
+//!   forwards bytes and datagrams. compio types never leave this module.
 //! - [`control`]: what runs beside the workers: the published [`control::Snapshot`] they read
 //!   lock-free with the per-backend availability atomics inside it, backend selection over that
 //!   state (primaries and backups, persistence, slow start), health and admin transitions, the

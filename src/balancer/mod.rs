@@ -12,6 +12,7 @@
 //! through [`BackendView`], which the control plane implements over its shared atomics.
 
 pub mod conntrack;
+pub mod flowtable;
 pub mod health;
 pub mod maglev;
 pub mod select;

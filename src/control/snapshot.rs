@@ -253,6 +253,25 @@ pub struct ServiceCounters {
     /// Backend connects that failed for a local reason (out of fds, ports or memory); these say
     /// nothing about the backend's health.
     pub local_connect_failures: AtomicU64,
+    /// UDP: flows tracked now, summed over workers.
+    pub udp_flows_active: CachePadded<AtomicU64>,
+    /// UDP: the most flows tracked at once since start.
+    pub udp_flows_peak: AtomicU64,
+    /// UDP: flows opened since start.
+    pub udp_flows_opened: AtomicU64,
+    /// UDP: flows evicted because the flow table was full (least recently used first).
+    pub udp_flows_evicted: AtomicU64,
+    /// UDP: flows ended by `udp_idle_timeout`.
+    pub udp_flows_expired: AtomicU64,
+    /// UDP: flows ended by the `udp_replies` rule.
+    pub udp_flows_answered: AtomicU64,
+    /// UDP: datagrams from clients sent on to a backend.
+    pub udp_datagrams_up: CachePadded<AtomicU64>,
+    /// UDP: datagrams from backends sent back to a client.
+    pub udp_datagrams_down: CachePadded<AtomicU64>,
+    /// UDP: datagrams dropped (no backend, no upstream socket, a failed send, a reply from an
+    /// address that is not a backend).
+    pub udp_datagrams_dropped: AtomicU64,
 }
 
 /// Process-wide counters of one backend.
@@ -260,9 +279,10 @@ pub struct ServiceCounters {
 pub struct BackendCounters {
     /// Connections open or being opened to this backend: what least_conn and power_of_two read.
     pub active: CachePadded<AtomicU64>,
-    /// Connections established since start.
+    /// Connections established since start (UDP: flows bound to this backend).
     pub connections: AtomicU64,
-    /// Connect attempts that failed (refused, timed out, or another error).
+    /// Connect attempts that failed (refused, timed out, or another error); for UDP, flows whose
+    /// upstream socket reported an error (ICMP port unreachable: refused).
     pub connect_failures: AtomicU64,
     /// Bytes sent from clients to this backend.
     pub bytes_to_backend: AtomicU64,

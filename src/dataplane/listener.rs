@@ -1,7 +1,7 @@
 //! Listening sockets, built with socket2 before the workers start.
 //!
-//! Owns: creating one `SO_REUSEPORT` TCP listener per (worker, service), so the kernel spreads
-//! new connections over the workers. Binding happens on the starting thread, so an address in use
+//! Owns: creating one `SO_REUSEPORT` TCP listener (or UDP socket) per (worker, service), so the
+//! kernel spreads new connections (or client addresses) over the workers. Binding happens on the starting thread, so an address in use
 //! is reported to the operator before any worker runs.
 
 use std::io;
@@ -41,6 +41,55 @@ pub fn bind_tcp(
     Ok((listeners, bound))
 }
 
+/// What a UDP service's listening socket asks for as receive and send buffer: 4 MiB holds about
+/// 60 datagrams of the largest size, so a burst of them is not dropped while a worker is busy.
+/// Linux caps it at `net.core.rmem_max` / `wmem_max` (212992 bytes by default; the kernel then
+/// doubles it for bookkeeping); operators of busy UDP services raise those sysctls.
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds `count` UDP sockets on `addr` sharing the port through `SO_REUSEPORT`, one per worker:
+/// the kernel hashes each client address to one of them, so a flow stays on one worker.
+///
+/// Port 0 is resolved as in [`bind_tcp`]. Returns the sockets and the bound address.
+pub fn bind_udp(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), DataPlaneError> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let socket = bind_one_udp(bound).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => DataPlaneError::ListenerAddressInUse(bound),
+            _ => DataPlaneError::Bind {
+                address: bound,
+                source: e,
+            },
+        })?;
+        if bound.port() == 0 {
+            bound = socket.local_addr().map_err(|e| DataPlaneError::Bind {
+                address: addr,
+                source: e,
+            })?;
+        }
+        sockets.push(socket);
+    }
+    Ok((sockets, bound))
+}
+
+fn bind_one_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    // Best effort: the kernel silently caps both at its sysctl maximum.
+    socket.set_recv_buffer_size(UDP_SOCKET_BUFFER)?;
+    socket.set_send_buffer_size(UDP_SOCKET_BUFFER)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -66,6 +115,25 @@ mod tests {
         assert_ne!(addr.port(), 0);
         for l in &ls {
             assert_eq!(l.local_addr().unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn udp_port_zero_gives_every_worker_the_same_port() {
+        let (ss, addr) = bind_udp("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_ne!(addr.port(), 0);
+        for s in &ss {
+            assert_eq!(s.local_addr().unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn udp_address_held_by_another_process_is_reported_with_the_address() {
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = other.local_addr().unwrap();
+        match bind_udp(addr, 1) {
+            Err(DataPlaneError::ListenerAddressInUse(a)) => assert_eq!(a, addr),
+            other => panic!("expected ListenerAddressInUse, got {other:?}"),
         }
     }
 

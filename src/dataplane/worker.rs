@@ -18,7 +18,7 @@ use futures_util::future::{Either, select};
 use crate::balancer::conntrack::ConnTable;
 use crate::control::{ServiceState, SharedSnapshot, Shutdown};
 
-use super::{DataPlaneError, forward};
+use super::{DataPlaneError, forward, udp};
 
 /// How long accepting pauses after the process ran out of file descriptors (or socket memory).
 /// Short enough that accepts resume well within a second of fds being freed, long enough that a
@@ -31,6 +31,8 @@ pub(super) struct WorkerSetup {
     pub pin_to: Option<usize>,
     /// (service index in the snapshot, its listener for this worker)
     pub listeners: Vec<(usize, std::net::TcpListener)>,
+    /// This worker's socket (and share of the flow bound) of each UDP service.
+    pub udp: Vec<udp::UdpSetup>,
     pub snapshot: SharedSnapshot,
     pub shutdown: Arc<Shutdown>,
     pub exited: Sender<usize>,
@@ -93,6 +95,15 @@ pub(super) fn run(setup: WorkerSetup) {
     if let Some(cpu) = setup.pin_to {
         builder.thread_affinity(HashSet::from([cpu]));
     }
+    // UDP replies are received into the runtime's buffer pool (see `udp`); it is registered
+    // with the kernel only when a UDP service asks for it.
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    proactor
+        .buffer_pool_size(
+            std::num::NonZeroU16::new(udp::REPLY_BUFFERS).unwrap_or(std::num::NonZeroU16::MIN),
+        )
+        .buffer_pool_buffer_len(udp::MAX_DATAGRAM);
+    builder.with_proactor(proactor);
     match builder.build() {
         Ok(runtime) => runtime.block_on(serve(setup)),
         Err(e) => {
@@ -148,16 +159,25 @@ async fn serve(setup: WorkerSetup) {
             compio::runtime::spawn(forward::watch_closing(worker.clone(), service))
         })
         .collect();
+    let udp_tasks = match udp::spawn(&worker, setup.udp) {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
+            return;
+        }
+    };
     let accepting: Vec<_> = listeners
         .into_iter()
         .map(|(service, listener)| {
             compio::runtime::spawn(accept_loop(worker.clone(), service, listener))
         })
+        .chain(udp_tasks)
         .collect();
     // The receiver is gone only if start() already failed; this worker then drains at once.
     let _ = setup.ready.send(Ok(()));
     for task in accepting {
-        // An accept loop returns once the drain began; its listener is closed by then.
+        // An accept loop returns once the drain began; its listener is closed by then. So does
+        // a UDP service's loop, having dropped its flows.
         let _ = task.await;
     }
     wait_until_empty(&worker).await;

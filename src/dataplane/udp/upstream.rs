@@ -1,0 +1,374 @@
+//! The backend side of UDP flows: upstream sockets, the task reading a link's replies, and the
+//! socket calls the data path makes itself (a non-blocking first send, socket creation).
+//!
+//! See the parent module for how flows, links and buffers fit together. Everything here runs on
+//! the worker's thread.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use compio::net::UdpSocket;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::balancer::flowtable::ReplyVerdict;
+use crate::control::ServiceState;
+
+use super::{DRAIN_BATCH, MAX_DATAGRAM, UdpService};
+
+/// What a reader does after one reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Read the next reply.
+    Next,
+    /// The flow ended or moved on: the task ends.
+    Stop,
+    /// The service socket's buffer is full: send with io_uring, then [`UdpService::reply_sent`]
+    /// (from this backend, with this verdict).
+    Blocked(usize, Option<ReplyVerdict>),
+}
+
+/// Reads the replies of one link and sends them to the flow's client, until the link fails, the
+/// flow's replies are all in, or the task is cancelled (the flow ended).
+///
+/// Each wake-up of the io_uring receive is followed by up to [`DRAIN_BATCH`] non-blocking
+/// receives of replies already queued, into the service's scratch buffer, so a flow with several
+/// replies in flight costs one trip round the event loop, not one per reply.
+pub(super) async fn read_replies(
+    svc: Rc<UdpService>,
+    state: Arc<ServiceState>,
+    client: SocketAddr,
+    link: u64,
+    socket: UdpSocket,
+    backend: Option<usize>,
+) {
+    const EMPTY: &[u8] = &[];
+    loop {
+        // `None` is an empty datagram.
+        let received = match backend {
+            Some(b) => socket.recv_managed(0).await.map(|buf| (buf, Some(b))),
+            None => match socket.recv_from_managed(0).await {
+                Ok(Some((buf, from))) => Ok((Some(buf), backend_index(&state, from))),
+                // An empty datagram's source is not reported: it cannot be checked.
+                Ok(None) => Ok((None, None)),
+                Err(e) => Err(e),
+            },
+        };
+        let (buf, from) = match received {
+            Ok(r) => r,
+            Err(e) if is_pool_empty(&e) => {
+                svc.wait_for_buffer().await;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                svc.upstream_failed(&state, client, link, &e);
+                return;
+            }
+        };
+        let data: &[u8] = buf.as_deref().unwrap_or(EMPTY);
+        let len = data.len();
+        let step = match svc.reply_now(&state, client, link, from, data) {
+            Step::Blocked(from, verdict) => {
+                let sent = match buf {
+                    Some(buf) => svc.socket.send_to(buf, client).await.0,
+                    None => svc.socket.send_to(EMPTY, client).await.0,
+                };
+                svc.reply_sent(&state, client, link, from, len, sent, verdict)
+            }
+            step => {
+                drop(buf);
+                step
+            }
+        };
+        // The reply buffer is back in the pool.
+        svc.buffer_freed.notify(1);
+        if step == Step::Stop {
+            return;
+        }
+        for _ in 0..DRAIN_BATCH {
+            // No await between the receive and the use of the scratch buffer: no other task can
+            // touch it meanwhile.
+            let received = recv_now(&socket, &mut svc.scratch.borrow_mut());
+            let source = match received {
+                None => break,
+                Some(Ok(source)) => source,
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Some(Err(e)) => {
+                    svc.upstream_failed(&state, client, link, &e);
+                    return;
+                }
+            };
+            let from = backend.or_else(|| backend_index(&state, source));
+            let step = svc.reply_now(&state, client, link, from, &svc.scratch.borrow());
+            let step = match step {
+                Step::Blocked(from, verdict) => {
+                    // Rare (the service socket's buffer is full): the reply leaves the scratch
+                    // buffer, which other readers use while this one waits.
+                    let owned = svc.scratch.borrow().clone();
+                    let len = owned.len();
+                    let sent = svc.socket.send_to(owned, client).await.0;
+                    svc.reply_sent(&state, client, link, from, len, sent, verdict)
+                }
+                step => step,
+            };
+            if step == Step::Stop {
+                return;
+            }
+        }
+    }
+}
+
+impl UdpService {
+    /// Records one reply of `link` from backend `from` (`None`: not from a backend of the
+    /// service, dropped) and sends it on to the client with a non-blocking send.
+    fn reply_now(
+        &self,
+        state: &ServiceState,
+        client: SocketAddr,
+        link: u64,
+        from: Option<usize>,
+        data: &[u8],
+    ) -> Step {
+        let Some(from) = from else {
+            state
+                .counters
+                .udp_datagrams_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return Step::Next;
+        };
+        let verdict = {
+            let mut flows = self.flows.borrow_mut();
+            if flows.get(&client).and_then(|f| f.value.link_id()) != Some(link) {
+                // The flow moved on; this task is about to be cancelled.
+                return Step::Stop;
+            }
+            flows.record_down(&client, data.len(), Instant::now(), self.replies)
+        };
+        match send_now(&self.socket, data, Some(client)) {
+            Some(sent) => self.reply_sent(state, client, link, from, data.len(), sent, verdict),
+            None => Step::Blocked(from, verdict),
+        }
+    }
+
+    /// Counts a reply sent (or not) to the client, and ends the flow when its replies are all
+    /// in.
+    #[allow(clippy::too_many_arguments)]
+    fn reply_sent(
+        &self,
+        state: &ServiceState,
+        client: SocketAddr,
+        link: u64,
+        from: usize,
+        len: usize,
+        sent: io::Result<usize>,
+        verdict: Option<ReplyVerdict>,
+    ) -> Step {
+        match sent {
+            Ok(_) => {
+                state
+                    .counters
+                    .udp_datagrams_down
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(b) = state.backends.get(from) {
+                    b.counters
+                        .bytes_to_client
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                state
+                    .counters
+                    .udp_datagrams_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(service = %state.config.name, %client, error = %e,
+                    "udp send to client failed");
+            }
+        }
+        if verdict == Some(ReplyVerdict::Done) && self.answered(client, link) {
+            Step::Stop
+        } else {
+            Step::Next
+        }
+    }
+
+    /// A link's upstream socket failed to receive: the link ends (see `link_failed`).
+    fn upstream_failed(&self, state: &ServiceState, client: SocketAddr, link: u64, e: &io::Error) {
+        if !is_backend_failure(e) {
+            tracing::debug!(service = %state.config.name, %client, error = %e,
+                "udp upstream receive failed");
+        }
+        self.link_failed(client, link, e, true);
+    }
+}
+
+/// The index of the backend `from` is (v4-mapped addresses compared as IPv4).
+pub(super) fn backend_index(state: &ServiceState, from: SocketAddr) -> Option<usize> {
+    let from = canonical(from);
+    state.backends.iter().position(|b| b.address() == from)
+}
+
+pub(super) fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Sends one datagram at once with a non-blocking `send`/`sendto` (`dest`: unconnected socket),
+/// the usual case for UDP, where the socket buffer has room: this saves an io_uring round trip
+/// per datagram and gives a reply buffer back to the pool at once. `None` when the socket buffer
+/// is full; the caller then waits on an io_uring send.
+pub(super) fn send_now(
+    socket: &UdpSocket,
+    data: &[u8],
+    dest: Option<SocketAddr>,
+) -> Option<io::Result<usize>> {
+    let socket = socket2::SockRef::from(socket);
+    let sent = match dest {
+        None => socket.send_with_flags(data, libc::MSG_DONTWAIT),
+        Some(dest) => socket.send_to_with_flags(data, &dest.into(), libc::MSG_DONTWAIT),
+    };
+    match sent {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        other => Some(other),
+    }
+}
+
+/// Receives one datagram already queued on `socket` into `buf` (cleared first; its capacity
+/// must hold [`MAX_DATAGRAM`] bytes) with a non-blocking `recvfrom`, and returns its source.
+/// `None` when nothing is queued.
+pub(super) fn recv_now(socket: &UdpSocket, buf: &mut Vec<u8>) -> Option<io::Result<SocketAddr>> {
+    buf.clear();
+    buf.reserve(MAX_DATAGRAM);
+    let socket = socket2::SockRef::from(socket);
+    match socket.recv_from_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT) {
+        Ok((n, source)) => {
+            // SAFETY: recvfrom(2) wrote `n` bytes (at most the spare capacity it was given, since
+            // MSG_TRUNC is not set) at the start of the spare capacity, so the first `n` bytes
+            // after the (zero) length are initialized.
+            unsafe { buf.set_len(n) };
+            Some(source.as_socket().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
+            }))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// Whether a receive into the buffer pool failed because the pool had no free buffer: the
+/// kernel's ENOBUFS, which compio reports as `ResourceBusy`.
+pub(super) fn is_pool_empty(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ResourceBusy || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// Errors of a connected upstream socket that mean the backend is not there (ICMP port or host
+/// unreachable), as opposed to a local problem.
+pub(super) fn is_backend_failure(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN)
+    )
+}
+
+/// A new upstream socket on an ephemeral port: connected to `backend` (flow mode) or not
+/// (per-packet mode; dual-stack when `v6`, so it can also reach IPv4 backends).
+pub(super) fn open_upstream(
+    v6: bool,
+    backend: Option<SocketAddr>,
+) -> io::Result<std::net::UdpSocket> {
+    let (domain, any): (Domain, SocketAddr) = if v6 {
+        (Domain::IPV6, (Ipv6Addr::UNSPECIFIED, 0).into())
+    } else {
+        (Domain::IPV4, (Ipv4Addr::UNSPECIFIED, 0).into())
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if v6 {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&any.into())?;
+    if let Some(b) = backend {
+        socket.connect(&b.into())?;
+    }
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn v4_mapped_addresses_compare_as_ipv4() {
+        let v4: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:53".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        let v6: SocketAddr = "[::1]:53".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn refusal_and_unreachable_are_backend_failures() {
+        for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENETUNREACH] {
+            assert!(is_backend_failure(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!is_backend_failure(&io::Error::from_raw_os_error(
+            libc::ENOBUFS
+        )));
+    }
+
+    /// What the reply reader relies on: with the worker's buffer pool empty, a receive fails
+    /// with ENOBUFS (whether the datagram was already queued or arrives while the receive
+    /// waits) and the datagram stays in its socket until a buffer comes back.
+    #[test]
+    fn an_empty_reply_pool_reports_enobufs_and_keeps_the_datagram() {
+        let mut proactor = compio::driver::ProactorBuilder::new();
+        proactor
+            .buffer_pool_size(std::num::NonZeroU16::MIN)
+            .buffer_pool_buffer_len(MAX_DATAGRAM);
+        let rt = compio::runtime::RuntimeBuilder::new()
+            .with_proactor(proactor)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender.send_to(b"first", a_addr).unwrap();
+            sender.send_to(b"second", b_addr).unwrap();
+            let held = a.recv_managed(0).await.unwrap().unwrap();
+            assert_eq!(&held[..], b"first");
+            let err = b.recv_managed(0).await.unwrap_err();
+            assert!(is_pool_empty(&err), "{err:?}");
+            drop(held);
+            let got = b.recv_managed(0).await.unwrap().unwrap();
+            assert_eq!(&got[..], b"second");
+            // The same with the receive already waiting when the datagram arrives.
+            let waiting = compio::runtime::spawn(async move { b.recv_managed(0).await });
+            compio::time::sleep(Duration::from_millis(50)).await;
+            sender.send_to(b"third", b_addr).unwrap();
+            let err = waiting.await.unwrap().unwrap_err();
+            assert!(is_pool_empty(&err), "{err:?}");
+            drop(got);
+        });
+    }
+
+    #[test]
+    fn upstream_sockets_are_connected_or_dual_stack() {
+        let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let s = open_upstream(false, Some(backend)).unwrap();
+        assert_eq!(s.peer_addr().unwrap(), backend);
+        let s = open_upstream(true, None).unwrap();
+        assert!(s.local_addr().unwrap().is_ipv6());
+        assert!(s.peer_addr().is_err());
+    }
+}
