@@ -20,10 +20,20 @@ pub fn bind_tcp(
     count: usize,
     backlog: u32,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), DataPlaneError> {
-    let mut listeners = Vec::with_capacity(count);
+    bind_shared(addr, count, |a| bind_one(a, backlog))
+        .map(|(v, a)| (v.into_iter().map(std::net::TcpListener::from).collect(), a))
+}
+
+/// Binds `count` sockets made by `bind` on `addr`, resolving port 0 once for all of them.
+fn bind_shared(
+    addr: SocketAddr,
+    count: usize,
+    bind: impl Fn(SocketAddr) -> io::Result<Socket>,
+) -> Result<(Vec<Socket>, SocketAddr), DataPlaneError> {
+    let mut sockets = Vec::with_capacity(count);
     let mut bound = addr;
     for _ in 0..count {
-        let listener = bind_one(bound, backlog).map_err(|e| match e.kind() {
+        let socket = bind(bound).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => DataPlaneError::ListenerAddressInUse(bound),
             _ => DataPlaneError::Bind {
                 address: bound,
@@ -31,14 +41,18 @@ pub fn bind_tcp(
             },
         })?;
         if bound.port() == 0 {
-            bound = listener.local_addr().map_err(|e| DataPlaneError::Bind {
-                address: addr,
-                source: e,
-            })?;
+            bound = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| DataPlaneError::Bind {
+                    address: addr,
+                    source: io::Error::other("the kernel gave no local address"),
+                })?;
         }
-        listeners.push(listener);
+        sockets.push(socket);
     }
-    Ok((listeners, bound))
+    Ok((sockets, bound))
 }
 
 /// What a UDP service's listening socket asks for as receive and send buffer: 4 MiB holds about
@@ -55,28 +69,11 @@ pub fn bind_udp(
     addr: SocketAddr,
     count: usize,
 ) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), DataPlaneError> {
-    let mut sockets = Vec::with_capacity(count);
-    let mut bound = addr;
-    for _ in 0..count {
-        let socket = bind_one_udp(bound).map_err(|e| match e.kind() {
-            io::ErrorKind::AddrInUse => DataPlaneError::ListenerAddressInUse(bound),
-            _ => DataPlaneError::Bind {
-                address: bound,
-                source: e,
-            },
-        })?;
-        if bound.port() == 0 {
-            bound = socket.local_addr().map_err(|e| DataPlaneError::Bind {
-                address: addr,
-                source: e,
-            })?;
-        }
-        sockets.push(socket);
-    }
-    Ok((sockets, bound))
+    bind_shared(addr, count, bind_one_udp)
+        .map(|(v, a)| (v.into_iter().map(std::net::UdpSocket::from).collect(), a))
 }
 
-fn bind_one_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+fn bind_one_udp(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -87,10 +84,10 @@ fn bind_one_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     socket.set_recv_buffer_size(UDP_SOCKET_BUFFER)?;
     socket.set_send_buffer_size(UDP_SOCKET_BUFFER)?;
     socket.bind(&addr.into())?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // Dual-stack behaviour varies by host; a v6 listen address means v6 only.
@@ -102,7 +99,7 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 #[cfg(test)]
