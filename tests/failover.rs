@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use common::health::{Switchable, events, greeting, greetings, health, wait_event};
+use common::health::{Switchable, events, expect_event, greeting, greetings, health, wait_event};
 use common::{Ringlb, config, runtime, service_config};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -42,15 +42,12 @@ fn backups_serve_only_while_no_primary_is_up() {
     assert!(seen.contains(&"p1".into()) && seen.contains(&"p2".into()));
 
     rt.block_on(p1.stop());
-    assert!(
-        wait_event(
-            &lb,
-            "backend down",
-            Some(p1.addr),
-            1,
-            Duration::from_secs(2)
-        )
-        .is_some()
+    expect_event(
+        &lb,
+        "backend down",
+        Some(p1.addr),
+        1,
+        Duration::from_secs(2),
     );
     let seen = names(&rt.block_on(greetings(addr, 20)));
     assert!(seen.iter().all(|n| n == "p2"), "one primary left: {seen:?}");
@@ -177,30 +174,24 @@ fn a_sticky_client_moves_when_its_backend_goes_down_and_stays_moved() {
     let (gone, other) = if first[0] == "a" { (&a, &b) } else { (&b, &a) };
 
     rt.block_on(gone.stop());
-    assert!(
-        wait_event(
-            &lb,
-            "backend down",
-            Some(gone.addr),
-            1,
-            Duration::from_secs(2)
-        )
-        .is_some()
+    expect_event(
+        &lb,
+        "backend down",
+        Some(gone.addr),
+        1,
+        Duration::from_secs(2),
     );
     let moved = names(&rt.block_on(greetings(addr, 5)));
     assert!(moved.iter().all(|n| *n == other.name), "{moved:?}");
 
     // Back up: the entry now names the other backend, so the client stays there.
     rt.block_on(gone.restart());
-    assert!(
-        wait_event(
-            &lb,
-            "backend up",
-            Some(gone.addr),
-            1,
-            Duration::from_secs(2)
-        )
-        .is_some()
+    expect_event(
+        &lb,
+        "backend up",
+        Some(gone.addr),
+        1,
+        Duration::from_secs(2),
     );
     let stayed = names(&rt.block_on(greetings(addr, 10)));
     assert!(stayed.iter().all(|n| *n == other.name), "{stayed:?}");

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::Ringlb;
+use super::{Ringlb, field};
 
 /// A backend that greets every connection with `name\n`, then echoes; it records when it
 /// accepted each connection. [`Switchable::stop`] closes its listener and every live connection
@@ -176,6 +176,22 @@ pub fn events(lb: &Ringlb, message: &str, backend: Option<SocketAddr>) -> Vec<Lo
 }
 
 /// Waits until at least `count` such lines exist; returns the `count`-th, or `None` on timeout.
+/// Like [`wait_event`], panicking with ringlb's log when the event does not come in time.
+pub fn expect_event(
+    lb: &Ringlb,
+    message: &str,
+    backend: Option<SocketAddr>,
+    count: usize,
+    timeout: Duration,
+) -> LogEvent {
+    wait_event(lb, message, backend, count, timeout).unwrap_or_else(|| {
+        panic!(
+            "no {message:?} #{count} for {backend:?} within {timeout:?}; log:\n{}",
+            lb.log_text()
+        )
+    })
+}
+
 pub fn wait_event(
     lb: &Ringlb,
     message: &str,
@@ -194,13 +210,6 @@ pub fn wait_event(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!(" {key}"))? + key.len() + 1;
-    let rest = &line[start..];
-    let end = rest.find(' ').unwrap_or(rest.len());
-    Some(rest[..end].trim_matches('"').to_string())
 }
 
 /// Parses the RFC 3339 UTC timestamp (`2026-11-24T17:43:09.353366Z`) that starts a line.

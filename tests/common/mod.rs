@@ -210,9 +210,10 @@ impl Drop for Ringlb {
     }
 }
 
-/// Extracts `key=value` from a tracing line (value up to the next space, quotes removed).
+/// Extracts `key=value` from a tracing line: the key must start a field (follow a space), the
+/// value runs to the next space, quotes removed.
 pub fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(key)? + key.len();
+    let start = line.find(&format!(" {key}"))? + key.len() + 1;
     let rest = &line[start..];
     let end = rest.find(' ').unwrap_or(rest.len());
     Some(rest[..end].trim_matches('"').to_string())
