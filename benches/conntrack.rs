@@ -89,7 +89,7 @@ fn lifecycle(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             let id = table.insert(Conn::accepted(0, client(i), now)).unwrap();
-            table.established(id, 1, now);
+            table.established(id, client(1), now);
             table.record_up(id, 64, now);
             table.record_down(id, 64, now);
             black_box(table.remove(id))

@@ -16,11 +16,15 @@
 //!   state (primaries and backups, persistence, slow start), health and admin transitions, the
 //!   health checker thread ([`control::health`], a tokio current-thread runtime that probes out
 //!   of band), process-wide counters, and shutdown/drain coordination.
+//! - [`admin`]: the operator's side: hot reload (applying a new config to the running
+//!   instance), the admin HTTP API with `/metrics`, and the `ringlb status` / `ringlb
+//!   connections` commands. Drives `control` and `dataplane` through their handles.
 //! - [`demo`]: `ringlb demo`, a self-contained first look (echo backends, balancer, load).
 //! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
 //!   against other proxies. It runs on its own compio runtimes and shares nothing with the
 //!   balancer.
 
+pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod control;

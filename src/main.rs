@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use ringlb::admin::{AdminServer, Instance, client};
 use ringlb::config::Config;
 use ringlb::control::health::HealthChecker;
 use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
@@ -40,7 +41,32 @@ enum Command {
     Demo(ringlb::demo::DemoOptions),
     /// Load generator (connect, rr, stream, udp, idle) and echo/sink server (serve).
     Bench(ringlb::loadtool::BenchArgs),
+    /// Print the services and backends of a running ringlb (from its admin API).
+    Status(AdminArgs),
+    /// Print the live connections of a running ringlb (from its admin API).
+    Connections {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this service's connections.
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many (oldest first).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
+
+/// Where the admin API of the running ringlb is.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The admin API's address (IP:port). Default: `[admin] listen` of --config FILE, else
+    /// 127.0.0.1:9090.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+}
+
+/// The admin address when neither --admin nor a config's `[admin]` says otherwise.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,6 +75,16 @@ fn main() -> ExitCode {
         Some(Command::Check) => return check(cli.config.as_deref()),
         Some(Command::Demo(options)) => ringlb::demo::run(&options),
         Some(Command::Bench(args)) => ringlb::loadtool::run(&args),
+        Some(Command::Status(admin)) => admin_target(&admin, cli.config.as_deref())
+            .and_then(|t| client::status(&t))
+            .map(|table| print!("{table}")),
+        Some(Command::Connections {
+            admin,
+            service,
+            limit,
+        }) => admin_target(&admin, cli.config.as_deref())
+            .and_then(|t| client::connections(&t, service.as_deref(), limit))
+            .map(|table| print!("{table}")),
         Some(Command::Run) | None => match cli.config.as_deref() {
             Some(path) => run(path),
             None => Err(anyhow::anyhow!(
@@ -96,34 +132,78 @@ fn check(path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// The admin API to ask: --admin, else the config's `[admin] listen`, else the default.
+fn admin_target(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<client::Target> {
+    if let Some(address) = args.admin {
+        return Ok(client::Target::new(address));
+    }
+    if let Some(path) = config {
+        let config = Config::load(path)?;
+        let Some(admin) = config.admin else {
+            anyhow::bail!(
+                "{} has no [admin] section: the running ringlb has no admin API to ask",
+                path.display()
+            );
+        };
+        return Ok(client::Target::new(admin.listen));
+    }
+    Ok(client::Target::new(DEFAULT_ADMIN.parse()?))
+}
+
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     // Registered before the workers start, so a signal never hits the default handler.
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let shutdown = Arc::new(Shutdown::new());
     let budget = Arc::new(ConnectionBudget::for_config(&config));
     let snapshot = Snapshot::from_config(&config, &budget).into_shared();
     let dataplane = DataPlane::start(&config, snapshot.clone(), shutdown.clone())?;
     // Probes run on their own thread (the control plane), never on a worker.
-    let health = HealthChecker::start(&snapshot.load()).context("cannot start health checks")?;
-    tracing::info!(config = %path.display(), workers = config.runtime.workers, "ringlb running");
+    let health = HealthChecker::start(&snapshot).context("cannot start health checks")?;
+    let admin = config.admin.clone();
+    let drain_timeout = config.runtime.drain_timeout;
+    let workers = config.runtime.workers;
+    let instance = Arc::new(Instance::new(
+        path,
+        config,
+        snapshot,
+        budget,
+        dataplane.handle(),
+        health,
+    ));
+    if let Some(admin) = admin {
+        AdminServer::start(admin.listen, admin.token, instance.clone())?;
+    }
+    tracing::info!(config = %path.display(), workers, "ringlb running");
 
-    let first = signals.forever().next();
-    tracing::info!(signal = ?first, drain_timeout = ?config.runtime.drain_timeout,
+    // SIGHUP reloads (on this thread: the workers never wait for it); the first SIGTERM or
+    // SIGINT drains.
+    let first = loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => {
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+                // Logged by reload() either way.
+                let _ = instance.reload();
+            }
+            other => break other,
+        }
+    };
+    tracing::info!(signal = ?first, drain_timeout = ?drain_timeout,
         "shutting down: listeners closed, draining live connections");
-    let deadline = Instant::now() + config.runtime.drain_timeout;
+    let deadline = Instant::now() + drain_timeout;
     // A second signal during the drain closes live connections at once.
     let handle = signals.handle();
     let second = std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            tracing::warn!("second signal: closing live connections now");
-            shutdown.abort();
+        for signal in signals.forever() {
+            if signal != SIGHUP {
+                tracing::warn!("second signal: closing live connections now");
+                shutdown.abort();
+                break;
+            }
         }
     });
     dataplane.drain_until(deadline);
-    if let Some(health) = health {
-        health.stop();
-    }
     handle.close();
     let _ = second.join();
     tracing::info!("ringlb stopped");

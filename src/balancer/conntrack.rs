@@ -29,10 +29,10 @@ pub enum ConnState {
 /// One tracked connection.
 #[derive(Clone, Debug)]
 pub struct Conn {
-    /// Index of the service in the snapshot.
-    pub service: usize,
-    /// Index of the backend in its service, once chosen.
-    pub backend: Option<usize>,
+    /// The service's identity (`control::ServiceId`), stable across reloads.
+    pub service: u64,
+    /// The backend's address, once chosen.
+    pub backend: Option<SocketAddr>,
     /// The client's address.
     pub client: SocketAddr,
     /// Current state.
@@ -49,7 +49,7 @@ pub struct Conn {
 
 impl Conn {
     /// A connection just accepted from `client` for `service`.
-    pub fn accepted(service: usize, client: SocketAddr, now: Instant) -> Conn {
+    pub fn accepted(service: u64, client: SocketAddr, now: Instant) -> Conn {
         Conn {
             service,
             backend: None,
@@ -110,7 +110,7 @@ impl ConnTable {
     }
 
     /// Records the chosen backend; the connection is now established.
-    pub fn established(&mut self, id: ConnId, backend: usize, now: Instant) {
+    pub fn established(&mut self, id: ConnId, backend: SocketAddr, now: Instant) {
         if let Some(c) = self.conns.get_mut(id.0) {
             c.backend = Some(backend);
             c.state = ConnState::Established;
@@ -211,11 +211,14 @@ mod tests {
         let t0 = Instant::now();
         let mut t = ConnTable::new(4);
         let id = t.insert(Conn::accepted(1, client(1), t0)).unwrap();
-        t.established(id, 2, t0);
+        t.established(id, client(2), t0);
         t.record_up(id, 10, t0 + Duration::from_secs(1));
         t.record_down(id, 7, t0 + Duration::from_secs(2));
         let c = t.get(id).unwrap();
-        assert_eq!((c.bytes_up, c.bytes_down, c.backend), (10, 7, Some(2)));
+        assert_eq!(
+            (c.bytes_up, c.bytes_down, c.backend),
+            (10, 7, Some(client(2)))
+        );
         assert_eq!(c.state, ConnState::Established);
         assert_eq!(c.last_activity, t0 + Duration::from_secs(2));
     }

@@ -119,6 +119,13 @@ impl HealthMachine {
         }
     }
 
+    /// The same machine starting from `healthy` (a backend whose state is already known, e.g.
+    /// down when its checker restarts). The first result that disagrees still flips it.
+    pub fn starting_as(mut self, healthy: bool) -> HealthMachine {
+        self.healthy = healthy;
+        self
+    }
+
     /// Whether the backend is healthy now.
     pub fn healthy(&self) -> bool {
         self.healthy

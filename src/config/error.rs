@@ -245,6 +245,16 @@ pub enum ConfigError {
         /// The interval, as written or its default.
         interval: String,
     },
+    /// The admin API's listen address is a TCP service's.
+    #[error("{at}: {addr} is already the listen address of service {service:?}")]
+    AdminListenTaken {
+        /// The admin listen value.
+        at: Box<Location>,
+        /// The address.
+        addr: SocketAddr,
+        /// The service listening there.
+        service: String,
+    },
     /// A string option that must not be empty is.
     #[error("{at}: must not be empty")]
     Empty {
@@ -334,6 +344,7 @@ impl ConfigError {
             | NotForHealthKind { at, .. }
             | RoleNotForKind { at, .. }
             | TimeoutOverInterval { at, .. }
+            | AdminListenTaken { at, .. }
             | Empty { at }
             | NoPrimaryBackend { at }
             | NoBackends { at }

@@ -20,6 +20,16 @@ pub(crate) struct ConfigFile {
     pub(crate) runtime: Option<RuntimeFile>,
     /// `[[service]]` tables.
     pub(crate) service: Option<Spanned<Vec<Spanned<ServiceFile>>>>,
+    /// `[admin]`.
+    pub(crate) admin: Option<AdminFile>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminFile {
+    pub(crate) listen: Spanned<String>,
+    pub(crate) token: Option<Spanned<String>>,
 }
 
 /// `[runtime]`.

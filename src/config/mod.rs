@@ -59,6 +59,17 @@ pub struct Config {
     pub runtime: Runtime,
     /// The services (`[[service]]`), in file order; never empty.
     pub services: Vec<Service>,
+    /// The admin API (`[admin]`); `None`: no admin listener.
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin HTTP API: the `[admin]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where the API listens (plain HTTP; keep it on loopback or a management network).
+    pub listen: SocketAddr,
+    /// When set, calls that change something need `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
 }
 
 /// Process-wide settings: the `[runtime]` table.
@@ -307,6 +318,18 @@ impl Config {
                 }
                 out.push('\n');
             }
+        }
+        if let Some(admin) = &self.admin {
+            let _ = writeln!(
+                out,
+                "admin API: http://{}{}",
+                admin.listen,
+                if admin.token.is_some() {
+                    " (token required for changes)"
+                } else {
+                    ""
+                }
+            );
         }
         out
     }

@@ -10,9 +10,11 @@ use toml::Spanned;
 
 use super::defaults::*;
 use super::error::{ConfigError, Doc};
-use super::file::{BackendFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile};
+use super::file::{
+    AdminFile, BackendFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile,
+};
 use super::values::{AddrProblem, parse_byte_size, parse_duration, resolve_backend};
-use super::{Backend, Config, Protocol, Runtime, Service, UdpSettings};
+use super::{AdminSettings, Backend, Config, Protocol, Runtime, Secret, Service, UdpSettings};
 use crate::balancer::Algorithm;
 use crate::balancer::maglev::is_prime;
 
@@ -43,11 +45,53 @@ pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigErr
         services.push(service);
         seen.push(this);
     }
+    let admin = match file.admin {
+        Some(a) => Some(admin(a, &services, doc)?),
+        None => None,
+    };
     Ok(Config {
         source: doc.source.to_owned(),
         runtime,
         services,
+        admin,
     })
+}
+
+/// `[admin]`: a socket address no TCP service listens on, and a token that is not empty.
+fn admin(
+    file: AdminFile,
+    services: &[Service],
+    doc: &Doc<'_>,
+) -> Result<AdminSettings, ConfigError> {
+    let at = || doc.at(file.listen.span().start, "admin.listen");
+    let listen: SocketAddr =
+        file.listen
+            .get_ref()
+            .parse()
+            .map_err(|_| ConfigError::NotSocketAddr {
+                at: at(),
+                value: file.listen.get_ref().clone(),
+            })?;
+    let taken = services
+        .iter()
+        .find(|s| s.protocol == Protocol::Tcp && listen_clash(listen, s.listen).is_some());
+    if let Some(s) = taken {
+        return Err(ConfigError::AdminListenTaken {
+            at: at(),
+            addr: listen,
+            service: s.name.clone(),
+        });
+    }
+    let token = match file.token {
+        Some(t) if t.get_ref().trim().is_empty() => {
+            return Err(ConfigError::Empty {
+                at: doc.at(t.span().start, "admin.token"),
+            });
+        }
+        Some(t) => Some(Secret::new(t.into_inner())),
+        None => None,
+    };
+    Ok(AdminSettings { listen, token })
 }
 
 /// The number of workers when `workers` is not set: one per CPU this process may run on.

@@ -41,6 +41,10 @@ impl ServiceState {
         if !backend.live.set_healthy(false) {
             return false;
         }
+        backend
+            .counters
+            .health_transitions
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             service = %self.config.name,
             backend = %backend.address(),
@@ -64,6 +68,10 @@ impl ServiceState {
         if !backend.live.set_healthy(true) {
             return false;
         }
+        backend
+            .counters
+            .health_transitions
+            .fetch_add(1, Ordering::Relaxed);
         backend.live.reset_failures();
         // A reader may see the flag a moment before the ramp: one connection at full weight.
         if !self.config.slow_start.is_zero() {
@@ -139,13 +147,13 @@ impl ServiceState {
 
     /// Tells the workers' watchers that sessions of this service must be looked at.
     fn wake_closing(&self) {
-        self.closing_generation.fetch_add(1, Ordering::AcqRel);
-        self.closing.notify(usize::MAX);
+        self.closing.generation.fetch_add(1, Ordering::AcqRel);
+        self.closing.event.notify(usize::MAX);
     }
 
     /// The current closing generation; a watcher starts from it.
     pub fn closing_generation(&self) -> u64 {
-        self.closing_generation.load(Ordering::Acquire)
+        self.closing.generation.load(Ordering::Acquire)
     }
 
     /// Resolves once some backend's sessions must close after generation `seen`; returns the
@@ -158,7 +166,7 @@ impl ServiceState {
                 return now;
             }
             // Register before the second check so a bump between the two is not missed.
-            let listener = self.closing.listen();
+            let listener = self.closing.event.listen();
             let now = self.closing_generation();
             if now != seen {
                 return now;

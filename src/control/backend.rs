@@ -14,8 +14,8 @@
 //! written only on transitions (rare), so the cache line they share stays in every core's
 //! cache; the per-connection `active` counter sits on a line of its own.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam::utils::CachePadded;
@@ -43,14 +43,18 @@ pub(crate) fn init_clock() {
 }
 
 /// One backend of a service: settings, counters and live availability.
+///
+/// The counters and the live state are shared (`Arc`) by the backend's states in successive
+/// snapshots: a reload that keeps the backend keeps its counts, health and admin state, and
+/// sessions that started under an older snapshot keep updating the same counters.
 #[derive(Debug)]
 pub struct BackendState {
     /// The validated settings of this backend (resolved address, weight, limits, backup).
     pub config: Backend,
     /// Counters shared by all workers.
-    pub counters: BackendCounters,
+    pub counters: Arc<BackendCounters>,
     /// Health, admin state and the signals derived from them.
-    pub live: CachePadded<BackendLive>,
+    pub live: Arc<CachePadded<BackendLive>>,
 }
 
 impl BackendState {
@@ -58,8 +62,17 @@ impl BackendState {
     pub fn new(config: Backend) -> BackendState {
         BackendState {
             config,
-            counters: BackendCounters::default(),
-            live: CachePadded::new(BackendLive::default()),
+            counters: Arc::default(),
+            live: Arc::new(CachePadded::new(BackendLive::default())),
+        }
+    }
+
+    /// The same backend (counters and live state shared) with new settings.
+    pub(crate) fn with_config(&self, config: Backend) -> BackendState {
+        BackendState {
+            config,
+            counters: self.counters.clone(),
+            live: self.live.clone(),
         }
     }
 

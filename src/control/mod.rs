@@ -11,6 +11,7 @@ mod availability;
 mod backend;
 mod budget;
 pub mod health;
+pub mod histogram;
 mod pick;
 mod shutdown;
 mod snapshot;
@@ -18,4 +19,7 @@ mod snapshot;
 pub use backend::{BackendLive, BackendState};
 pub use budget::ConnectionBudget;
 pub use shutdown::Shutdown;
-pub use snapshot::{BackendCounters, ServiceCounters, ServiceState, SharedSnapshot, Snapshot};
+pub use snapshot::{
+    BackendCounters, ConnectFailure, LastCheck, ServiceCounters, ServiceId, ServiceState,
+    SharedSnapshot, Snapshot,
+};

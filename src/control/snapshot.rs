@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
@@ -32,6 +33,7 @@ use crate::config::{Config, Service};
 
 use super::ConnectionBudget;
 use super::backend::{BackendState, init_clock};
+use super::histogram::LatencyHistogram;
 
 /// Where workers find the current [`Snapshot`].
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -60,9 +62,38 @@ impl Snapshot {
         }
     }
 
+    /// The snapshot that follows this one for `config` (a reload, or a change through the admin
+    /// API). What stays keeps its identity and live state, so nothing an operator or a live
+    /// session sees resets:
+    ///
+    /// - a service with the same name keeps its [`ServiceId`], counters and session-closing
+    ///   signal, and its stick table while the persistence settings are unchanged;
+    /// - a backend with the same address in such a service keeps its counters and live state
+    ///   (health, admin state, slow-start ramp, close epoch).
+    ///
+    /// Everything else (selectors, groups, weights, limits) is built anew from `config`.
+    pub fn next(&self, config: &Config, budget: &Arc<ConnectionBudget>) -> Snapshot {
+        Snapshot {
+            version: self.version + 1,
+            services: config
+                .services
+                .iter()
+                .map(|s| {
+                    let before = self.service(&s.name).map(|b| b.as_ref());
+                    Arc::new(ServiceState::build(s.clone(), budget.clone(), before))
+                })
+                .collect(),
+        }
+    }
+
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
         self.services.iter().find(|s| s.config.name == name)
+    }
+
+    /// The service with identity `id`.
+    pub fn service_by_id(&self, id: ServiceId) -> Option<&Arc<ServiceState>> {
+        self.services.iter().find(|s| s.id == id)
     }
 
     /// Publishes this snapshot so workers can load it.
@@ -71,9 +102,39 @@ impl Snapshot {
     }
 }
 
+/// A service's identity, kept across reloads while its name stays; workers and tracked
+/// connections refer to services by it (positions in the snapshot change with reloads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u64);
+
+impl ServiceId {
+    fn fresh() -> ServiceId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ServiceId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Wakes the workers' watchers when some backend's live sessions must close; shared by every
+/// snapshot's state of one service, so sessions that started under an older snapshot hear it.
+#[derive(Debug, Default)]
+pub(super) struct ClosingSignal {
+    /// Bumped when some backend's live sessions must close (see `availability`).
+    pub(super) generation: AtomicU64,
+    /// Notified after each bump; one watcher task per worker listens, never a session.
+    pub(super) event: Event,
+}
+
 /// One service: its settings, backends, the selectors built over them, and its stick table.
 #[derive(Debug)]
 pub struct ServiceState {
+    /// Identity across reloads.
+    pub id: ServiceId,
     /// The validated settings of this service.
     pub config: Service,
     /// Backends in config order; candidates are indices into this list.
@@ -82,8 +143,8 @@ pub struct ServiceState {
     pub(super) primaries: Group,
     /// The backups, when the service has any.
     pub(super) backups: Option<Group>,
-    /// Session persistence, when configured.
-    pub(super) stick: Option<StickTable>,
+    /// Session persistence, when configured (kept across reloads while its settings stay).
+    pub(super) stick: Option<Arc<StickTable>>,
     /// Backend address -> index, to honour stick-table entries (which store addresses).
     pub(super) by_address: HashMap<SocketAddr, usize>,
     /// Whether some primary is up (healthy and enabled); kept by `availability`.
@@ -93,12 +154,10 @@ pub struct ServiceState {
     /// Serializes recomputing the two flags above, so each service-level change is logged once.
     /// Taken only on backend transitions, never per connection.
     pub(super) transitions: Mutex<()>,
-    /// Bumped when some backend's live sessions must close (see `availability`).
-    pub(super) closing_generation: AtomicU64,
-    /// Notified after each bump; one watcher task per worker listens, never a session.
-    pub(super) closing: Event,
-    /// Process-wide counters of this service.
-    pub counters: ServiceCounters,
+    /// "Sessions must close" for this service, shared across reloads.
+    pub(super) closing: Arc<ClosingSignal>,
+    /// Process-wide counters of this service, shared across reloads.
+    pub counters: Arc<ServiceCounters>,
     /// The process-wide connection budget (from the open-files limit) shared by all services.
     pub budget: Arc<ConnectionBudget>,
 }
@@ -135,28 +194,50 @@ impl ServiceState {
     /// Builds the service state, including its selectors and stick table, from its settings;
     /// its connections also count against the process-wide `budget`.
     pub fn new(config: Service, budget: Arc<ConnectionBudget>) -> ServiceState {
+        ServiceState::build(config, budget, None)
+    }
+
+    /// Builds the service state; with `before` (the same service in the previous snapshot), its
+    /// identity, counters, closing signal, stick table (same settings) and the live state of
+    /// backends at the same address are carried over (see [`Snapshot::next`]).
+    fn build(
+        config: Service,
+        budget: Arc<ConnectionBudget>,
+        before: Option<&ServiceState>,
+    ) -> ServiceState {
         let (backup, primary): (Vec<usize>, Vec<usize>) =
             (0..config.backends.len()).partition(|&i| config.backends[i].backup);
         let primaries = Group::new(&config, primary);
         let backups = (!backup.is_empty()).then(|| Group::new(&config, backup));
-        let stick = config
-            .persistence
-            .as_ref()
-            .map(|p| StickTable::new(p.ttl, p.max_entries));
+        let stick = match (config.persistence.as_ref(), before) {
+            (Some(p), Some(b)) if b.config.persistence.as_ref() == Some(p) => b.stick.clone(),
+            (Some(p), _) => Some(Arc::new(StickTable::new(p.ttl, p.max_entries))),
+            (None, _) => None,
+        };
         let by_address = config
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| (b.address, i))
             .collect();
-        let backends = config
+        let backends: Vec<BackendState> = config
             .backends
             .iter()
-            .map(|b| BackendState::new(b.clone()))
+            .map(|b| {
+                let kept = before.and_then(|s| s.backend_at(b.address));
+                match kept {
+                    Some(old) => old.with_config(b.clone()),
+                    None => BackendState::new(b.clone()),
+                }
+            })
             .collect();
+        let up = |members: &[usize]| members.iter().any(|&i| backends[i].live.up());
+        let primary_up = up(&primaries.members);
+        let backup_up = backups.as_ref().is_some_and(|g| up(&g.members));
         ServiceState {
-            primary_up: AtomicBool::new(true),
-            backup_up: AtomicBool::new(backups.is_some()),
+            id: before.map_or_else(ServiceId::fresh, |b| b.id),
+            primary_up: AtomicBool::new(primary_up),
+            backup_up: AtomicBool::new(backup_up),
             config,
             backends,
             primaries,
@@ -164,16 +245,25 @@ impl ServiceState {
             stick,
             by_address,
             transitions: Mutex::new(()),
-            closing_generation: AtomicU64::new(0),
-            closing: Event::new(),
-            counters: ServiceCounters::default(),
+            closing: before.map_or_else(Default::default, |b| b.closing.clone()),
+            counters: before.map_or_else(Default::default, |b| b.counters.clone()),
             budget,
         }
     }
 
+    /// The backend at `address`, if the service has one.
+    pub fn backend_at(&self, address: SocketAddr) -> Option<&BackendState> {
+        self.by_address.get(&address).map(|&i| &self.backends[i])
+    }
+
+    /// The index of the backend at `address`, if the service has one.
+    pub fn backend_index(&self, address: SocketAddr) -> Option<usize> {
+        self.by_address.get(&address).copied()
+    }
+
     /// The stick table, when the service has persistence.
     pub fn stick_table(&self) -> Option<&StickTable> {
-        self.stick.as_ref()
+        self.stick.as_deref()
     }
 
     /// Tries to take one of the service's `max_connections` slots and one connection of the
@@ -250,6 +340,8 @@ pub struct ServiceCounters {
     pub accepted: CachePadded<AtomicU64>,
     /// Client connections closed because no backend was ready or none could be reached.
     pub no_backend: AtomicU64,
+    /// Connects to a further candidate after one failed (`retries`).
+    pub retries: AtomicU64,
     /// Backend connects that failed for a local reason (out of fds, ports or memory); these say
     /// nothing about the backend's health.
     pub local_connect_failures: AtomicU64,
@@ -274,7 +366,7 @@ pub struct ServiceCounters {
     pub udp_datagrams_dropped: AtomicU64,
 }
 
-/// Process-wide counters of one backend.
+/// Process-wide counters of one backend (kept across reloads while the backend stays).
 #[derive(Debug, Default)]
 pub struct BackendCounters {
     /// Connections open or being opened to this backend: what least_conn and power_of_two read.
@@ -284,6 +376,10 @@ pub struct BackendCounters {
     /// Connect attempts that failed (refused, timed out, or another error); for UDP, flows whose
     /// upstream socket reported an error (ICMP port unreachable: refused).
     pub connect_failures: AtomicU64,
+    /// Of `connect_failures`: refused (TCP reset, or ICMP port unreachable for UDP).
+    pub connect_refused: AtomicU64,
+    /// Of `connect_failures`: no answer within `connect_timeout`.
+    pub connect_timeouts: AtomicU64,
     /// Bytes sent from clients to this backend.
     pub bytes_to_backend: AtomicU64,
     /// Bytes sent from this backend to clients.
@@ -295,4 +391,60 @@ pub struct BackendCounters {
     pub probes: AtomicU64,
     /// Health probes that failed.
     pub probe_failures: AtomicU64,
+    /// Health transitions (down or up), from probes or passive detection.
+    pub health_transitions: AtomicU64,
+    /// The last probe's result, when the backend is checked.
+    pub last_check: Mutex<Option<LastCheck>>,
+    /// Time to connect to the backend, in microseconds.
+    pub connect_latency: LatencyHistogram,
+    /// Length of proxied sessions (accept to close), in milliseconds.
+    pub session_duration: LatencyHistogram,
+}
+
+/// The result of a backend's last health probe.
+#[derive(Clone, Debug)]
+pub struct LastCheck {
+    /// When it finished (wall clock, for operators).
+    pub at: SystemTime,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why it failed; empty when it passed.
+    pub reason: String,
+    /// How long it took.
+    pub took: std::time::Duration,
+}
+
+impl BackendCounters {
+    /// Counts a failed connect and its kind.
+    pub fn connect_failed(&self, kind: ConnectFailure) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            ConnectFailure::Refused => &self.connect_refused,
+            ConnectFailure::Timeout => &self.connect_timeouts,
+            ConnectFailure::Other => return,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a connect to a backend failed, as counted in [`BackendCounters`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Refused by the backend's host.
+    Refused,
+    /// No answer within the connect timeout.
+    Timeout,
+    /// Another error (unreachable, reset during the handshake...).
+    Other,
+}
+
+impl ConnectFailure {
+    /// The failure kind of a connect error.
+    pub fn of(e: &std::io::Error) -> ConnectFailure {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+            std::io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+            _ => ConnectFailure::Other,
+        }
+    }
 }

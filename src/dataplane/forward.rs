@@ -27,7 +27,7 @@ use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
-use crate::control::{BackendState, ServiceState};
+use crate::control::{BackendState, ConnectFailure, ServiceState};
 
 use super::worker::{Worker, is_resource_exhaustion};
 
@@ -99,7 +99,13 @@ struct TrackGuard<'a> {
 
 impl Drop for TrackGuard<'_> {
     fn drop(&mut self) {
-        self.worker.table.borrow_mut().remove(self.id);
+        let mut table = self.worker.table.borrow_mut();
+        table.remove(self.id);
+        self.worker
+            .stats
+            .live
+            .store(table.len() as u64, Ordering::Relaxed);
+        drop(table);
         self.worker.conn_closed.notify(usize::MAX);
     }
 }
@@ -124,7 +130,6 @@ impl Drop for ActiveGuard<'_> {
 pub(super) async fn serve(
     worker: Rc<Worker>,
     state: Arc<ServiceState>,
-    service: usize,
     client: TcpStream,
     peer: SocketAddr,
 ) {
@@ -143,10 +148,15 @@ pub(super) async fn serve(
     state.counters.accepted.fetch_add(1, Ordering::Relaxed);
 
     let started = Instant::now();
-    let inserted = worker
-        .table
-        .borrow_mut()
-        .insert(Conn::accepted(service, peer, started));
+    let inserted = {
+        let mut table = worker.table.borrow_mut();
+        let inserted = table.insert(Conn::accepted(state.id.0, peer, started));
+        worker
+            .stats
+            .live
+            .store(table.len() as u64, Ordering::Relaxed);
+        inserted
+    };
     let id = match inserted {
         Ok(id) => id,
         Err(full) => {
@@ -175,11 +185,11 @@ pub(super) async fn serve(
             return;
         }
     };
+    let backend_state = &state.backends[index];
     worker
         .table
         .borrow_mut()
-        .established(id, index, Instant::now());
-    let backend_state = &state.backends[index];
+        .established(id, backend_state.address(), Instant::now());
     backend_state
         .counters
         .connections
@@ -211,6 +221,10 @@ pub(super) async fn serve(
     let counters = &backend_state.counters;
     counters.bytes_to_backend.fetch_add(up, Ordering::Relaxed);
     counters.bytes_to_client.fetch_add(down, Ordering::Relaxed);
+    let duration = started.elapsed();
+    counters
+        .session_duration
+        .record(worker.index, duration.as_millis() as u64);
     if state.config.access_log {
         tracing::info!(
             target: "ringlb::access",
@@ -219,7 +233,7 @@ pub(super) async fn serve(
             backend = %backend_state.address(),
             bytes_up = up,
             bytes_down = down,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = duration.as_millis() as u64,
             end = end.as_str(),
         );
     }
@@ -256,18 +270,26 @@ async fn connect_backend<'a>(
     if candidates.is_empty() {
         return Err(NoBackend::NoneReady);
     }
-    for index in candidates {
+    for (attempt, index) in candidates.into_iter().enumerate() {
+        if attempt > 0 {
+            state.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
         let backend = &state.backends[index];
         let active = ActiveGuard::new(backend);
         let epoch = backend.live.close_epoch();
         let address = backend.address();
-        let failure = match compio::time::timeout(
+        let connecting = Instant::now();
+        let (failure, kind) = match compio::time::timeout(
             config.connect_timeout,
             TcpStream::connect(address),
         )
         .await
         {
             Ok(Ok(stream)) => {
+                backend
+                    .counters
+                    .connect_latency
+                    .record(worker.index, connecting.elapsed().as_micros() as u64);
                 // Latency over throughput for request/response protocols, as on the client side.
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(%address, error = %e, "cannot set TCP_NODELAY");
@@ -287,13 +309,13 @@ async fn connect_backend<'a>(
                     "cannot open a backend connection: local resources exhausted");
                 continue;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {:?}", config.connect_timeout),
+            Ok(Err(e)) => (e.to_string(), ConnectFailure::of(&e)),
+            Err(_) => (
+                format!("no answer within {:?}", config.connect_timeout),
+                ConnectFailure::Timeout,
+            ),
         };
-        backend
-            .counters
-            .connect_failures
-            .fetch_add(1, Ordering::Relaxed);
+        backend.counters.connect_failed(kind);
         tracing::debug!(service = %config.name, backend = %address, reason = %failure, "connect failed");
         // Passive health detection: enough failures in a row mark the backend down at once.
         state.connect_failed(index, &failure);
@@ -386,9 +408,9 @@ async fn backend_closed(worker: &Worker, state: &ServiceState, index: usize, epo
 
 /// One per (worker, service): relays the control plane's "sessions must close" to this
 /// worker's sessions. The control plane wakes only these watchers (one per worker), never
-/// sessions directly; see `control::availability` for why.
-pub(super) async fn watch_closing(worker: Rc<Worker>, service: usize) {
-    let state: Arc<ServiceState> = worker.snapshot.load().services[service].clone();
+/// sessions directly; see `control::availability` for why. The signal is shared by the
+/// service's states across reloads, so the `state` it starts with serves for its whole life.
+pub(super) async fn watch_closing(worker: Rc<Worker>, state: Arc<ServiceState>) {
     let mut seen = state.closing_generation();
     loop {
         seen = state.closing_after(seen).await;

@@ -16,14 +16,17 @@ mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
+use crossbeam::utils::CachePadded;
+use parking_lot::Mutex;
 
-use crate::config::{Config, Protocol};
-use crate::control::{SharedSnapshot, Shutdown};
-use std::sync::atomic::Ordering;
+use crate::balancer::conntrack::{Conn, ConnState};
+use crate::config::{Config, Protocol, Service};
+use crate::control::{ServiceId, SharedSnapshot, Shutdown, Snapshot};
 
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
 
@@ -63,14 +66,129 @@ pub struct Listening {
     pub address: SocketAddr,
 }
 
+/// Identifies one bound listener (a service's sockets on every worker) across the workers, so
+/// a reload can retire exactly that one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ListenerKey(u64);
+
+impl ListenerKey {
+    fn fresh() -> ListenerKey {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ListenerKey(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Counters of one worker, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Client connections accepted by this worker since start.
+    pub accepts: CachePadded<AtomicU64>,
+    /// Connections this worker tracks now.
+    pub live: CachePadded<AtomicU64>,
+}
+
+/// One live tracked connection, as the admin API lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConnInfo {
+    /// The service's identity (see [`crate::control::ServiceId`]).
+    pub service_id: u64,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The backend's address, once connected.
+    pub backend: Option<SocketAddr>,
+    /// "connecting", "established", "client_closed" or "backend_closed".
+    pub state: &'static str,
+    /// Time since accept.
+    pub age_ms: u64,
+    /// Time since bytes last moved.
+    pub idle_ms: u64,
+    /// Bytes from the client to the backend so far.
+    pub bytes_up: u64,
+    /// Bytes from the backend to the client so far.
+    pub bytes_down: u64,
+    /// The worker that serves it.
+    pub worker: usize,
+}
+
+impl ConnInfo {
+    fn of(c: &Conn, worker: usize, now: Instant) -> ConnInfo {
+        ConnInfo {
+            service_id: c.service,
+            client: c.client,
+            backend: c.backend,
+            state: match c.state {
+                ConnState::Connecting => "connecting",
+                ConnState::Established => "established",
+                ConnState::ClientClosed => "client_closed",
+                ConnState::BackendClosed => "backend_closed",
+            },
+            age_ms: now.saturating_duration_since(c.started).as_millis() as u64,
+            idle_ms: now.saturating_duration_since(c.last_activity).as_millis() as u64,
+            bytes_up: c.bytes_up,
+            bytes_down: c.bytes_down,
+            worker,
+        }
+    }
+}
+
+/// A service's listener as bound now: what a reload compares against.
+#[derive(Debug)]
+struct Bound {
+    key: ListenerKey,
+    /// The service's settings that the sockets depend on.
+    listen: SocketAddr,
+    protocol: Protocol,
+    backlog: u32,
+    udp_max_flows: usize,
+    /// The address actually bound (port 0 resolved).
+    address: SocketAddr,
+}
+
+impl Bound {
+    fn serves(&self, service: &Service) -> bool {
+        self.listen == service.listen
+            && self.protocol == service.protocol
+            && self.backlog == service.backlog
+            && self.udp_max_flows == service.udp.max_flows
+    }
+}
+
+/// Sockets bound for services a reload adds (or moves), not yet handed to the workers.
+#[derive(Debug)]
+pub struct PreparedListeners {
+    new: Vec<(String, Bound, Sockets)>,
+}
+
+#[derive(Debug)]
+enum Sockets {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(Vec<std::net::UdpSocket>),
+}
+
+/// What the control plane keeps to reconfigure running workers and to ask them things.
+#[derive(Debug)]
+struct Control {
+    mailboxes: Vec<async_channel::Sender<worker::Command>>,
+    /// Bound listeners by service name, in config order.
+    bound: Vec<(String, Bound)>,
+}
+
+/// A handle on the running workers for the control plane (admin API, reload): cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DataPlaneHandle {
+    control: Arc<Mutex<Control>>,
+    stats: Arc<[Arc<WorkerStats>]>,
+    workers: usize,
+}
+
 /// Running workers.
 #[derive(Debug)]
 pub struct DataPlane {
     threads: Vec<JoinHandle<()>>,
     exited: Receiver<usize>,
     shutdown: Arc<Shutdown>,
-    listening: Vec<Listening>,
     snapshot: SharedSnapshot,
+    handle: DataPlaneHandle,
 }
 
 impl DataPlane {
@@ -81,49 +199,27 @@ impl DataPlane {
         shutdown: Arc<Shutdown>,
     ) -> Result<DataPlane, DataPlaneError> {
         let workers = config.runtime.workers.max(1);
-        let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        let mut udp_per_worker: Vec<Vec<udp::UdpSetup>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        let mut listening = Vec::new();
-        for (index, service) in config.services.iter().enumerate() {
-            let address = match service.protocol {
-                Protocol::Tcp => {
-                    let (listeners, address) = bind_tcp(service.listen, workers, service.backlog)?;
-                    for (worker, l) in listeners.into_iter().enumerate() {
-                        per_worker[worker].push((index, l));
-                    }
-                    address
-                }
-                Protocol::Udp => {
-                    let (sockets, address) = bind_udp(service.listen, workers)?;
-                    for (worker, socket) in sockets.into_iter().enumerate() {
-                        udp_per_worker[worker].push(udp::UdpSetup {
-                            service: index,
-                            socket,
-                            max_flows: flow_share(service.udp.max_flows, workers, worker),
-                        });
-                    }
-                    address
-                }
-            };
-            listening.push(Listening {
-                service: service.name.clone(),
-                address,
-            });
-        }
+        let prepared = prepare(&[], config, workers)?;
+        let (initial, bound) = commands(prepared, &snapshot.load(), workers);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (exit_tx, exited) = crossbeam::channel::bounded(workers);
         let (ready_tx, ready) = crossbeam::channel::bounded(workers);
         let mut threads = Vec::with_capacity(workers);
-        for (index, (listeners, udp)) in per_worker.into_iter().zip(udp_per_worker).enumerate() {
+        let mut mailboxes = Vec::with_capacity(workers);
+        let mut stats = Vec::with_capacity(workers);
+        for (index, initial) in initial.into_iter().enumerate() {
+            let (mailbox_tx, mailbox) = async_channel::unbounded();
+            mailboxes.push(mailbox_tx);
+            let worker_stats = Arc::new(WorkerStats::default());
+            stats.push(worker_stats.clone());
             let w = worker::WorkerSetup {
                 index,
                 pin_to: config.runtime.pin_workers.then_some(index % cpus),
-                listeners,
-                udp,
+                initial,
+                mailbox,
                 snapshot: snapshot.clone(),
                 shutdown: shutdown.clone(),
+                stats: worker_stats,
                 exited: exit_tx.clone(),
                 ready: ready_tx.clone(),
             };
@@ -154,22 +250,30 @@ impl DataPlane {
                 }
             }
         }
-        for (l, service) in listening.iter().zip(&config.services) {
-            tracing::info!(service = %l.service, address = %l.address, workers,
-                protocol = service.protocol.name(), "listening");
+        for (name, b) in &bound {
+            log_listening(name, b, workers);
         }
         Ok(DataPlane {
             threads,
             exited,
             shutdown,
-            listening,
             snapshot,
+            handle: DataPlaneHandle {
+                control: Arc::new(Mutex::new(Control { mailboxes, bound })),
+                stats: stats.into(),
+                workers,
+            },
         })
     }
 
-    /// The services and the addresses they listen on.
-    pub fn listening(&self) -> &[Listening] {
-        &self.listening
+    /// The services and the addresses they listen on now.
+    pub fn listening(&self) -> Vec<Listening> {
+        self.handle.listening()
+    }
+
+    /// A handle for the control plane: reconfiguring listeners, listing connections, stats.
+    pub fn handle(&self) -> DataPlaneHandle {
+        self.handle.clone()
     }
 
     /// Drains: stops accepting now, lets live connections finish until `deadline`, then closes
@@ -198,6 +302,204 @@ impl DataPlane {
         }
         log_udp_totals(&self.snapshot);
     }
+}
+
+impl DataPlaneHandle {
+    /// The services and the addresses they listen on now.
+    pub fn listening(&self) -> Vec<Listening> {
+        self.control
+            .lock()
+            .bound
+            .iter()
+            .map(|(name, b)| Listening {
+                service: name.clone(),
+                address: b.address,
+            })
+            .collect()
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Each worker's counters, by worker index.
+    pub fn stats(&self) -> &[Arc<WorkerStats>] {
+        &self.stats
+    }
+
+    /// Reload, step one: binds the listeners that `config` adds or moves (a new service, or a
+    /// new listen address, protocol, backlog or UDP flow bound). Nothing changes for the
+    /// workers yet; on an error (e.g. the address is taken) nothing was changed at all.
+    pub fn prepare(&self, config: &Config) -> Result<PreparedListeners, DataPlaneError> {
+        let control = self.control.lock();
+        prepare(&control.bound, config, self.workers)
+    }
+
+    /// Reload, step two, once `snapshot` (built from the same config) is published: hands the
+    /// prepared listeners to the workers, and retires the listeners of services that were
+    /// removed or moved (their live connections run to their end). Returns the services that
+    /// started listening.
+    pub fn commit(&self, prepared: PreparedListeners, snapshot: &Snapshot) -> Vec<Listening> {
+        let mut control = self.control.lock();
+        let (per_worker, added) = commands(prepared, snapshot, self.workers);
+        // Retire what the new snapshot no longer serves at the same sockets.
+        let mut kept = Vec::new();
+        for (name, bound) in std::mem::take(&mut control.bound) {
+            let stays = !added.iter().any(|(n, _)| *n == name)
+                && snapshot
+                    .service(&name)
+                    .is_some_and(|s| bound.serves(&s.config));
+            if stays {
+                kept.push((name, bound));
+            } else {
+                for mailbox in &control.mailboxes {
+                    // A worker that is gone is draining: nothing to retire there.
+                    let _ = mailbox.try_send(worker::Command::Retire { key: bound.key });
+                }
+                tracing::info!(service = %name, address = %bound.address, "listener closed by reload");
+            }
+        }
+        for (mailbox, commands) in control.mailboxes.iter().zip(per_worker) {
+            for command in commands {
+                let _ = mailbox.try_send(command);
+            }
+        }
+        let mut started = Vec::new();
+        for (name, b) in &added {
+            log_listening(name, b, self.workers);
+            started.push(Listening {
+                service: name.clone(),
+                address: b.address,
+            });
+        }
+        kept.extend(added);
+        // Config order, as `listening` reports it.
+        kept.sort_by_key(|(name, _)| {
+            snapshot
+                .services
+                .iter()
+                .position(|s| s.config.name == *name)
+                .unwrap_or(usize::MAX)
+        });
+        control.bound = kept;
+        started
+    }
+
+    /// Up to `limit` live tracked connections of every worker (of one service, or all), as
+    /// each worker sees them now. A worker that does not answer within `timeout` is left out.
+    pub async fn connections(
+        &self,
+        service: Option<ServiceId>,
+        limit: usize,
+        timeout: std::time::Duration,
+    ) -> Vec<ConnInfo> {
+        let mut replies = Vec::new();
+        {
+            let control = self.control.lock();
+            for mailbox in &control.mailboxes {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let command = worker::Command::Connections {
+                    service,
+                    limit,
+                    reply,
+                };
+                if mailbox.try_send(command).is_ok() {
+                    replies.push(answer);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        for answer in replies {
+            if let Ok(Ok(list)) = tokio::time::timeout(timeout, answer).await {
+                all.extend(list);
+            }
+        }
+        all.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
+        all.truncate(limit);
+        all
+    }
+}
+
+/// Binds what `config` needs beyond `bound` (see [`DataPlaneHandle::prepare`]).
+fn prepare(
+    bound: &[(String, Bound)],
+    config: &Config,
+    workers: usize,
+) -> Result<PreparedListeners, DataPlaneError> {
+    let mut new = Vec::new();
+    for service in &config.services {
+        let existing = bound.iter().find(|(name, _)| *name == service.name);
+        if existing.is_some_and(|(_, b)| b.serves(service)) {
+            continue;
+        }
+        let (sockets, address) = match service.protocol {
+            Protocol::Tcp => {
+                let (listeners, address) = bind_tcp(service.listen, workers, service.backlog)?;
+                (Sockets::Tcp(listeners), address)
+            }
+            Protocol::Udp => {
+                let (sockets, address) = bind_udp(service.listen, workers)?;
+                (Sockets::Udp(sockets), address)
+            }
+        };
+        let b = Bound {
+            key: ListenerKey::fresh(),
+            listen: service.listen,
+            protocol: service.protocol,
+            backlog: service.backlog,
+            udp_max_flows: service.udp.max_flows,
+            address,
+        };
+        new.push((service.name.clone(), b, sockets));
+    }
+    Ok(PreparedListeners { new })
+}
+
+/// Turns prepared sockets into each worker's commands; returns them and the bound listeners.
+fn commands(
+    prepared: PreparedListeners,
+    snapshot: &Snapshot,
+    workers: usize,
+) -> (Vec<Vec<worker::Command>>, Vec<(String, Bound)>) {
+    let mut per_worker: Vec<Vec<worker::Command>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for (name, b, sockets) in prepared.new {
+        let Some(state) = snapshot.service(&name) else {
+            continue;
+        };
+        let id = state.id;
+        match sockets {
+            Sockets::Tcp(listeners) => {
+                for (worker, listener) in listeners.into_iter().enumerate() {
+                    per_worker[worker].push(worker::Command::AddTcp {
+                        service: id,
+                        key: b.key,
+                        listener,
+                    });
+                }
+            }
+            Sockets::Udp(sockets) => {
+                for (worker, socket) in sockets.into_iter().enumerate() {
+                    per_worker[worker].push(worker::Command::AddUdp {
+                        key: b.key,
+                        setup: udp::UdpSetup {
+                            service: id,
+                            socket,
+                            max_flows: flow_share(b.udp_max_flows, workers, worker),
+                        },
+                    });
+                }
+            }
+        }
+        bound.push((name, b));
+    }
+    (per_worker, bound)
+}
+
+fn log_listening(name: &str, b: &Bound, workers: usize) {
+    tracing::info!(service = %name, address = %b.address, workers,
+        protocol = b.protocol.name(), "listening");
 }
 
 /// Worker `index`'s share of a UDP service's `udp_max_flows`: the shares add up to `max_flows`

@@ -1,14 +1,17 @@
 //! One worker: a thread, its compio runtime, its listeners and its connection-tracking table.
 //!
 //! Owns: the accept loop of each service on this worker (with the pause at `max_connections` and
-//! on fd exhaustion), and the worker's exit once a drain has closed its last connection.
+//! on fd exhaustion), the worker's mailbox (listeners added and retired by reloads, connection
+//! listings for the admin API), and the worker's exit once a drain has closed its last
+//! connection.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use compio::net::TcpListener;
 use crossbeam::channel::Sender;
@@ -16,9 +19,9 @@ use event_listener::Event;
 use futures_util::future::{Either, select};
 
 use crate::balancer::conntrack::ConnTable;
-use crate::control::{ServiceState, SharedSnapshot, Shutdown};
+use crate::control::{ServiceId, SharedSnapshot, Shutdown};
 
-use super::{DataPlaneError, forward, udp};
+use super::{ConnInfo, DataPlaneError, ListenerKey, WorkerStats, forward, udp};
 
 /// How long accepting pauses after the process ran out of file descriptors (or socket memory).
 /// Short enough that accepts resume well within a second of fds being freed, long enough that a
@@ -29,15 +32,69 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub(super) struct WorkerSetup {
     pub index: usize,
     pub pin_to: Option<usize>,
-    /// (service index in the snapshot, its listener for this worker)
-    pub listeners: Vec<(usize, std::net::TcpListener)>,
-    /// This worker's socket (and share of the flow bound) of each UDP service.
-    pub udp: Vec<udp::UdpSetup>,
+    /// The listeners and UDP sockets this worker starts with, as the same commands a reload
+    /// sends later.
+    pub initial: Vec<Command>,
+    /// Where later commands (reload, connection listings) arrive.
+    pub mailbox: async_channel::Receiver<Command>,
     pub snapshot: SharedSnapshot,
     pub shutdown: Arc<Shutdown>,
+    pub stats: Arc<WorkerStats>,
     pub exited: Sender<usize>,
     /// Told once the worker's runtime runs and owns its listeners (or why it could not).
     pub ready: Sender<Result<(), DataPlaneError>>,
+}
+
+/// What the control plane asks of a running worker.
+pub(super) enum Command {
+    /// Start accepting for a TCP service on this worker's share of a new listener.
+    AddTcp {
+        service: ServiceId,
+        key: ListenerKey,
+        listener: std::net::TcpListener,
+    },
+    /// Start serving a UDP service on this worker's socket.
+    AddUdp {
+        key: ListenerKey,
+        setup: udp::UdpSetup,
+    },
+    /// Stop accepting on a listener (its connections run to their end; a UDP service's flows
+    /// are dropped).
+    Retire { key: ListenerKey },
+    /// List up to `limit` tracked connections (of one service, or all).
+    Connections {
+        service: Option<ServiceId>,
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<Vec<ConnInfo>>,
+    },
+}
+
+/// Ends one listener's loops on this worker before the drain does (a reload removed or moved
+/// its service).
+#[derive(Default)]
+pub(super) struct Retire {
+    retired: Cell<bool>,
+    event: Event,
+}
+
+impl Retire {
+    fn retire(&self) {
+        self.retired.set(true);
+        self.event.notify(usize::MAX);
+    }
+
+    async fn wait(&self) {
+        loop {
+            if self.retired.get() {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.retired.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
 }
 
 /// State shared by the tasks of one worker (one thread, so `Rc` and `RefCell`).
@@ -45,6 +102,7 @@ pub(super) struct Worker {
     pub index: usize,
     pub snapshot: SharedSnapshot,
     pub shutdown: Arc<Shutdown>,
+    pub stats: Arc<WorkerStats>,
     pub table: RefCell<ConnTable>,
     pub rng: RefCell<fastrand::Rng>,
     /// Notified whenever a tracked connection ends (the drain waits on it).
@@ -58,6 +116,14 @@ pub(super) struct Worker {
     /// task per worker listens on the process-wide [`Shutdown`], so a shutdown never makes
     /// thousands of connections contend on a shared lock or flood another thread's queue.
     abort_event: Event,
+    /// The listeners this worker serves, by key, to retire them on reload.
+    listeners: RefCell<HashMap<ListenerKey, Rc<Retire>>>,
+    /// Listener loops (TCP accept loops, UDP receive and expiry loops) still running.
+    loops: Cell<usize>,
+    /// Notified when a listener loop ends.
+    loop_ended: Event,
+    /// Notified whenever a UDP reply buffer goes back to this worker's pool.
+    pub udp_buffer_freed: Rc<Event>,
 }
 
 impl Worker {
@@ -73,6 +139,29 @@ impl Worker {
             }
             listener.await;
         }
+    }
+
+    /// Resolves once a listener's loops must end: the drain began or a reload retired it.
+    pub async fn retiring(&self, retire: &Retire) {
+        let drain = std::pin::pin!(self.shutdown.draining());
+        let retired = std::pin::pin!(retire.wait());
+        select(drain, retired).await;
+    }
+
+    /// Counts a listener loop as running until the returned guard drops.
+    pub fn loop_started(self: &Rc<Self>) -> LoopGuard {
+        self.loops.set(self.loops.get() + 1);
+        LoopGuard(self.clone())
+    }
+}
+
+/// Marks a listener loop as ended when dropped (also on cancellation).
+pub(super) struct LoopGuard(Rc<Worker>);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.0.loops.set(self.0.loops.get() - 1);
+        self.0.loop_ended.notify(usize::MAX);
     }
 }
 
@@ -115,23 +204,29 @@ pub(super) fn run(setup: WorkerSetup) {
 }
 
 async fn serve(setup: WorkerSetup) {
-    let capacity: usize = {
-        let snap = setup.snapshot.load();
-        snap.services
-            .iter()
-            .map(|s| s.config.max_connections as usize)
-            .sum()
-    };
+    // Every connection is also bounded by the process-wide budget (from the fd limit), and
+    // services may come and go with reloads: the budget bounds this worker's table.
+    let capacity = setup
+        .snapshot
+        .load()
+        .services
+        .first()
+        .map_or(0, |s| s.budget.max() as usize);
     let worker = Rc::new(Worker {
         index: setup.index,
         snapshot: setup.snapshot,
         shutdown: setup.shutdown,
+        stats: setup.stats,
         table: RefCell::new(ConnTable::new(capacity)),
         rng: RefCell::new(fastrand::Rng::new()),
         conn_closed: Event::new(),
         sessions_closing: Event::new(),
         aborted: Cell::new(false),
         abort_event: Event::new(),
+        listeners: RefCell::new(HashMap::new()),
+        loops: Cell::new(0),
+        loop_ended: Event::new(),
+        udp_buffer_freed: Rc::new(Event::new()),
     });
     // The one listener of this worker on the process-wide abort; it fans out locally.
     let abort_relay = {
@@ -142,48 +237,92 @@ async fn serve(setup: WorkerSetup) {
             worker.abort_event.notify(usize::MAX);
         })
     };
-    let mut listeners = Vec::with_capacity(setup.listeners.len());
-    for (service, std_listener) in setup.listeners {
-        match TcpListener::from_std(std_listener) {
-            Ok(listener) => listeners.push((service, listener)),
-            Err(e) => {
-                let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
-                return;
-            }
-        }
-    }
-    // One per service: relays "close this backend's sessions" from the control plane locally.
-    let closing_relays: Vec<_> = listeners
-        .iter()
-        .map(|&(service, _)| {
-            compio::runtime::spawn(forward::watch_closing(worker.clone(), service))
-        })
-        .collect();
-    let udp_tasks = match udp::spawn(&worker, setup.udp) {
-        Ok(tasks) => tasks,
-        Err(e) => {
+    for command in setup.initial {
+        if let Err(e) = handle(&worker, command) {
             let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
             return;
         }
-    };
-    let accepting: Vec<_> = listeners
-        .into_iter()
-        .map(|(service, listener)| {
-            compio::runtime::spawn(accept_loop(worker.clone(), service, listener))
-        })
-        .chain(udp_tasks)
-        .collect();
+    }
     // The receiver is gone only if start() already failed; this worker then drains at once.
     let _ = setup.ready.send(Ok(()));
-    for task in accepting {
-        // An accept loop returns once the drain began; its listener is closed by then. So does
-        // a UDP service's loop, having dropped its flows.
-        let _ = task.await;
+    // Commands from the control plane until the drain begins. One task per worker waits on
+    // the channel, so a command wakes one task on this thread.
+    {
+        let drain = std::pin::pin!(worker.shutdown.draining());
+        let mailbox = std::pin::pin!(async {
+            while let Ok(command) = setup.mailbox.recv().await {
+                if let Err(e) = handle(&worker, command) {
+                    tracing::error!(worker = worker.index, error = %e,
+                        "cannot take a new listener: its service is not served by this worker");
+                }
+            }
+            // The data plane was dropped: nothing can reconfigure this worker any more; keep
+            // serving until the drain.
+            std::future::pending::<()>().await;
+        });
+        select(drain, mailbox).await;
+    }
+    // Every listener loop ends on the drain; their listeners are closed by then.
+    while worker.loops.get() > 0 {
+        let listener = worker.loop_ended.listen();
+        if worker.loops.get() == 0 {
+            break;
+        }
+        listener.await;
     }
     wait_until_empty(&worker).await;
     drop(abort_relay);
-    drop(closing_relays);
     tracing::debug!(worker = worker.index, "worker drained");
+}
+
+/// Carries out one command of the control plane.
+fn handle(worker: &Rc<Worker>, command: Command) -> io::Result<()> {
+    match command {
+        Command::AddTcp {
+            service,
+            key,
+            listener,
+        } => {
+            let listener = TcpListener::from_std(listener)?;
+            let retire = Rc::new(Retire::default());
+            worker.listeners.borrow_mut().insert(key, retire.clone());
+            let guard = worker.loop_started();
+            let worker = worker.clone();
+            compio::runtime::spawn(async move {
+                accept_loop(&worker, service, listener, &retire).await;
+                drop(guard);
+            })
+            .detach();
+        }
+        Command::AddUdp { key, setup } => {
+            let retire = Rc::new(Retire::default());
+            udp::spawn(worker, setup, retire.clone())?;
+            worker.listeners.borrow_mut().insert(key, retire);
+        }
+        Command::Retire { key } => {
+            if let Some(retire) = worker.listeners.borrow_mut().remove(&key) {
+                retire.retire();
+            }
+        }
+        Command::Connections {
+            service,
+            limit,
+            reply,
+        } => {
+            let now = Instant::now();
+            let list = worker
+                .table
+                .borrow()
+                .iter()
+                .filter(|c| service.is_none_or(|s| s.0 == c.service))
+                .take(limit)
+                .map(|c| ConnInfo::of(c, worker.index, now))
+                .collect();
+            // The asker may have given up (timeout); nothing to do then.
+            let _ = reply.send(list);
+        }
+    }
+    Ok(())
 }
 
 /// Resolves once the worker tracks no connection.
@@ -200,61 +339,75 @@ async fn wait_until_empty(worker: &Worker) {
     }
 }
 
-/// Accepts connections for one service until the drain begins, then closes the listener.
-async fn accept_loop(worker: Rc<Worker>, service: usize, listener: TcpListener) {
-    let shutdown = worker.shutdown.clone();
-    let mut starved = false;
-    loop {
-        let state: Arc<ServiceState> = worker.snapshot.load().services[service].clone();
-        if state.at_limit() {
-            // Pause: leave new connections in the kernel's accept queue until a slot frees.
-            let slot = state.wait_for_slot();
-            futures_util::pin_mut!(slot);
-            let drain = shutdown.draining();
-            futures_util::pin_mut!(drain);
-            if let Either::Right(_) = select(slot, drain).await {
-                break;
-            }
-            continue;
-        }
-        let accept = listener.accept();
-        futures_util::pin_mut!(accept);
-        let drain = shutdown.draining();
-        futures_util::pin_mut!(drain);
-        match select(accept, drain).await {
-            Either::Right(_) => break,
-            Either::Left((Ok((stream, peer)), _)) => {
-                if starved {
-                    tracing::info!(service = %state.config.name, "accepting again");
-                    starved = false;
+/// Accepts connections for one service until the drain begins or a reload retires the
+/// listener, then closes the listener. Follows the service's state through reloads.
+async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, retire: &Retire) {
+    let Some(mut state) = worker.snapshot.load().service_by_id(id).cloned() else {
+        return;
+    };
+    // One per (worker, service): relays "close this backend's sessions" locally.
+    let closing = std::pin::pin!(forward::watch_closing(worker.clone(), state.clone()));
+    let accepting = std::pin::pin!(async {
+        let mut version = worker.snapshot.load().version;
+        let mut starved = false;
+        let mut stop = std::pin::pin!(worker.retiring(retire));
+        loop {
+            // A reload publishes a new state for the service (backends, weights, limits).
+            let snapshot = worker.snapshot.load();
+            if snapshot.version != version {
+                version = snapshot.version;
+                // Not there: the service was removed, and the control plane retires this
+                // listener right after; until then, the last state serves.
+                if let Some(current) = snapshot.service_by_id(id) {
+                    state = current.clone();
                 }
-                compio::runtime::spawn(forward::serve(
-                    worker.clone(),
-                    state,
-                    service,
-                    stream,
-                    peer,
-                ))
-                .detach();
             }
-            Either::Left((Err(e), _)) => {
-                if is_resource_exhaustion(&e) {
-                    if !starved {
-                        tracing::warn!(service = %state.config.name, error = %e,
-                            "out of file descriptors or socket memory: accepting paused");
-                        starved = true;
+            drop(snapshot);
+            if state.at_limit() {
+                // Pause: leave new connections in the kernel's accept queue until a slot frees.
+                let slot = std::pin::pin!(state.wait_for_slot());
+                if let Either::Right(_) = select(slot, stop.as_mut()).await {
+                    break;
+                }
+                continue;
+            }
+            let accept = std::pin::pin!(listener.accept());
+            match select(accept, stop.as_mut()).await {
+                Either::Right(_) => break,
+                Either::Left((Ok((stream, peer)), _)) => {
+                    if starved {
+                        tracing::info!(service = %state.config.name, "accepting again");
+                        starved = false;
                     }
-                    compio::time::sleep(ACCEPT_BACKOFF).await;
-                } else {
-                    // Per-connection failures (e.g. the client reset while queued) end one
-                    // connection, not the listener.
-                    tracing::debug!(service = %state.config.name, error = %e, "accept failed");
+                    worker.stats.accepts.fetch_add(1, Ordering::Relaxed);
+                    compio::runtime::spawn(forward::serve(
+                        worker.clone(),
+                        state.clone(),
+                        stream,
+                        peer,
+                    ))
+                    .detach();
+                }
+                Either::Left((Err(e), _)) => {
+                    if is_resource_exhaustion(&e) {
+                        if !starved {
+                            tracing::warn!(service = %state.config.name, error = %e,
+                                "out of file descriptors or socket memory: accepting paused");
+                            starved = true;
+                        }
+                        compio::time::sleep(ACCEPT_BACKOFF).await;
+                    } else {
+                        // Per-connection failures (e.g. the client reset while queued) end one
+                        // connection, not the listener.
+                        tracing::debug!(service = %state.config.name, error = %e, "accept failed");
+                    }
                 }
             }
         }
-    }
-    drop(listener);
-    tracing::debug!(worker = worker.index, service, "listener closed");
+    });
+    select(accepting, closing).await;
+    // The listener closes as this function returns (after the future borrowing it).
+    tracing::debug!(worker = worker.index, service = %id, "listener closed");
 }
 
 pub(super) fn is_resource_exhaustion(e: &io::Error) -> bool {

@@ -16,24 +16,28 @@
 //! once); each task notices it through the backend's passive-down count before applying its next
 //! result, so its machine agrees, and `rise` passing probes bring the backend back.
 //!
-//! Scope: the tasks are made from the snapshot given at start; a reload (a later issue) must
-//! restart the checker with the new snapshot.
+//! Reloads: the tasks are keyed by (service name, backend address) and look their backend up in
+//! the current snapshot for every result, so a reload only has to call
+//! [`HealthChecker::sync`]: tasks of backends that stay keep running with their state, new
+//! backends get a task, removed ones lose theirs.
 
 pub mod probe;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use event_listener::Event;
+use parking_lot::Mutex;
 
 use crate::balancer::health::{HealthMachine, Transition};
 use crate::config::HealthCheck;
 
-use super::{ServiceState, Snapshot};
+use super::{LastCheck, ServiceState, SharedSnapshot};
 
 /// Tells the checker thread to stop.
 #[derive(Debug, Default)]
@@ -62,52 +66,98 @@ impl Stop {
 pub struct HealthChecker {
     thread: Option<JoinHandle<()>>,
     stop: Arc<Stop>,
-    backends: usize,
+    runtime: tokio::runtime::Handle,
+    snapshot: SharedSnapshot,
+    /// One probe task per checked backend, by (service name, backend address).
+    jobs: Mutex<HashMap<(String, SocketAddr), Job>>,
+}
+
+/// A backend's probe task and the settings it runs with.
+#[derive(Debug)]
+struct Job {
+    check: HealthCheck,
+    task: tokio::task::AbortHandle,
 }
 
 impl HealthChecker {
-    /// Starts probing every backend of every service that has `[service.health]`. Returns
-    /// `None` (no thread) when no service has checks.
-    pub fn start(snapshot: &Snapshot) -> io::Result<Option<HealthChecker>> {
-        let jobs: Vec<(Arc<ServiceState>, usize)> = snapshot
-            .services
-            .iter()
-            .filter(|s| s.config.health.is_some())
-            .flat_map(|s| (0..s.backends.len()).map(move |i| (s.clone(), i)))
-            .collect();
-        if jobs.is_empty() {
-            return Ok(None);
-        }
-        let backends = jobs.len();
+    /// Starts the checker thread and probes every backend of every service of the current
+    /// snapshot that has `[service.health]`.
+    pub fn start(snapshot: &SharedSnapshot) -> io::Result<HealthChecker> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()?;
+        let handle = runtime.handle().clone();
         let stop = Arc::new(Stop::default());
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ringlb-health".to_owned())
             .spawn(move || {
-                runtime.block_on(async move {
-                    for (service, index) in jobs {
-                        tokio::spawn(watch(service, index));
-                    }
-                    stop2.wait().await;
-                });
+                runtime.block_on(stop2.wait());
                 // Dropping the runtime cancels every task; their probes' sockets close.
                 drop(runtime);
             })?;
-        tracing::info!(backends, "health checks started");
-        Ok(Some(HealthChecker {
+        let checker = HealthChecker {
             thread: Some(thread),
             stop,
-            backends,
-        }))
+            runtime: handle,
+            snapshot: snapshot.clone(),
+            jobs: Mutex::new(HashMap::new()),
+        };
+        let backends = checker.sync();
+        if backends > 0 {
+            tracing::info!(backends, "health checks started");
+        }
+        Ok(checker)
+    }
+
+    /// Brings the probe tasks in line with the current snapshot (after a reload): a task for
+    /// every checked backend, started for new ones, restarted where the check's settings
+    /// changed, stopped for backends and services that are gone. A task that stays keeps its
+    /// rise/fall state. Returns the number of backends checked now.
+    pub fn sync(&self) -> usize {
+        let snapshot = self.snapshot.load();
+        let mut wanted: HashMap<(String, SocketAddr), HealthCheck> = HashMap::new();
+        for service in &snapshot.services {
+            let Some(check) = &service.config.health else {
+                continue;
+            };
+            for backend in &service.backends {
+                wanted.insert(
+                    (service.config.name.clone(), backend.address()),
+                    check.clone(),
+                );
+            }
+        }
+        let mut jobs = self.jobs.lock();
+        jobs.retain(|key, job| {
+            let keep = wanted.get(key) == Some(&job.check);
+            if !keep {
+                job.task.abort();
+            }
+            keep
+        });
+        for (key, check) in wanted {
+            if jobs.contains_key(&key) {
+                continue;
+            }
+            let task = self
+                .runtime
+                .spawn(watch(
+                    self.snapshot.clone(),
+                    key.0.clone(),
+                    key.1,
+                    check.clone(),
+                ))
+                .abort_handle();
+            jobs.insert(key, Job { check, task });
+        }
+        jobs.len()
     }
 
     /// Number of backends being checked.
     pub fn backends(&self) -> usize {
-        self.backends
+        self.jobs.lock().len()
     }
 
     /// Stops probing and waits for the thread to end.
@@ -137,15 +187,33 @@ fn probe_target(address: SocketAddr, check: &HealthCheck) -> SocketAddr {
     SocketAddr::new(address.ip(), check.port.unwrap_or(address.port()))
 }
 
-/// Probes one backend every `interval` until the runtime is dropped.
-async fn watch(service: Arc<ServiceState>, index: usize) {
-    let Some(check) = service.config.health.clone() else {
+/// The service named `name` in the current snapshot and the index of its backend at `address`.
+fn locate(
+    snapshot: &SharedSnapshot,
+    name: &str,
+    address: SocketAddr,
+) -> Option<(Arc<ServiceState>, usize)> {
+    let snapshot = snapshot.load();
+    let service = snapshot.service(name)?;
+    let index = service.backend_index(address)?;
+    Some((service.clone(), index))
+}
+
+/// Probes one backend every `interval` until its task is aborted (the backend or its check
+/// left the config) or the runtime is dropped. Each result is applied to the backend's state in
+/// the snapshot current at that moment, so reloads in between are followed.
+async fn watch(snapshot: SharedSnapshot, name: String, address: SocketAddr, check: HealthCheck) {
+    let Some((service, index)) = locate(&snapshot, &name, address) else {
         return;
     };
-    let backend = &service.backends[index];
-    let target = probe_target(backend.address(), &check);
-    let mut machine = HealthMachine::new(check.rise, check.fall, Instant::now());
-    let mut passive_seen = backend.live.passive_downs();
+    let target = probe_target(address, &check);
+    let live = service.backends[index].live.clone();
+    let counters = service.backends[index].counters.clone();
+    drop(service);
+    // A backend that is down already (a task restarted by a reload) starts from that state.
+    let mut machine =
+        HealthMachine::new(check.rise, check.fall, Instant::now()).starting_as(live.healthy());
+    let mut passive_seen = live.passive_downs();
     let mut ticks = tokio::time::interval(check.interval);
     // A probe that overran (it cannot: timeout <= interval) or a stalled thread does not cause
     // a burst of catch-up probes.
@@ -155,24 +223,37 @@ async fn watch(service: Arc<ServiceState>, index: usize) {
         let started = Instant::now();
         let result = probe::run(&check.probe, target, check.timeout).await;
         let now = Instant::now();
-        let took_ms = now.duration_since(started).as_millis() as u64;
-        let counters = &backend.counters;
+        let took = now.duration_since(started);
+        let took_ms = took.as_millis() as u64;
         counters.probes.fetch_add(1, Ordering::Relaxed);
-        let passive = backend.live.passive_downs();
+        *counters.last_check.lock() = Some(LastCheck {
+            at: SystemTime::now(),
+            passed: result.is_ok(),
+            reason: result
+                .as_ref()
+                .err()
+                .map(|f| f.to_string())
+                .unwrap_or_default(),
+            took,
+        });
+        let passive = live.passive_downs();
         if passive != passive_seen {
             // The workers marked it down meanwhile (and logged it): agree before going on.
             passive_seen = passive;
             machine.force_down(now);
         }
         match &result {
-            Ok(()) => tracing::debug!(service = %service.config.name, backend = %target,
+            Ok(()) => tracing::debug!(service = %name, backend = %target,
                 took_ms, "probe passed"),
             Err(failure) => {
                 counters.probe_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(service = %service.config.name, backend = %target,
+                tracing::debug!(service = %name, backend = %target,
                     took_ms, reason = %failure, "probe failed");
             }
         }
+        let Some((service, index)) = locate(&snapshot, &name, address) else {
+            return;
+        };
         match (machine.record(result.is_ok(), now), &result) {
             (Some(Transition::Down), Err(failure)) => {
                 service.mark_down(index, failure);

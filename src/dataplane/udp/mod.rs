@@ -93,9 +93,9 @@ use futures_util::future::{Either, select};
 
 use crate::balancer::flowtable::{Flow, FlowTable, ReplyVerdict};
 use crate::config::UdpMode;
-use crate::control::ServiceState;
+use crate::control::{ConnectFailure, ServiceId, ServiceState};
 
-use super::worker::Worker;
+use super::worker::{LoopGuard, Retire, Worker};
 use upstream::{is_backend_failure, open_upstream, read_replies, recv_now, send_now};
 
 mod upstream;
@@ -128,20 +128,18 @@ const SEND_ATTEMPTS: usize = 2;
 
 /// A UDP service's socket for one worker and its share of the flow bound.
 pub(super) struct UdpSetup {
-    /// The service's index in the snapshot.
-    pub service: usize,
+    /// The service's identity.
+    pub service: ServiceId,
     /// This worker's `SO_REUSEPORT` socket of the service.
     pub socket: std::net::UdpSocket,
     /// This worker's share of `udp_max_flows`.
     pub max_flows: usize,
 }
 
-/// Starts the receive loop and the expiry timer of each UDP service on this worker. Both end once
-/// the drain begins; by then every flow of the service is dropped.
-pub(super) fn spawn(worker: &Rc<Worker>, setups: Vec<UdpSetup>) -> io::Result<Vec<JoinHandle<()>>> {
-    if setups.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Starts the receive loop and the expiry timer of a UDP service on this worker. Both end once
+/// the drain begins or a reload retires the service; by then every flow of the service is
+/// dropped.
+pub(super) fn spawn(worker: &Rc<Worker>, setup: UdpSetup, retire: Rc<Retire>) -> io::Result<()> {
     // Register the reply buffer ring now, so a kernel without it stops the start with a reason.
     compio::runtime::Runtime::with_current(|rt| rt.buffer_pool()).map_err(|e| {
         io::Error::new(
@@ -149,35 +147,44 @@ pub(super) fn spawn(worker: &Rc<Worker>, setups: Vec<UdpSetup>) -> io::Result<Ve
             format!("cannot set up the io_uring buffer ring for UDP replies (Linux 5.19+): {e}"),
         )
     })?;
-    let buffer_freed = Rc::new(Event::new());
-    let mut tasks = Vec::with_capacity(setups.len() * 2);
-    for setup in setups {
-        let state = worker.snapshot.load().services[setup.service].clone();
-        let udp = &state.config.udp;
-        let backends_v6 = state.backends.iter().any(|b| b.address().is_ipv6());
-        let svc = Rc::new(UdpService {
-            worker: worker.clone(),
-            service: setup.service,
-            socket: UdpSocket::from_std(setup.socket)?,
-            flows: RefCell::new(FlowTable::new(setup.max_flows, udp.idle_timeout)),
-            mode: udp.mode,
-            replies: udp.replies,
-            backends_v6,
-            next_link: Cell::new(0),
-            warned_full: Cell::new(false),
-            buffer_freed: buffer_freed.clone(),
-            scratch: RefCell::new(Vec::with_capacity(MAX_DATAGRAM)),
-        });
-        tasks.push(compio::runtime::spawn(receive_loop(svc.clone())));
-        tasks.push(compio::runtime::spawn(expire_loop(svc)));
-    }
-    Ok(tasks)
+    let Some(state) = worker.snapshot.load().service_by_id(setup.service).cloned() else {
+        return Ok(());
+    };
+    let udp = &state.config.udp;
+    let backends_v6 = state.backends.iter().any(|b| b.address().is_ipv6());
+    let svc = Rc::new(UdpService {
+        worker: worker.clone(),
+        service: setup.service,
+        name: state.config.name.clone(),
+        socket: UdpSocket::from_std(setup.socket)?,
+        flows: RefCell::new(FlowTable::new(setup.max_flows, udp.idle_timeout)),
+        mode: udp.mode,
+        replies: udp.replies,
+        backends_v6,
+        next_link: Cell::new(0),
+        warned_full: Cell::new(false),
+        buffer_freed: worker.udp_buffer_freed.clone(),
+        scratch: RefCell::new(Vec::with_capacity(MAX_DATAGRAM)),
+        retire,
+        last: RefCell::new(state.clone()),
+    });
+    let guard = worker.loop_started();
+    compio::runtime::spawn(receive_loop(svc.clone(), guard)).detach();
+    let guard = worker.loop_started();
+    compio::runtime::spawn(expire_loop(svc, guard)).detach();
+    Ok(())
 }
 
 /// One UDP service on one worker (one thread: `Rc` and `RefCell`).
 struct UdpService {
     worker: Rc<Worker>,
-    service: usize,
+    service: ServiceId,
+    /// The service's name, for logs.
+    name: String,
+    /// Ends this service's loops on this worker when a reload removes it.
+    retire: Rc<Retire>,
+    /// The service's state last seen in a snapshot.
+    last: RefCell<Arc<ServiceState>>,
     /// The service's socket: clients' datagrams arrive on it and replies leave from it.
     socket: UdpSocket,
     flows: RefCell<FlowTable<Upstream>>,
@@ -290,11 +297,11 @@ impl End {
     }
 }
 
-/// Receives client datagrams until the drain begins, then drops every flow.
-async fn receive_loop(svc: Rc<UdpService>) {
-    let shutdown = svc.worker.shutdown.clone();
+/// Receives client datagrams until the drain begins (or a reload retires the service), then
+/// drops every flow.
+async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
     // Made once: a fresh drain future per datagram would allocate a listener each time.
-    let mut drain = pin!(shutdown.draining());
+    let mut drain = pin!(svc.worker.retiring(&svc.retire));
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
     let mut candidates: Vec<usize> = Vec::new();
     loop {
@@ -317,7 +324,7 @@ async fn receive_loop(svc: Rc<UdpService>) {
                         }
                         Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                         Some(Err(e)) => {
-                            tracing::debug!(service = svc.service, error = %e,
+                            tracing::debug!(service = %svc.name, error = %e,
                                 "udp receive failed");
                             break;
                         }
@@ -327,7 +334,7 @@ async fn receive_loop(svc: Rc<UdpService>) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                tracing::debug!(service = svc.service, error = %e, "udp receive failed");
+                tracing::debug!(service = %svc.name, error = %e, "udp receive failed");
                 compio::time::sleep(RECV_ERROR_BACKOFF).await;
             }
         }
@@ -338,15 +345,14 @@ async fn receive_loop(svc: Rc<UdpService>) {
     }
     tracing::debug!(
         worker = svc.worker.index,
-        service = svc.service,
+        service = %svc.name,
         "udp socket closed"
     );
 }
 
 /// Ends flows that have been idle for the idle timeout, sleeping until the next one is due.
-async fn expire_loop(svc: Rc<UdpService>) {
-    let shutdown = svc.worker.shutdown.clone();
-    let mut drain = pin!(shutdown.draining());
+async fn expire_loop(svc: Rc<UdpService>, _running: LoopGuard) {
+    let mut drain = pin!(svc.worker.retiring(&svc.retire));
     loop {
         let wait = {
             let flows = svc.flows.borrow();
@@ -413,7 +419,7 @@ impl UdpService {
                     self.link_failed(client, target.link, &e, false);
                 }
                 Err(e) => {
-                    tracing::debug!(service = self.service, %client, error = %e,
+                    tracing::debug!(service = %self.name, %client, error = %e,
                         "udp send to backend failed");
                     break;
                 }
@@ -625,10 +631,7 @@ impl UdpService {
         };
         if let Some(b) = old.backend.filter(|_| is_backend_failure(error)) {
             if let Some(backend) = up.state.backends.get(b) {
-                backend
-                    .counters
-                    .connect_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                backend.counters.connect_failed(ConnectFailure::of(error));
                 tracing::debug!(service = %up.state.config.name, %client,
                     backend = %backend.address(), %error, "udp backend failed for a flow");
             }
@@ -706,8 +709,19 @@ impl UdpService {
         );
     }
 
+    /// The service's state in the current snapshot (a reload may have changed its backends).
+    /// A removed service keeps serving its last state until its loops are retired.
     fn current_state(&self) -> Arc<ServiceState> {
-        self.worker.snapshot.load().services[self.service].clone()
+        let snapshot = self.worker.snapshot.load();
+        match snapshot.service_by_id(self.service) {
+            Some(state) => {
+                if !Arc::ptr_eq(state, &self.last.borrow()) {
+                    *self.last.borrow_mut() = state.clone();
+                }
+                state.clone()
+            }
+            None => self.last.borrow().clone(),
+        }
     }
 
     /// Waits until a reply buffer may be free again.

@@ -1,0 +1,335 @@
+//! The running balancer as the operator changes it: hot reload and the admin API's changes.
+//!
+//! Owns: the current [`Config`], the order in which a change is applied, and the reload
+//! counters. Every change (a reload from the file, a weight set through the API) goes through
+//! [`Instance::apply`], one at a time:
+//!
+//! 1. the new config is validated (by [`Config::load`], before it gets here);
+//! 2. listeners the change adds or moves are bound ([`DataPlaneHandle::prepare`]); a bind
+//!    failure stops the change here, with nothing changed;
+//! 3. the next [`Snapshot`] is built and published: services and backends that stay keep their
+//!    counters and live state (see [`Snapshot::next`]), so new connections see the new backends
+//!    and weights at once and live ones keep the state they started with;
+//! 4. the workers take the new listeners and retire the removed ones
+//!    ([`DataPlaneHandle::commit`]); a retired listener stops accepting, its live connections
+//!    run to their end;
+//! 5. the health checker follows ([`HealthChecker::sync`]).
+//!
+//! Live connections are never dropped by a change, and a listener that stays is never closed,
+//! so new connections are not refused while it happens. `[runtime]` and `[admin]` take effect
+//! only at the next start; a reload that changes them says so in the log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::balancer::health::Admin;
+use crate::config::{Config, ConfigError, defaults};
+use crate::control::health::HealthChecker;
+use crate::control::{ConnectionBudget, SharedSnapshot, Snapshot};
+use crate::dataplane::{DataPlaneError, DataPlaneHandle, Listening};
+
+/// Why a reload or a change was not applied; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The config file is invalid (or unreadable).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A new listener could not be bound.
+    #[error("{0}")]
+    Listen(#[from] DataPlaneError),
+    /// No service has that name.
+    #[error("no service named {0:?}")]
+    NoService(String),
+    /// The service has no backend at that address.
+    #[error("service {service:?} has no backend {backend}")]
+    NoBackend {
+        /// The service.
+        service: String,
+        /// The address asked for.
+        backend: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a change did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChangeReport {
+    /// The snapshot version now serving.
+    pub version: u64,
+    /// Services added.
+    pub services_added: Vec<String>,
+    /// Services removed (their live connections drain).
+    pub services_removed: Vec<String>,
+    /// Backends added, as "service/address".
+    pub backends_added: Vec<String>,
+    /// Backends removed, as "service/address" (their live connections run to their end).
+    pub backends_removed: Vec<String>,
+    /// Listeners opened by the change (new services, or moved ones).
+    pub listening: Vec<ListeningReport>,
+    /// Settings that need a restart and were left as they were.
+    pub needs_restart: Vec<String>,
+}
+
+/// A listener a change opened.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ListeningReport {
+    /// The service.
+    pub service: String,
+    /// The bound address.
+    pub address: String,
+}
+
+/// The running balancer, for the control plane.
+#[derive(Debug)]
+pub struct Instance {
+    path: PathBuf,
+    config: ArcSwap<Config>,
+    snapshot: SharedSnapshot,
+    budget: Arc<ConnectionBudget>,
+    dataplane: DataPlaneHandle,
+    health: HealthChecker,
+    /// Serializes changes.
+    changing: Mutex<()>,
+    started: Instant,
+    started_wall: SystemTime,
+    loaded_wall: Mutex<SystemTime>,
+    /// Reloads applied, and reloads refused (invalid config or a bind failure).
+    pub reloads: AtomicU64,
+    /// Reloads refused.
+    pub reload_failures: AtomicU64,
+}
+
+impl Instance {
+    /// The instance running `config` (loaded from `path`).
+    pub fn new(
+        path: &Path,
+        config: Config,
+        snapshot: SharedSnapshot,
+        budget: Arc<ConnectionBudget>,
+        dataplane: DataPlaneHandle,
+        health: HealthChecker,
+    ) -> Instance {
+        Instance {
+            path: path.to_owned(),
+            config: ArcSwap::from_pointee(config),
+            snapshot,
+            budget,
+            dataplane,
+            health,
+            changing: Mutex::new(()),
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            loaded_wall: Mutex::new(SystemTime::now()),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The config running now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The config file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The published snapshot.
+    pub fn snapshot(&self) -> &SharedSnapshot {
+        &self.snapshot
+    }
+
+    /// The workers.
+    pub fn dataplane(&self) -> &DataPlaneHandle {
+        &self.dataplane
+    }
+
+    /// The process-wide connection budget.
+    pub fn budget(&self) -> &ConnectionBudget {
+        &self.budget
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// When the process started (wall clock).
+    pub fn started_at(&self) -> SystemTime {
+        self.started_wall
+    }
+
+    /// When the running config was loaded (wall clock).
+    pub fn loaded_at(&self) -> SystemTime {
+        *self.loaded_wall.lock()
+    }
+
+    /// Reads the config file again and applies it (SIGHUP, `POST /reload`). Blocking: reads
+    /// the file, may resolve backend host names and binds listeners.
+    pub fn reload(&self) -> Result<ChangeReport, ChangeError> {
+        let result = Config::load(&self.path)
+            .map_err(ChangeError::from)
+            .and_then(|config| self.apply(config));
+        match &result {
+            Ok(report) => {
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                *self.loaded_wall.lock() = SystemTime::now();
+                tracing::info!(
+                    config = %self.path.display(),
+                    version = report.version,
+                    services_added = ?report.services_added,
+                    services_removed = ?report.services_removed,
+                    backends_added = ?report.backends_added,
+                    backends_removed = ?report.backends_removed,
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(config = %self.path.display(), error = %e,
+                    "reload refused: the running config stays");
+            }
+        }
+        result
+    }
+
+    /// Sets the weight of one backend until the next reload (which takes the file's weight).
+    pub fn set_weight(
+        &self,
+        service: &str,
+        backend: &str,
+        weight: u32,
+    ) -> Result<ChangeReport, ChangeError> {
+        if !(1..=defaults::MAX_WEIGHT).contains(&weight) {
+            return Err(ChangeError::Invalid(format!(
+                "weight {weight} is out of range: must be between 1 and {}",
+                defaults::MAX_WEIGHT
+            )));
+        }
+        let mut config = Config::clone(&self.config());
+        let s = config
+            .services
+            .iter_mut()
+            .find(|s| s.name == service)
+            .ok_or_else(|| ChangeError::NoService(service.to_owned()))?;
+        let b = s
+            .backends
+            .iter_mut()
+            .find(|b| b.address.to_string() == backend || b.spec == backend)
+            .ok_or_else(|| ChangeError::NoBackend {
+                service: service.to_owned(),
+                backend: backend.to_owned(),
+            })?;
+        let before = std::mem::replace(&mut b.weight, weight);
+        let address = b.address;
+        let report = self.apply(config)?;
+        tracing::info!(service, backend = %address, from = before, to = weight,
+            "backend weight changed through the admin API");
+        Ok(report)
+    }
+
+    /// Sets a backend's admin state (enable, drain, disable); returns the previous one.
+    pub fn set_admin(
+        &self,
+        service: &str,
+        backend: &str,
+        admin: Admin,
+    ) -> Result<Admin, ChangeError> {
+        let snapshot = self.snapshot.load();
+        let state = snapshot
+            .service(service)
+            .ok_or_else(|| ChangeError::NoService(service.to_owned()))?;
+        let index = state
+            .backends
+            .iter()
+            .position(|b| b.address().to_string() == backend || b.config.spec == backend)
+            .ok_or_else(|| ChangeError::NoBackend {
+                service: service.to_owned(),
+                backend: backend.to_owned(),
+            })?;
+        state
+            .set_admin(index, admin, Instant::now())
+            .ok_or_else(|| ChangeError::NoBackend {
+                service: service.to_owned(),
+                backend: backend.to_owned(),
+            })
+    }
+
+    /// Applies `config` (see the module docs for the steps).
+    fn apply(&self, mut config: Config) -> Result<ChangeReport, ChangeError> {
+        let _one_at_a_time = self.changing.lock();
+        let old = self.config();
+        let mut needs_restart = Vec::new();
+        if config.runtime != old.runtime {
+            needs_restart.push("[runtime]".to_owned());
+            config.runtime = old.runtime.clone();
+        }
+        if config.admin != old.admin {
+            needs_restart.push("[admin]".to_owned());
+            config.admin = old.admin.clone();
+        }
+        if !needs_restart.is_empty() {
+            tracing::warn!(sections = ?needs_restart,
+                "these settings take effect at the next start; the running ones stay");
+        }
+        let prepared = self.dataplane.prepare(&config)?;
+        let current = self.snapshot.load_full();
+        let next = Arc::new(current.next(&config, &self.budget));
+        self.snapshot.store(next.clone());
+        let opened = self.dataplane.commit(prepared, &next);
+        self.health.sync();
+        let report = report(&current, &next, opened, needs_restart);
+        self.config.store(Arc::new(config));
+        Ok(report)
+    }
+}
+
+/// What changed between two snapshots.
+fn report(
+    before: &Snapshot,
+    after: &Snapshot,
+    opened: Vec<Listening>,
+    needs_restart: Vec<String>,
+) -> ChangeReport {
+    let names = |s: &Snapshot| -> Vec<String> {
+        s.services.iter().map(|s| s.config.name.clone()).collect()
+    };
+    let backends = |s: &Snapshot| -> Vec<String> {
+        s.services
+            .iter()
+            .flat_map(|svc| {
+                svc.backends
+                    .iter()
+                    .map(move |b| format!("{}/{}", svc.config.name, b.address()))
+            })
+            .collect()
+    };
+    let (old_names, new_names) = (names(before), names(after));
+    let (old_backends, new_backends) = (backends(before), backends(after));
+    let minus = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|x| !b.contains(x)).cloned().collect()
+    };
+    ChangeReport {
+        version: after.version,
+        services_added: minus(&new_names, &old_names),
+        services_removed: minus(&old_names, &new_names),
+        backends_added: minus(&new_backends, &old_backends),
+        backends_removed: minus(&old_backends, &new_backends),
+        listening: opened
+            .into_iter()
+            .map(|l| ListeningReport {
+                service: l.service,
+                address: l.address.to_string(),
+            })
+            .collect(),
+        needs_restart,
+    }
+}
