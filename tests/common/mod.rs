@@ -6,6 +6,7 @@
 //! test goes through real sockets and a real process.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod health;
 
 use std::collections::HashMap;
@@ -39,6 +40,10 @@ pub struct Ringlb {
     pub child: Child,
     /// Service name -> the address it listens on.
     pub services: HashMap<String, SocketAddr>,
+    /// The admin API's address, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
+    /// The config file ringlb runs (rewrite it, then reload).
+    pub config_path: std::path::PathBuf,
     /// Every line ringlb wrote to stderr so far.
     pub log: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
@@ -94,6 +99,7 @@ impl Ringlb {
             .spawn()
             .expect("ringlb starts");
         let expected = config.matches("[[service]]").count();
+        let want_admin = config.contains("[admin]");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -101,15 +107,16 @@ impl Ringlb {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("listening") {
+                if line.contains("listening") && line.contains("address=") {
                     let _ = tx.send(line.clone());
                 }
                 log2.lock().unwrap().push(line);
             }
         });
         let mut services = HashMap::new();
+        let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while services.len() < expected {
+        while services.len() < expected || (want_admin && admin.is_none()) {
             let wait = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(wait) {
                 Ok(l) => l,
@@ -121,13 +128,19 @@ impl Ringlb {
                     );
                 }
             };
-            let name = field(&line, "service=").expect("listening line names its service");
             let addr = field(&line, "address=").unwrap().parse().unwrap();
+            if line.contains("admin API listening") {
+                admin = Some(addr);
+                continue;
+            }
+            let name = field(&line, "service=").expect("listening line names its service");
             services.insert(name, addr);
         }
         Ringlb {
             child,
             services,
+            admin,
+            config_path: path,
             log,
             _dir: dir,
         }
