@@ -35,7 +35,7 @@ fn round_config(round: usize, backends: &[SocketAddr], extra_backend: SocketAddr
             1 + (round + i) % 4
         ));
     }
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         c.push_str(&format!(
             "[[service]]\nname = \"extra\"\nlisten = \"127.0.0.1:0\"\n\
              [[service.backend]]\naddress = \"{extra_backend}\"\n"
@@ -140,7 +140,7 @@ fn twenty_reloads_under_load_fail_no_connect_and_corrupt_no_byte() {
     for round in 1..=20 {
         std::fs::write(&ringlb.config_path, round_config(round, &addrs, extra.addr)).unwrap();
         let before = made.load(Ordering::Relaxed);
-        if round % 4 == 0 {
+        if round.is_multiple_of(4) {
             // SIGHUP does the same as the API.
             ringlb.signal(libc::SIGHUP);
             assert!(wait_for(Duration::from_secs(10), || {
@@ -151,7 +151,7 @@ fn twenty_reloads_under_load_fail_no_connect_and_corrupt_no_byte() {
             assert_eq!(answer.code, 200, "round {round}: {}", answer.body);
             let report = answer.json();
             assert_eq!(report["version"], (round + 1) as u64);
-            let has_extra = round % 2 == 0;
+            let has_extra = round.is_multiple_of(2);
             assert_eq!(
                 report["services_added"].as_array().unwrap().len(),
                 usize::from(has_extra),
