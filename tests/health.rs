@@ -12,7 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::health::{
-    Switchable, days_from_civil, events, greeting, greetings, health, timestamp, wait_event,
+    Switchable, days_from_civil, events, expect_event, greeting, greetings, health, timestamp,
+    wait_event,
 };
 use common::{Blackhole, Ringlb, config, runtime, service_config, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,9 +123,12 @@ fn consecutive_connect_failures_mark_a_backend_down_before_the_probes_would() {
             "interval = \"1s\"\ntimeout = \"200ms\"\nrise = 1\nfall = 10\npassive_failures = 3",
         ),
     );
-    let lb = Ringlb::start(&config("", &[svc]));
+    let lb = Ringlb::start_with_log(&config("", &[svc]), "info,ringlb::control::health=debug");
     let addr = lb.addr("svc");
     assert!(names(&rt.block_on(greetings(addr, 4))).contains(&"a".into()));
+    // The first probe decides at once (see the module docs): kill `a` only after it passed, so
+    // that only the workers' failures can mark it down within the next second.
+    expect_event(&lb, "probe passed", Some(a.addr), 1, Duration::from_secs(5));
 
     let killed = Instant::now();
     rt.block_on(a.stop());

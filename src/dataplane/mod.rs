@@ -25,7 +25,7 @@ use crossbeam::utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::balancer::conntrack::{Conn, ConnState};
-use crate::config::{Config, Protocol, Service};
+use crate::config::{Config, Protocol, Service, UdpSettings};
 use crate::control::{ServiceId, SharedSnapshot, Shutdown, Snapshot};
 
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
@@ -139,7 +139,9 @@ struct Bound {
     listen: SocketAddr,
     protocol: Protocol,
     backlog: u32,
-    udp_max_flows: usize,
+    /// A UDP service's flow table and upstream sockets are made with these settings, so a
+    /// change of them rebinds (flows of the old socket are dropped).
+    udp: UdpSettings,
     /// The address actually bound (port 0 resolved).
     address: SocketAddr,
 }
@@ -149,7 +151,7 @@ impl Bound {
         self.listen == service.listen
             && self.protocol == service.protocol
             && self.backlog == service.backlog
-            && self.udp_max_flows == service.udp.max_flows
+            && (self.protocol == Protocol::Tcp || self.udp == service.udp)
     }
 }
 
@@ -329,7 +331,7 @@ impl DataPlaneHandle {
     }
 
     /// Reload, step one: binds the listeners that `config` adds or moves (a new service, or a
-    /// new listen address, protocol, backlog or UDP flow bound). Nothing changes for the
+    /// new listen address, protocol, backlog, or UDP settings). Nothing changes for the
     /// workers yet; on an error (e.g. the address is taken) nothing was changed at all.
     pub fn prepare(&self, config: &Config) -> Result<PreparedListeners, DataPlaneError> {
         let control = self.control.lock();
@@ -448,7 +450,7 @@ fn prepare(
             listen: service.listen,
             protocol: service.protocol,
             backlog: service.backlog,
-            udp_max_flows: service.udp.max_flows,
+            udp: service.udp.clone(),
             address,
         };
         new.push((service.name.clone(), b, sockets));
@@ -486,7 +488,7 @@ fn commands(
                         setup: udp::UdpSetup {
                             service: id,
                             socket,
-                            max_flows: flow_share(b.udp_max_flows, workers, worker),
+                            max_flows: flow_share(b.udp.max_flows, workers, worker),
                         },
                     });
                 }
