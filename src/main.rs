@@ -158,9 +158,10 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let shutdown = Arc::new(Shutdown::new());
     let budget = Arc::new(ConnectionBudget::for_config(&config));
     let snapshot = Snapshot::from_config(&config, &budget).into_shared();
-    let dataplane = DataPlane::start(&config, snapshot.clone(), shutdown.clone())?;
-    // Probes run on their own thread (the control plane), never on a worker.
+    // Probes run on their own thread (the control plane), never on a worker. Started first, so
+    // the process holds every fd of its own before the "listening" lines.
     let health = HealthChecker::start(&snapshot).context("cannot start health checks")?;
+    let dataplane = DataPlane::start(&config, snapshot.clone(), shutdown.clone())?;
     let admin = config.admin.clone();
     let drain_timeout = config.runtime.drain_timeout;
     let workers = config.runtime.workers;
