@@ -43,10 +43,12 @@ pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigErr
         services.push(service);
         seen.push(this);
     }
+    let alerts = super::validate_alert::settings(file.alert, doc)?;
     Ok(Config {
         source: doc.source.to_owned(),
         runtime,
         services,
+        alerts,
     })
 }
 
@@ -526,7 +528,7 @@ pub(super) fn in_range<T: Copy + PartialOrd + Display>(
 }
 
 /// Letters, digits, `-`, `_` and `.`; 1 to [`MAX_SERVICE_NAME_LEN`] of them.
-fn is_service_name(name: &str) -> bool {
+pub(super) fn is_service_name(name: &str) -> bool {
     (1..=MAX_SERVICE_NAME_LEN).contains(&name.len())
         && name
             .bytes()
