@@ -12,6 +12,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use ringlb::config::Config;
+use ringlb::control::alerts::Alerts;
 use ringlb::control::health::HealthChecker;
 use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
 use ringlb::dataplane::DataPlane;
@@ -102,6 +103,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
     let shutdown = Arc::new(Shutdown::new());
     let budget = Arc::new(ConnectionBudget::for_config(&config));
+    // Before anything can make a transition, so none goes unannounced.
+    let alerts = Alerts::start(&config.alerts.webhooks).context("cannot start alerts")?;
     let snapshot = Snapshot::from_config(&config, &budget).into_shared();
     let dataplane = DataPlane::start(&config, snapshot.clone(), shutdown.clone())?;
     // Probes run on their own thread (the control plane), never on a worker.
@@ -124,6 +127,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(health) = health {
         health.stop();
     }
+    // After the checks: the last transitions still go out (within the alerts' grace time).
+    alerts.stop();
     handle.close();
     let _ = second.join();
     tracing::info!("ringlb stopped");
