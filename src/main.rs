@@ -13,6 +13,7 @@ use signal_hook::iterator::Signals;
 
 use ringlb::admin::{AdminServer, Instance, client};
 use ringlb::config::Config;
+use ringlb::control::alerts::Alerts;
 use ringlb::control::health::HealthChecker;
 use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
 use ringlb::dataplane::DataPlane;
@@ -157,6 +158,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let shutdown = Arc::new(Shutdown::new());
     let budget = Arc::new(ConnectionBudget::for_config(&config));
+    // Before anything can make a transition, so none goes unannounced.
+    let alerts = Alerts::start(&config.alerts.webhooks).context("cannot start alerts")?;
     let snapshot = Snapshot::from_config(&config, &budget).into_shared();
     // Probes run on their own thread (the control plane), never on a worker. Started first, so
     // the process holds every fd of its own before the "listening" lines.
@@ -172,6 +175,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         budget,
         dataplane.handle(),
         health,
+        alerts,
     ));
     if let Some(admin) = admin {
         AdminServer::start(admin.listen, admin.token, instance.clone())?;
@@ -205,6 +209,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
         }
     });
     dataplane.drain_until(deadline);
+    // Health checks, then alerts: the last transitions still go out (within the alerts' grace
+    // time).
+    instance.stop_control_plane();
     handle.close();
     let _ = second.join();
     tracing::info!("ringlb stopped");

@@ -13,7 +13,8 @@
 //! 4. the workers take the new listeners and retire the removed ones
 //!    ([`DataPlaneHandle::commit`]); a retired listener stops accepting, its live connections
 //!    run to their end;
-//! 5. the health checker follows ([`HealthChecker::sync`]).
+//! 5. the health checker follows ([`HealthChecker::sync`]), and so do the alert webhooks
+//!    ([`Alerts::reconfigure`]).
 //!
 //! Live connections are never dropped by a change, and a listener that stays is never closed,
 //! so new connections are not refused while it happens. `[runtime]` and `[admin]` take effect
@@ -29,6 +30,7 @@ use parking_lot::Mutex;
 
 use crate::balancer::health::Admin;
 use crate::config::{Config, ConfigError, defaults};
+use crate::control::alerts::Alerts;
 use crate::control::health::HealthChecker;
 use crate::control::{ConnectionBudget, SharedSnapshot, Snapshot};
 use crate::dataplane::{DataPlaneError, DataPlaneHandle, Listening};
@@ -94,7 +96,10 @@ pub struct Instance {
     snapshot: SharedSnapshot,
     budget: Arc<ConnectionBudget>,
     dataplane: DataPlaneHandle,
-    health: HealthChecker,
+    /// The health checker; `None` once stopped.
+    health: Mutex<Option<HealthChecker>>,
+    /// The alert sender; `None` once stopped.
+    alerts: Mutex<Option<Alerts>>,
     /// Serializes changes.
     changing: Mutex<()>,
     started: Instant,
@@ -115,6 +120,7 @@ impl Instance {
         budget: Arc<ConnectionBudget>,
         dataplane: DataPlaneHandle,
         health: HealthChecker,
+        alerts: Alerts,
     ) -> Instance {
         Instance {
             path: path.to_owned(),
@@ -122,7 +128,8 @@ impl Instance {
             snapshot,
             budget,
             dataplane,
-            health,
+            health: Mutex::new(Some(health)),
+            alerts: Mutex::new(Some(alerts)),
             changing: Mutex::new(()),
             started: Instant::now(),
             started_wall: SystemTime::now(),
@@ -170,6 +177,18 @@ impl Instance {
     /// When the running config was loaded (wall clock).
     pub fn loaded_at(&self) -> SystemTime {
         *self.loaded_wall.lock()
+    }
+
+    /// Stops health checks, then alerts (whose last transitions still go out within their
+    /// grace time). After a drain; changes are no longer applied to them afterwards.
+    pub fn stop_control_plane(&self) {
+        let _one_at_a_time = self.changing.lock();
+        if let Some(health) = self.health.lock().take() {
+            health.stop();
+        }
+        if let Some(alerts) = self.alerts.lock().take() {
+            alerts.stop();
+        }
     }
 
     /// Reads the config file again and applies it (SIGHUP, `POST /reload`). Blocking: reads
@@ -285,7 +304,12 @@ impl Instance {
         let next = Arc::new(current.next(&config, &self.budget));
         self.snapshot.store(next.clone());
         let opened = self.dataplane.commit(prepared, &next);
-        self.health.sync();
+        if let Some(health) = self.health.lock().as_ref() {
+            health.sync();
+        }
+        if let Some(alerts) = self.alerts.lock().as_ref() {
+            alerts.reconfigure(&config.alerts.webhooks);
+        }
         let report = report(&current, &next, opened, needs_restart);
         self.config.store(Arc::new(config));
         Ok(report)

@@ -21,6 +21,8 @@
 //!   `backend_probe_failures_total`, and the histograms `backend_connect_seconds` and
 //!   `backend_session_seconds`;
 //! - workers {worker}: `worker_accepts_total`, `worker_connections_active`;
+//! - alerts {webhook}: `alert_deliveries_total`, `alert_delivery_failures_total`,
+//!   `alert_retries_total`, `alert_webhook_dropped_total`; and `alerts_dropped_total`;
 //! - process: `connection_budget`, `connection_budget_used`, `config_version`,
 //!   `config_reloads_total`, `config_reload_failures_total`, `uptime_seconds`.
 
@@ -507,6 +509,51 @@ impl Collector for Metrics {
             "Reloads refused (invalid config, or a listener that could not be bound).",
             Counter,
             &[(none(), load(&instance.reload_failures))],
+        )?;
+        // Alerts.
+        let alerts = crate::control::alerts::stats();
+        let per_hook =
+            |get: &dyn Fn(&crate::control::alerts::WebhookStats) -> u64| -> Vec<(Labels, u64)> {
+                alerts
+                    .webhooks
+                    .iter()
+                    .map(|w| (vec![("webhook", w.name.clone())], get(w)))
+                    .collect()
+            };
+        family(
+            &mut encoder,
+            "alert_deliveries",
+            "Alerts delivered to the webhook (a 2xx answer).",
+            Counter,
+            &per_hook(&|w| w.delivered),
+        )?;
+        family(
+            &mut encoder,
+            "alert_delivery_failures",
+            "Alerts that could not be delivered to the webhook after every retry.",
+            Counter,
+            &per_hook(&|w| w.failed),
+        )?;
+        family(
+            &mut encoder,
+            "alert_retries",
+            "Delivery attempts repeated after a failure.",
+            Counter,
+            &per_hook(&|w| w.retries),
+        )?;
+        family(
+            &mut encoder,
+            "alert_webhook_dropped",
+            "Alerts dropped because the webhook's queue was full.",
+            Counter,
+            &per_hook(&|w| w.dropped),
+        )?;
+        family(
+            &mut encoder,
+            "alerts_dropped",
+            "Alerts dropped because the alert queue was full.",
+            Counter,
+            &[(none(), alerts.dropped)],
         )?;
         let mut uptime = Family::new(
             &mut encoder,

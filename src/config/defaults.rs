@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{HealthKind, OnBackendDown, PersistenceKind, Protocol, UdpMode};
+use super::{AlertKinds, HealthKind, OnBackendDown, PersistenceKind, Protocol, UdpMode};
 use crate::balancer::Algorithm;
 
 // ---- [runtime] ----
@@ -178,3 +178,34 @@ pub const MAX_WEIGHT: u32 = 1000;
 
 /// `backup`: false. A backup takes traffic only while no primary backend is up.
 pub const DEFAULT_BACKUP: bool = false;
+
+// ---- [[alert.webhook]] ----
+
+/// `events` of a webhook: all of them. A webhook is usually one team's pager or chat channel,
+/// which wants to hear about backends and services alike.
+pub const DEFAULT_WEBHOOK_EVENTS: AlertKinds = AlertKinds::ALL;
+
+/// `timeout` of one webhook attempt: 5 s. A receiver answers a small POST in well under a
+/// second; 5 s rides out a slow TLS-terminating proxy or a garbage-collection pause, and a dead
+/// receiver still costs little before the next attempt.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest `timeout`: a receiver that needs more than a minute to accept an alert is down, and a
+/// longer wait holds up every later alert to it.
+pub const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `retries` after a failed attempt: 3. With the default backoff the attempts span about 3.5 s
+/// of waiting plus the attempts themselves, enough for a receiver restart or a lost connection.
+pub const DEFAULT_WEBHOOK_RETRIES: u32 = 3;
+
+/// Largest `retries`: at the backoff cap, 10 retries already hold an alert (and the ones queued
+/// behind it for the same webhook) for about four minutes.
+pub const MAX_WEBHOOK_RETRIES: u32 = 10;
+
+/// `backoff`, the wait before the first retry: 500 ms; it doubles for each further retry
+/// (0.5 s, 1 s, 2 s, ...), so a receiver that is briefly overloaded is not hammered.
+pub const DEFAULT_WEBHOOK_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Longest wait between two attempts, and so the largest `backoff`: doubling stops at 30 s so a
+/// receiver that is back is reached within half a minute.
+pub const MAX_WEBHOOK_BACKOFF: Duration = Duration::from_secs(30);

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::defaults::{DEFAULT_HASH_TABLE_SIZE, MAX_SERVICE_NAME_LEN, MIN_HASH_SLOTS_PER_BACKEND};
-use super::{HealthKind, Protocol, RoleName};
+use super::{AlertKind, HealthKind, Protocol, RoleName};
 use crate::balancer::Algorithm;
 
 /// Where in a config file an error is.
@@ -318,6 +318,62 @@ pub enum ConfigError {
         /// Line of the first backend's address.
         first_line: usize,
     },
+    /// A webhook URL that does not parse, or that ringlb cannot POST to.
+    #[error("{at}: {value:?} is not a usable webhook URL: {reason}")]
+    BadWebhookUrl {
+        /// The url value.
+        at: Box<Location>,
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A webhook name is empty, too long or has characters other than letters, digits, `-_.`.
+    #[error(
+        "{at}: {value:?} is not a valid webhook name (use 1 to {MAX_SERVICE_NAME_LEN} letters, \
+         digits, '-', '_' or '.')"
+    )]
+    BadWebhookName {
+        /// The name value.
+        at: Box<Location>,
+        /// The name as written.
+        value: String,
+    },
+    /// Two webhooks have the same name, given or taken from their URLs' origin.
+    #[error(
+        "{at}: {value:?} is already the name of alert.webhook[{first_index}] (line \
+         {first_line}){}",
+        if *from_url { "; webhooks to the same host and port need a `name` each" } else { "" }
+    )]
+    DuplicateWebhookName {
+        /// The second name, or the second URL when its name is the default.
+        at: Box<Location>,
+        /// The name.
+        value: String,
+        /// Index of the webhook that has it first.
+        first_index: usize,
+        /// Line of the first webhook's name or URL.
+        first_line: usize,
+        /// Whether this name is the default one (the URL's origin).
+        from_url: bool,
+    },
+    /// A webhook lists an event twice.
+    #[error("{at}: \"{event}\" is listed twice")]
+    DuplicateEvent {
+        /// The second entry.
+        at: Box<Location>,
+        /// The event.
+        event: AlertKind,
+    },
+    /// A webhook's `events` is an empty list.
+    #[error(
+        "{at}: an empty list sends nothing; leave `events` out to send every event, or remove \
+         the webhook"
+    )]
+    NoEvents {
+        /// The empty list.
+        at: Box<Location>,
+    },
 }
 
 impl ConfigError {
@@ -351,7 +407,12 @@ impl ConfigError {
             | NotBackendAddr { at, .. }
             | BackendPortZero { at, .. }
             | Unresolvable { at, .. }
-            | DuplicateBackend { at, .. } => Some(at),
+            | DuplicateBackend { at, .. }
+            | BadWebhookUrl { at, .. }
+            | BadWebhookName { at, .. }
+            | DuplicateWebhookName { at, .. }
+            | DuplicateEvent { at, .. }
+            | NoEvents { at } => Some(at),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{HealthKind, OnBackendDown, PersistenceKind, Protocol, RoleName, UdpMode};
+use super::{AlertKind, HealthKind, OnBackendDown, PersistenceKind, Protocol, RoleName, UdpMode};
 use crate::balancer::Algorithm;
 
 /// The whole file.
@@ -22,6 +22,8 @@ pub(crate) struct ConfigFile {
     pub(crate) service: Option<Spanned<Vec<Spanned<ServiceFile>>>>,
     /// `[admin]`.
     pub(crate) admin: Option<AdminFile>,
+    /// `[alert]`.
+    pub(crate) alert: Option<AlertFile>,
 }
 
 /// `[admin]`.
@@ -103,6 +105,27 @@ pub(crate) struct BackendFile {
     pub(crate) weight: Option<Spanned<u32>>,
     pub(crate) max_connections: Option<Spanned<u32>>,
     pub(crate) backup: Option<Spanned<bool>>,
+}
+
+/// `[alert]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AlertFile {
+    /// `[[alert.webhook]]` tables.
+    pub(crate) webhook: Option<Vec<Spanned<WebhookFile>>>,
+}
+
+/// One `[[alert.webhook]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookFile {
+    pub(crate) url: Spanned<String>,
+    pub(crate) name: Option<Spanned<String>>,
+    /// An unknown event name is a schema error that points at it.
+    pub(crate) events: Option<Spanned<Vec<Spanned<AlertKind>>>>,
+    pub(crate) timeout: Option<Spanned<DurationText>>,
+    pub(crate) retries: Option<Spanned<u32>>,
+    pub(crate) backoff: Option<Spanned<DurationText>>,
 }
 
 /// A duration as written ("3s"); parsed during validation so that a bad one gets a typed error.

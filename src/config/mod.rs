@@ -11,8 +11,9 @@
 //!    look at keep their byte span.
 //! 2. `validate`: per-value and cross-field checks (ranges, durations, duplicate names and listen
 //!    addresses, options of the other protocol), defaults from [`defaults`]. Value formats
-//!    (durations, byte sizes, backend addresses) are parsed in `values`; the `[service.health]`
-//!    and `[service.persistence]` tables are checked in `validate_policy`.
+//!    (durations, byte sizes, backend addresses, webhook URLs) are parsed in `values`; the
+//!    `[service.health]` and `[service.persistence]` tables are checked in `validate_policy`,
+//!    the `[alert]` table in `validate_alert`.
 //! 3. The typed [`Config`] below, which the rest of ringlb uses.
 //!
 //! Every error is a [`ConfigError`] that names file, line, column and key path, and says what is
@@ -21,13 +22,16 @@
 //!
 //! Guarantee: a `Config` returned by [`Config::load`] or [`Config::parse`] has at least one service,
 //! every service at least one backend, every number within the limits in [`defaults`], distinct
-//! service names and no two services of one protocol on the same (or an overlapping) address.
+//! service names and no two services of one protocol on the same (or an overlapping) address;
+//! every webhook has an `http` URL with a host, at least one event and a name no other has.
 
+mod alert;
 pub mod defaults;
 mod error;
 mod file;
 mod policy;
 mod validate;
+mod validate_alert;
 mod validate_policy;
 mod values;
 
@@ -40,6 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
 pub use error::{ConfigError, Location};
 pub use policy::{
     HealthCheck, HealthKind, OnBackendDown, Persistence, PersistenceKind, PostgresRole, Probe,
@@ -61,6 +66,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// The admin API (`[admin]`); `None`: no admin listener.
     pub admin: Option<AdminSettings>,
+    /// Where alerts go (`[alert]`); no webhook when the table is absent.
+    pub alerts: AlertSettings,
 }
 
 /// The admin HTTP API: the `[admin]` table.
@@ -239,7 +246,8 @@ impl Config {
     }
 
     /// A short human summary: workers, then each service with protocol, listen address,
-    /// algorithm, timeouts and backends with weights. Printed by `ringlb check`.
+    /// algorithm, timeouts and backends with weights, then each alert webhook (its URL's origin
+    /// only: the rest may hold a secret). Printed by `ringlb check`.
     pub fn summary(&self) -> String {
         let mut out = String::new();
         let rt = &self.runtime;
@@ -331,7 +339,39 @@ impl Config {
                 }
             );
         }
+        summarize_alerts(&mut out, &self.alerts);
         out
+    }
+}
+
+/// One line per alert webhook: name, origin, events, timeout and retries.
+fn summarize_alerts(out: &mut String, alerts: &AlertSettings) {
+    for w in &alerts.webhooks {
+        let events = if w.events == AlertKinds::ALL {
+            "all events".to_owned()
+        } else {
+            w.events
+                .iter()
+                .map(AlertKind::name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = write!(out, "alert webhook {:?}", w.name);
+        let origin = w.url.origin().ascii_serialization();
+        if origin != w.name {
+            let _ = write!(out, " to {origin}");
+        }
+        let _ = write!(
+            out,
+            ": {events}, timeout {}, {} retr{}",
+            format_duration(w.timeout),
+            w.retries,
+            if w.retries == 1 { "y" } else { "ies" },
+        );
+        if w.retries > 0 {
+            let _ = write!(out, " (backoff from {})", format_duration(w.backoff));
+        }
+        out.push('\n');
     }
 }
 

@@ -161,6 +161,19 @@ fn annotated_example_states_the_defaults() {
             (DEFAULT_WEIGHT, None, DEFAULT_BACKUP)
         );
     }
+    let [hook] = config.alerts.webhooks.as_slice() else {
+        panic!("one example webhook: {:?}", config.alerts);
+    };
+    assert_eq!(
+        (hook.events, hook.timeout, hook.retries, hook.backoff),
+        (
+            DEFAULT_WEBHOOK_EVENTS,
+            DEFAULT_WEBHOOK_TIMEOUT,
+            DEFAULT_WEBHOOK_RETRIES,
+            DEFAULT_WEBHOOK_BACKOFF
+        ),
+        "the example webhook states the defaults"
+    );
 }
 
 #[test]

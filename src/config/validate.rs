@@ -49,11 +49,13 @@ pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigErr
         Some(a) => Some(admin(a, &services, doc)?),
         None => None,
     };
+    let alerts = super::validate_alert::settings(file.alert, doc)?;
     Ok(Config {
         source: doc.source.to_owned(),
         runtime,
         services,
         admin,
+        alerts,
     })
 }
 
@@ -570,7 +572,7 @@ pub(super) fn in_range<T: Copy + PartialOrd + Display>(
 }
 
 /// Letters, digits, `-`, `_` and `.`; 1 to [`MAX_SERVICE_NAME_LEN`] of them.
-fn is_service_name(name: &str) -> bool {
+pub(super) fn is_service_name(name: &str) -> bool {
     (1..=MAX_SERVICE_NAME_LEN).contains(&name.len())
         && name
             .bytes()

@@ -121,6 +121,31 @@ pub(crate) fn resolve_backend(spec: &str) -> Result<SocketAddr, AddrProblem> {
         .ok_or_else(|| AddrProblem::Unresolvable("the name has no addresses".to_owned()))
 }
 
+/// Checks a webhook URL as written: absolute, `http`, with a host. Errors are reasons in words.
+pub(crate) fn parse_webhook_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => {
+            "write an absolute URL, e.g. \"http://127.0.0.1:9999/hook\"".to_owned()
+        }
+        other => other.to_string(),
+    })?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(
+                "https is not supported (ringlb is built without TLS); use http://, e.g. to a \
+                 relay on the same host"
+                    .to_owned(),
+            );
+        }
+        other => return Err(format!("the scheme must be http, not {other:?}")),
+    }
+    if url.host().is_none() {
+        return Err("the URL has no host".to_owned());
+    }
+    Ok(url)
+}
+
 /// Whether `host` can be a DNS name: labels of letters, digits, `-` and `_`, and not all digits
 /// and dots (that would be a malformed IPv4 address, such as "300.1.1.1").
 fn is_host_name(host: &str) -> bool {
@@ -253,6 +278,38 @@ mod tests {
         }
         assert_eq!(resolve_backend("127.0.0.1:0"), Err(AddrProblem::PortZero));
         assert_eq!(resolve_backend("localhost:0"), Err(AddrProblem::PortZero));
+    }
+
+    #[test]
+    fn webhook_urls_are_absolute_http_urls_with_a_host() {
+        let url = parse_webhook_url("http://127.0.0.1:9999/hook?x=1").unwrap();
+        assert_eq!(url.port(), Some(9999));
+        assert!(parse_webhook_url("http://alerts.example/a").is_ok());
+        assert!(parse_webhook_url("http://[::1]:80/").is_ok());
+        assert!(
+            parse_webhook_url("127.0.0.1:9999/hook")
+                .unwrap_err()
+                .contains("absolute URL")
+        );
+        assert!(
+            parse_webhook_url("/hook")
+                .unwrap_err()
+                .contains("absolute URL")
+        );
+        assert!(
+            parse_webhook_url("https://127.0.0.1/")
+                .unwrap_err()
+                .starts_with("https is not supported")
+        );
+        assert_eq!(
+            parse_webhook_url("mailto:ops@example.com").unwrap_err(),
+            "the scheme must be http, not \"mailto\""
+        );
+        assert_eq!(
+            parse_webhook_url("http://127.0.0.1:70000/").unwrap_err(),
+            "invalid port number"
+        );
+        assert_eq!(parse_webhook_url("http://").unwrap_err(), "empty host");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! line (once per transition, with its reason), closing live sessions, the slow-start ramp, and
 //! the service-level state (some backend up or not; primaries or backups serving).
 //!
-//! Owns: applying a decision to the shared state. Does not own: deciding (the probe task's
-//! `HealthMachine`, the workers' passive failure count, the operator) or any I/O.
+//! Owns: applying a decision to the shared state, and publishing each health and service-level
+//! transition as an alert (a non-blocking push; [`super::alerts`] delivers it). Does not own:
+//! deciding (the probe task's `HealthMachine`, the workers' passive failure count, the
+//! operator) or any I/O.
 //!
 //! Callers: the health checker thread (probe results), workers (passive detection, at most once
 //! per transition thanks to the compare-and-swap in `BackendLive::set_healthy`), and the admin
@@ -27,8 +29,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::balancer::health::Admin;
+use crate::config::AlertKind::{BackendDown, BackendUp, ServiceDown, ServiceUp};
 use crate::config::OnBackendDown;
 
+use super::alerts;
 use super::snapshot::{Group, ServiceState};
 
 impl ServiceState {
@@ -50,6 +54,12 @@ impl ServiceState {
             backend = %backend.address(),
             reason = %reason,
             "backend down"
+        );
+        alerts::publish(
+            BackendDown,
+            &self.config.name,
+            Some(backend.address()),
+            reason,
         );
         if self.config.on_backend_down == OnBackendDown::Shutdown {
             backend.live.close_sessions();
@@ -82,6 +92,12 @@ impl ServiceState {
             backend = %backend.address(),
             reason = %reason,
             "backend up"
+        );
+        alerts::publish(
+            BackendUp,
+            &self.config.name,
+            Some(backend.address()),
+            reason,
         );
         self.refresh_availability();
         true
@@ -192,11 +208,17 @@ impl ServiceState {
         let was_backup = self.backup_up.swap(backup, Ordering::AcqRel);
         let name = &self.config.name;
         match (was_primary || was_backup, primary || backup) {
-            (true, false) => tracing::warn!(
-                service = %name,
-                "service down: no backend is up, new connections are closed at once"
-            ),
-            (false, true) => tracing::info!(service = %name, "service up"),
+            (true, false) => {
+                tracing::warn!(
+                    service = %name,
+                    "service down: no backend is up, new connections are closed at once"
+                );
+                alerts::publish(ServiceDown, name, None, &self.backends_up());
+            }
+            (false, true) => {
+                tracing::info!(service = %name, "service up");
+                alerts::publish(ServiceUp, name, None, &self.backends_up());
+            }
             _ => {}
         }
         if self.backups.is_some() {
@@ -212,5 +234,11 @@ impl ServiceState {
                 );
             }
         }
+    }
+
+    /// "N of M backends up", the reason given with a service's alerts.
+    fn backends_up(&self) -> String {
+        let up = self.backends.iter().filter(|b| b.live.up()).count();
+        format!("{up} of {} backends up", self.backends.len())
     }
 }

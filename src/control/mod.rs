@@ -3,10 +3,13 @@
 //! Owns: the published [`Snapshot`] of services and backends, the shared counters and live
 //! availability state inside it, backend selection over that state (`pick`: primaries and
 //! backups, stickiness, slow start), health and admin transitions (`availability`), the health
-//! checker thread ([`health`]), and shutdown coordination. Does not own sockets of the data
-//! plane: the workers do all forwarding I/O; the only sockets here are the probes' own, on the
-//! checker's thread. Later control-plane parts (admin API, reload, discovery) live here too.
+//! checker thread ([`health`]), alerts to webhooks about those transitions ([`alerts`], on
+//! their own thread), and shutdown coordination. Does not own sockets of the data plane: the
+//! workers do all forwarding I/O; the only sockets here are the probes' own, on the checker's
+//! thread, and the webhooks' connections, on the alerts thread. Later control-plane parts
+//! (admin API, reload, discovery) live here too.
 
+pub mod alerts;
 mod availability;
 mod backend;
 mod budget;
