@@ -400,3 +400,37 @@ fn dead_and_stuck_webhooks_delay_neither_health_checks_nor_a_live_webhook() {
          webhook at most {worst_live:?} behind the log; stop took {took:?}"
     );
 }
+
+#[test]
+fn a_webhook_added_by_a_reload_gets_the_next_transition() {
+    let rt = runtime();
+    let receiver = Receiver::start(&rt);
+    let a = rt.block_on(Switchable::start("a", LOCAL));
+    let b = rt.block_on(Switchable::start("b", LOCAL));
+    let svc = service_config("svc", "round_robin", &[a.addr, b.addr], &probes());
+    let base = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        config("", &[svc])
+    );
+    let lb = Ringlb::start(&base);
+    let admin = lb.admin.unwrap();
+    let hook = webhook(&format!(
+        "name = \"added\"\nurl = \"{}\"\nevents = [\"backend_down\"]",
+        receiver.url()
+    ));
+    std::fs::write(&lb.config_path, format!("{base}\n{hook}")).unwrap();
+    let answer = common::admin::post(admin, "/reload");
+    assert_eq!(answer.code, 200, "{}", answer.body);
+
+    rt.block_on(a.stop());
+    let down = receiver.expect(
+        "backend_down",
+        Some(a.addr),
+        1,
+        INTERVAL * FALL + TIMEOUT + SLACK,
+    );
+    assert_eq!(down.get("service"), "svc");
+    assert!(wait_for(Duration::from_secs(2), || {
+        Metrics::scrape(admin).sum("ringlb_alert_deliveries_total", &[("webhook", "added")]) == 1.0
+    }));
+}
