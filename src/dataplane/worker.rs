@@ -58,6 +58,8 @@ pub(super) struct Worker {
     /// task per worker listens on the process-wide [`Shutdown`], so a shutdown never makes
     /// thousands of connections contend on a shared lock or flood another thread's queue.
     abort_event: Event,
+    /// TCP forwarding buffers between uses (see `forward`).
+    pub spare_buffers: forward::SpareBuffers,
 }
 
 impl Worker {
@@ -132,6 +134,7 @@ async fn serve(setup: WorkerSetup) {
         sessions_closing: Event::new(),
         aborted: Cell::new(false),
         abort_event: Event::new(),
+        spare_buffers: forward::SpareBuffers::default(),
     });
     // The one listener of this worker on the process-wide abort; it fans out locally.
     let abort_relay = {
