@@ -8,10 +8,33 @@
 //! "shutdown"`, or disabled).
 //!
 //! Guarantees: every byte read from one side is written to the other before that direction is
-//! shut down; a direction's buffer is `buffer_size` bytes and is not refilled until written out,
-//! so a slow reader stalls its writer; when the function returns, the service slot, the backend's
-//! active count and the tracking entry are released (drop guards, also on cancellation).
+//! shut down; a direction holds at most one buffer of `buffer_size` bytes and reads nothing more
+//! until that buffer is written out, so a slow reader stalls its writer; when the function
+//! returns, the service slot, the backend's active count and the tracking entry are released
+//! (drop guards, also on cancellation).
+//!
+//! # Buffers
+//!
+//! A direction holds a buffer only while data moves, as HAProxy does. It waits for its source
+//! with an io_uring poll for readability (`POLL_ADD`), which needs no buffer, then takes a buffer
+//! from the worker's [`SpareBuffers`], reads with a non-blocking `recv(2)` and sends with a
+//! non-blocking `send(2)`; only what the destination's socket buffer cannot take at once is
+//! written through io_uring, which waits for room. A read that filled the buffer suggests more is
+//! queued: the direction keeps the buffer and reads again at once (up to [`READ_STREAK`] times
+//! before it waits on io_uring again, so other connections get their turn); any other read, or
+//! one that would block, gives the buffer back before the next wait. So an idle connection holds
+//! no forwarding buffer, a busy one keeps its buffer for as long as reads fill it, and the memory
+//! bound is unchanged: at most 2 × `buffer_size` per connection while data is in flight, plus the
+//! spares each worker keeps ([`SPARE_BUFFERS`] per buffer size).
+//!
+//! Why not receive into io_uring provided buffers (the kernel picks a buffer only when data
+//! arrives, as the UDP replies do): compio 0.19 registers one buffer ring per runtime (group 1,
+//! its size fixed when the runtime is built, here 64 KiB datagram buffers for UDP), and a ring is
+//! a fixed set shared by every connection of the worker: writes stalled by slow readers would
+//! hold its buffers and stall every other connection's reads (and UDP's replies). Spare buffers
+//! come from the heap when none is left, so one connection never waits on another's.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -23,7 +46,10 @@ use std::task::Poll;
 use std::time::Instant;
 
 use compio::BufResult;
-use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::buf::{IntoInner, IoBuf};
+use compio::driver::ToSharedFd;
+use compio::driver::op::{Interest, PollOnce};
+use compio::io::AsyncWriteExt;
 use compio::net::TcpStream;
 
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
@@ -418,7 +444,8 @@ pub(super) async fn watch_closing(worker: Rc<Worker>, state: Arc<ServiceState>) 
     }
 }
 
-/// Copies one direction through a buffer of `size` bytes until EOF or failure.
+/// Copies one direction through buffers of `size` bytes until EOF or failure, holding a buffer
+/// only while data moves (see the module doc).
 async fn pump(
     worker: &Worker,
     id: ConnId,
@@ -427,15 +454,25 @@ async fn pump(
     to: &TcpStream,
     size: usize,
 ) -> DirEnd {
-    let mut reader = from;
     let mut writer = to;
-    let mut buf = Vec::with_capacity(size);
+    // The buffer kept after a read that filled it; `None` while waiting for data.
+    let mut held: Option<Vec<u8>> = None;
+    // Reads since this direction last waited on io_uring (see `READ_STREAK`).
+    let mut streak = 0;
     loop {
-        buf.clear();
-        let BufResult(read, b) = reader.read(buf).await;
-        buf = b;
-        match read {
+        let mut buf = match held.take() {
+            Some(buf) => buf,
+            None => {
+                streak = 0;
+                if readable(from).await.is_err() {
+                    return DirEnd::ReadFailed;
+                }
+                worker.spare_buffers.take(size)
+            }
+        };
+        match recv_now(from, &mut buf) {
             Ok(0) => {
+                worker.spare_buffers.give(size, buf);
                 // Half-close: the other direction keeps flowing until it ends too. shutdown(2)
                 // on a TCP socket never blocks, and io_uring would run its SHUTDOWN opcode on a
                 // kernel worker thread (iou-wrk), so the plain syscall is cheaper here.
@@ -446,10 +483,21 @@ async fn pump(
                 };
             }
             Ok(n) => {
-                let BufResult(written, b) = writer.write_all(buf).await;
-                buf = b;
-                if written.is_err() {
-                    return DirEnd::WriteFailed;
+                // Usually the destination's socket buffer has room: a non-blocking send(2)
+                // saves an io_uring round trip. What does not fit goes through io_uring, which
+                // waits for room; until it is out, this direction reads nothing more.
+                let sent = match send_now(to, &buf) {
+                    Ok(sent) => sent,
+                    Err(e) if is_would_block(&e) => 0,
+                    Err(_) => return DirEnd::WriteFailed,
+                };
+                if sent < n {
+                    streak = 0;
+                    let BufResult(written, rest) = writer.write_all(buf.slice(sent..)).await;
+                    buf = rest.into_inner();
+                    if written.is_err() {
+                        return DirEnd::WriteFailed;
+                    }
                 }
                 let now = Instant::now();
                 let mut table = worker.table.borrow_mut();
@@ -457,9 +505,101 @@ async fn pump(
                     Dir::Up => table.record_up(id, n as u64, now),
                     Dir::Down => table.record_down(id, n as u64, now),
                 }
+                streak += 1;
+                if n == size && streak < READ_STREAK {
+                    // Probably more queued: read again at once, with this buffer.
+                    held = Some(buf);
+                } else {
+                    worker.spare_buffers.give(size, buf);
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Nothing queued (the source was drained, or the wake-up was spurious): give the
+            // buffer back and wait.
+            Err(e) if is_would_block(&e) => worker.spare_buffers.give(size, buf),
             Err(_) => return DirEnd::ReadFailed,
+        }
+    }
+}
+
+/// Reads and sends in a row that one direction makes without waiting on io_uring, when every
+/// read fills its buffer and every send goes out at once: the direction then waits for
+/// readability once, so a bulk transfer lets the worker's other connections run at least every
+/// `READ_STREAK` × `buffer_size` bytes (256 KiB at the default).
+const READ_STREAK: u32 = 16;
+
+/// Whether a non-blocking call found nothing to do (or was interrupted): try again later.
+fn is_would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Sends what fits of `data` on `stream` now with a non-blocking `send(2)`; `WouldBlock` when
+/// nothing does. No SIGPIPE on a closed peer: the error says it.
+fn send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(stream).send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+/// Resolves once `stream` has data to read, has reached EOF or has failed (an io_uring
+/// `POLL_ADD`; dropping the future cancels it).
+async fn readable(stream: &TcpStream) -> io::Result<()> {
+    let poll = PollOnce::new(stream.to_shared_fd(), Interest::Readable);
+    compio::runtime::submit(poll).await.0.map(drop)
+}
+
+/// Reads what is queued on `stream` into `buf` (cleared first; it has capacity for a read of
+/// `capacity()` bytes) with a non-blocking `recv(2)`: `WouldBlock` when nothing is queued.
+fn recv_now(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    let n = socket2::SockRef::from(stream)
+        .recv_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT)?;
+    // SAFETY: recv(2) wrote `n` bytes at the start of the spare capacity it was given (a TCP
+    // receive never returns more than the length passed), so after the (zero) length the first
+    // `n` bytes are initialized.
+    unsafe { buf.set_len(n) };
+    Ok(n)
+}
+
+/// Forwarding buffers no direction holds right now, kept by each worker for the next read (one
+/// thread: `RefCell`). Without them, every burst of data would allocate and free a buffer.
+#[derive(Default)]
+pub(super) struct SpareBuffers {
+    /// (buffer size, spare buffers of exactly that capacity, empty): one entry per distinct
+    /// `buffer_size` among the services, so a handful at most.
+    sizes: RefCell<Vec<(usize, Vec<Vec<u8>>)>>,
+}
+
+/// Spare buffers a worker keeps per buffer size: enough for the writes of a few hundred busy
+/// connections in flight at once to find a buffer without the allocator, few enough that the
+/// spares stay small next to the live buffers they serve (2 MiB per worker at the 16 KiB
+/// default). Buffers given back beyond it are freed.
+const SPARE_BUFFERS: usize = 128;
+
+impl SpareBuffers {
+    /// A buffer with capacity for `size` bytes: a spare one if there is one, else a new one.
+    fn take(&self, size: usize) -> Vec<u8> {
+        let mut sizes = self.sizes.borrow_mut();
+        sizes
+            .iter_mut()
+            .find(|(s, _)| *s == size)
+            .and_then(|(_, spares)| spares.pop())
+            .unwrap_or_else(|| Vec::with_capacity(size))
+    }
+
+    /// Keeps `buf`, taken for `size` bytes, for the next [`SpareBuffers::take`] of that size.
+    fn give(&self, size: usize, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut sizes = self.sizes.borrow_mut();
+        let spares = match sizes.iter_mut().position(|(s, _)| *s == size) {
+            Some(i) => &mut sizes[i].1,
+            None => {
+                sizes.push((size, Vec::new()));
+                &mut sizes.last_mut().expect("just pushed").1
+            }
+        };
+        if spares.len() < SPARE_BUFFERS {
+            spares.push(buf);
         }
     }
 }
@@ -487,5 +627,44 @@ fn is_local_failure(e: &io::Error) -> bool {
 fn reset_on_close(stream: &TcpStream) {
     if let Err(e) = stream.set_zero_linger() {
         tracing::debug!(error = %e, "cannot set SO_LINGER 0");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare_count(spares: &SpareBuffers, size: usize) -> usize {
+        let sizes = spares.sizes.borrow();
+        sizes
+            .iter()
+            .find(|(s, _)| *s == size)
+            .map_or(0, |(_, v)| v.len())
+    }
+
+    #[test]
+    fn a_buffer_given_back_is_taken_again_for_its_size_only() {
+        let spares = SpareBuffers::default();
+        let mut a = spares.take(1024);
+        assert_eq!(a.capacity(), 1024);
+        a.extend_from_slice(b"data");
+        let at = a.as_ptr();
+        spares.give(1024, a);
+        let other = spares.take(2048);
+        assert_eq!(other.capacity(), 2048);
+        assert_ne!(other.as_ptr(), at, "another size gets a buffer of its own");
+        let again = spares.take(1024);
+        assert_eq!(again.as_ptr(), at, "the spare is reused");
+        assert!(again.is_empty(), "a spare comes back empty");
+        assert_eq!(spare_count(&spares, 1024), 0);
+    }
+
+    #[test]
+    fn spares_beyond_the_bound_are_freed() {
+        let spares = SpareBuffers::default();
+        for _ in 0..SPARE_BUFFERS + 10 {
+            spares.give(512, Vec::with_capacity(512));
+        }
+        assert_eq!(spare_count(&spares, 512), SPARE_BUFFERS);
     }
 }

@@ -124,6 +124,8 @@ pub(super) struct Worker {
     loop_ended: Event,
     /// Notified whenever a UDP reply buffer goes back to this worker's pool.
     pub udp_buffer_freed: Rc<Event>,
+    /// TCP forwarding buffers between uses (see `forward`).
+    pub spare_buffers: forward::SpareBuffers,
 }
 
 impl Worker {
@@ -227,6 +229,7 @@ async fn serve(setup: WorkerSetup) {
         loops: Cell::new(0),
         loop_ended: Event::new(),
         udp_buffer_freed: Rc::new(Event::new()),
+        spare_buffers: forward::SpareBuffers::default(),
     });
     // The one listener of this worker on the process-wide abort; it fans out locally.
     let abort_relay = {

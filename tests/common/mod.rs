@@ -162,6 +162,16 @@ impl Ringlb {
             .count()
     }
 
+    /// Resident memory of the ringlb process (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid we own (our child, still unreaped) and a valid signal number
         // has no memory-safety preconditions.
