@@ -27,7 +27,8 @@
 # Usage: tools/compare.sh [rounds]      (default 3 rounds; every load is bounded in time)
 # Environment: WORKERS (2), DURATION seconds per bench run (5), CLIENT_THREADS (2), RATE (req/s
 # of the p99 row; default a quarter of the slowest proxy's rr rate, measured first), REQUESTS per
-# redis-benchmark run (200000), SECONDS_IPERF (5), IDLE_CONNS (5000), OUT (results directory).
+# redis-benchmark run (200000), SECONDS_IPERF (5), IDLE_CONNS (5000), OUT (results directory),
+# WORKLOADS (a space-separated subset of "rr connect stream p99 redis iperf udp"; default all).
 # Needs: haproxy, nginx + libnginx-mod-stream, redis-server, redis-tools, iperf3, jq (installed
 # with apt-get when absent).
 set -euo pipefail
@@ -255,7 +256,7 @@ if [ -z "${RATE:-}" ]; then
 fi
 echo "p99 row at $RATE requests/s" >&2
 
-WORKLOADS=(rr connect stream p99 redis iperf udp)
+read -ra WORKLOADS <<<"${WORKLOADS:-rr connect stream p99 redis iperf udp}"
 TARGETS=(ringlb haproxy nginx direct)
 declare -A R
 for round in $(seq "$ROUNDS"); do
