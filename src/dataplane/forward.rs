@@ -17,12 +17,12 @@
 //!
 //! A direction holds a buffer only while data moves, as HAProxy does. It waits for its source
 //! with an io_uring poll for readability (`POLL_ADD`), which needs no buffer, then takes a buffer
-//! from the worker's [`SpareBuffers`], reads with a non-blocking `recv(2)` and sends with a
-//! non-blocking `send(2)`; only what the destination's socket buffer cannot take at once is
-//! written through io_uring, which waits for room. A read that filled the buffer suggests more is
-//! queued: the direction keeps the buffer and reads again at once (up to [`READ_STREAK`] times
-//! before it waits on io_uring again, so other connections get their turn); any other read, or
-//! one that would block, gives the buffer back before the next wait. So an idle connection holds
+//! from the worker's [`SpareBuffers`], reads with a non-blocking `recv(2)` and writes the bytes
+//! out through io_uring (a full buffer is first offered to a non-blocking `send(2)`, see
+//! [`send_now`]). A read that filled the buffer suggests more is queued: the direction keeps the
+//! buffer and reads again at once (up to [`READ_STREAK`] times before it waits on io_uring
+//! again, so other connections get their turn); any other read, or one that would block, gives
+//! the buffer back before the next wait. So an idle connection holds
 //! no forwarding buffer, a busy one keeps its buffer for as long as reads fill it, and the memory
 //! bound is unchanged: at most 2 × `buffer_size` per connection while data is in flight, plus the
 //! spares each worker keeps ([`SPARE_BUFFERS`] per buffer size).
