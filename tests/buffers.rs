@@ -8,23 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Ringlb, config, runtime, service_config, wait_for};
+use common::{Backend, Ringlb, config, pattern, runtime, service_config, wait_for};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Opens a connection to `addr` and echoes `message` through it (so both directions of the
 /// proxied connection moved data and the backend side is connected).

@@ -7,25 +7,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    Backend, Blackhole, Ringlb, config, read_all, refused_addr, runtime, service_config, wait_for,
+    Backend, Blackhole, Ringlb, config, pattern, read_all, refused_addr, runtime, service_config,
+    wait_for,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-
-/// Deterministic pseudo-random bytes (xorshift), so each stream has its own content.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn sha(data: &[u8]) -> Vec<u8> {
     Sha256::digest(data).to_vec()

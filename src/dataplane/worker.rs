@@ -69,33 +69,40 @@ pub(super) enum Command {
     },
 }
 
-/// Ends one listener's loops on this worker before the drain does (a reload removed or moved
-/// its service).
+/// A one-way flag of one worker's thread that tasks can wait for: set once, never cleared.
+/// Worker-local (`Cell` and a local event), so waiting on it never contends with another thread.
 #[derive(Default)]
-pub(super) struct Retire {
-    retired: Cell<bool>,
+pub(super) struct LocalFlag {
+    set: Cell<bool>,
     event: Event,
 }
 
-impl Retire {
-    fn retire(&self) {
-        self.retired.set(true);
+impl LocalFlag {
+    /// Sets the flag and wakes every task waiting for it.
+    pub fn set(&self) {
+        self.set.set(true);
         self.event.notify(usize::MAX);
     }
 
-    async fn wait(&self) {
+    /// Resolves once the flag is set.
+    pub async fn wait(&self) {
         loop {
-            if self.retired.get() {
+            if self.set.get() {
                 return;
             }
+            // Register before the second check so a set between the two is not missed.
             let listener = self.event.listen();
-            if self.retired.get() {
+            if self.set.get() {
                 return;
             }
             listener.await;
         }
     }
 }
+
+/// Set when a reload removed or moved a listener's service: its loops on this worker end before
+/// the drain does.
+pub(super) type Retire = LocalFlag;
 
 /// State shared by the tasks of one worker (one thread, so `Rc` and `RefCell`).
 pub(super) struct Worker {
@@ -110,12 +117,11 @@ pub(super) struct Worker {
     /// Notified (from this thread) when some backend's live sessions must close: each session
     /// then compares its backend's close epoch with the one it started with.
     pub sessions_closing: Event,
-    /// Set once the drain deadline passed; this worker's connections then close.
-    aborted: Cell<bool>,
-    /// Wakes this worker's connections when `aborted` is set. Local to the worker: only one
-    /// task per worker listens on the process-wide [`Shutdown`], so a shutdown never makes
-    /// thousands of connections contend on a shared lock or flood another thread's queue.
-    abort_event: Event,
+    /// Set once the drain deadline passed; this worker's connections then close. Local to the
+    /// worker: only one task per worker listens on the process-wide [`Shutdown`], so a
+    /// shutdown never makes thousands of connections contend on a shared lock or flood another
+    /// thread's queue.
+    aborted: LocalFlag,
     /// The listeners this worker serves, by key, to retire them on reload.
     listeners: RefCell<HashMap<ListenerKey, Rc<Retire>>>,
     /// Listener loops (TCP accept loops, UDP receive and expiry loops) still running.
@@ -131,16 +137,7 @@ pub(super) struct Worker {
 impl Worker {
     /// Resolves once this worker's live connections must close (drain deadline passed).
     pub async fn aborting(&self) {
-        loop {
-            if self.aborted.get() {
-                return;
-            }
-            let listener = self.abort_event.listen();
-            if self.aborted.get() {
-                return;
-            }
-            listener.await;
-        }
+        self.aborted.wait().await;
     }
 
     /// Resolves once a listener's loops must end: the drain began or a reload retired it.
@@ -223,8 +220,7 @@ async fn serve(setup: WorkerSetup) {
         rng: RefCell::new(fastrand::Rng::new()),
         conn_closed: Event::new(),
         sessions_closing: Event::new(),
-        aborted: Cell::new(false),
-        abort_event: Event::new(),
+        aborted: LocalFlag::default(),
         listeners: RefCell::new(HashMap::new()),
         loops: Cell::new(0),
         loop_ended: Event::new(),
@@ -236,8 +232,7 @@ async fn serve(setup: WorkerSetup) {
         let worker = worker.clone();
         compio::runtime::spawn(async move {
             worker.shutdown.aborting().await;
-            worker.aborted.set(true);
-            worker.abort_event.notify(usize::MAX);
+            worker.aborted.set();
         })
     };
     for command in setup.initial {
@@ -304,7 +299,7 @@ fn handle(worker: &Rc<Worker>, command: Command) -> io::Result<()> {
         }
         Command::Retire { key } => {
             if let Some(retire) = worker.listeners.borrow_mut().remove(&key) {
-                retire.retire();
+                retire.set();
             }
         }
         Command::Connections {

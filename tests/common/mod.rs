@@ -360,6 +360,20 @@ impl Blackhole {
 }
 
 /// Reads from `s` until EOF and returns everything.
+/// Deterministic pseudo-random bytes (xorshift): each seed gives its own content, so a byte
+/// delivered to the wrong stream or out of place is caught.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub async fn read_all(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
     s.read_to_end(&mut v).await?;
