@@ -6,8 +6,8 @@
 //! checker thread ([`health`]), alerts to webhooks about those transitions ([`alerts`], on
 //! their own thread), and shutdown coordination. Does not own sockets of the data plane: the
 //! workers do all forwarding I/O; the only sockets here are the probes' own, on the checker's
-//! thread, and the webhooks' connections, on the alerts thread. Later control-plane parts
-//! (admin API, reload, discovery) live here too.
+//! thread, and the webhooks' connections, on the alerts thread. The admin API and hot reload,
+//! which drive this module and the data plane together, are in [`crate::admin`].
 
 pub mod alerts;
 mod availability;
