@@ -139,22 +139,6 @@ fn webhook(keys: &str) -> String {
     format!("[[alert.webhook]]\n{keys}\n")
 }
 
-/// The first log line containing every one of `needles`, waiting for it up to `timeout`.
-fn wait_line(lb: &Ringlb, needles: &[&str], timeout: Duration) -> Option<String> {
-    let mut found = None;
-    wait_for(timeout, || {
-        found = lb
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-            .cloned();
-        found.is_some()
-    });
-    found
-}
-
 /// `later - earlier`, or zero when `later` is earlier.
 fn since(later: SystemTime, earlier: SystemTime) -> Duration {
     later.duration_since(earlier).unwrap_or_default()
@@ -348,8 +332,7 @@ fn dead_and_stuck_webhooks_delay_neither_health_checks_nor_a_live_webhook() {
     let failed = |name: &str, n: usize| {
         let needle = format!("webhook={name} ");
         let count = format!(" failed={n}");
-        wait_line(
-            &lb,
+        lb.wait_log_all(
             &["alert delivery failed", &needle, &count],
             Duration::from_secs(5),
         )

@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::balancer::health::Admin;
-use crate::config::{Config, ConfigError, defaults};
+use crate::config::{Backend, Config, ConfigError, defaults};
 use crate::control::alerts::Alerts;
 use crate::control::health::HealthChecker;
 use crate::control::{ConnectionBudget, SharedSnapshot, Snapshot};
@@ -242,7 +242,7 @@ impl Instance {
         let b = s
             .backends
             .iter_mut()
-            .find(|b| b.address.to_string() == backend || b.spec == backend)
+            .find(|b| names_backend(b, backend))
             .ok_or_else(|| ChangeError::NoBackend {
                 service: service.to_owned(),
                 backend: backend.to_owned(),
@@ -266,20 +266,18 @@ impl Instance {
         let state = snapshot
             .service(service)
             .ok_or_else(|| ChangeError::NoService(service.to_owned()))?;
+        let no_backend = || ChangeError::NoBackend {
+            service: service.to_owned(),
+            backend: backend.to_owned(),
+        };
         let index = state
             .backends
             .iter()
-            .position(|b| b.address().to_string() == backend || b.config.spec == backend)
-            .ok_or_else(|| ChangeError::NoBackend {
-                service: service.to_owned(),
-                backend: backend.to_owned(),
-            })?;
+            .position(|b| names_backend(&b.config, backend))
+            .ok_or_else(no_backend)?;
         state
             .set_admin(index, admin, Instant::now())
-            .ok_or_else(|| ChangeError::NoBackend {
-                service: service.to_owned(),
-                backend: backend.to_owned(),
-            })
+            .ok_or_else(no_backend)
     }
 
     /// Applies `config` (see the module docs for the steps).
@@ -314,6 +312,12 @@ impl Instance {
         self.config.store(Arc::new(config));
         Ok(report)
     }
+}
+
+/// Whether `text` (from an API path) names `backend`: its resolved address, or its address as
+/// written in the config (`host:port`).
+fn names_backend(backend: &Backend, text: &str) -> bool {
+    backend.spec == text || backend.address.to_string() == text
 }
 
 /// What changed between two snapshots.

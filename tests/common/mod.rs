@@ -207,6 +207,11 @@ impl Ringlb {
 
     /// The first log line containing `needle`, waiting for it up to `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_log_all(&[needle], timeout)
+    }
+
+    /// The first log line containing every one of `needles`, waiting for it up to `timeout`.
+    pub fn wait_log_all(&self, needles: &[&str], timeout: Duration) -> Option<String> {
         let mut found = None;
         wait_for(timeout, || {
             found = self
@@ -214,7 +219,7 @@ impl Ringlb {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|l| l.contains(needle))
+                .find(|l| needles.iter().all(|n| l.contains(n)))
                 .cloned();
             found.is_some()
         });
