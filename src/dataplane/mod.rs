@@ -30,6 +30,26 @@ use crate::control::{ServiceId, SharedSnapshot, Shutdown, Snapshot};
 
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
 
+/// io_uring settings for a thread that owns its ring alone (a worker, a load-tool thread, a
+/// `bench serve` thread). Only that thread submits (SINGLE_ISSUER), and the kernel runs
+/// completion work only when the thread asks for completions (DEFER_TASKRUN, COOP_TASKRUN).
+/// Without them, every readiness wake-up of a socket the ring polls interrupts the thread with
+/// an IPI (`kick_process`): measured under `redis-benchmark -c 50`, 0.8 IPIs per request and a
+/// third of the throughput. 4096 entries leave room for a read and a write per direction on
+/// ~1,000 busy connections per loop turn.
+///
+/// A runtime takes one builder: `RuntimeBuilder::with_proactor` replaces any earlier one, so
+/// further settings go onto this builder, never onto a second.
+pub fn ring_settings() -> compio::driver::ProactorBuilder {
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    proactor
+        .single_issuer(true)
+        .coop_taskrun(true)
+        .defer_taskrun(true)
+        .capacity(4096);
+    proactor
+}
+
 /// Errors starting the data plane; each names the value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
@@ -542,8 +562,53 @@ fn log_udp_totals(snapshot: &SharedSnapshot) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::flow_share;
+pub(super) mod tests {
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    use super::{flow_share, ring_settings};
+
+    /// Asks `ring` for completions from another thread: io_uring refuses that with EEXIST when
+    /// the ring runs completion work only for its own thread (DEFER_TASKRUN).
+    pub(crate) fn wait_from_another_thread(ring: std::os::fd::RawFd) -> io::Result<()> {
+        std::thread::spawn(move || {
+            const IORING_ENTER_GETEVENTS: libc::c_uint = 1;
+            // SAFETY: io_uring_enter with nothing to submit and min_complete 0 reads no memory
+            // of ours (no argument pointer, size 0); `ring` stays open while the runtime that
+            // owns it lives, which outlives this joined thread.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    ring,
+                    0 as libc::c_uint,
+                    0 as libc::c_uint,
+                    IORING_ENTER_GETEVENTS,
+                    std::ptr::null::<libc::c_void>(),
+                    0 as libc::size_t,
+                )
+            };
+            if ret < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        })
+        .join()
+        .expect("the probing thread does not panic")
+    }
+
+    #[test]
+    fn rings_run_completion_work_only_for_their_own_thread() {
+        let runtime = compio::runtime::RuntimeBuilder::new()
+            .with_proactor(ring_settings())
+            .build()
+            .unwrap();
+        let err = wait_from_another_thread(runtime.as_raw_fd()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+        // The probe tells the two apart: a ring with default settings lets any thread wait.
+        let plain = compio::runtime::RuntimeBuilder::new().build().unwrap();
+        wait_from_another_thread(plain.as_raw_fd()).unwrap();
+    }
 
     #[test]
     fn flow_shares_add_up_to_the_bound() {

@@ -168,31 +168,7 @@ impl Drop for LoopGuard {
 pub(super) fn run(setup: WorkerSetup) {
     let index = setup.index;
     let exited = setup.exited.clone();
-    let mut builder = compio::runtime::RuntimeBuilder::new();
-    // One thread submits to each ring (thread-per-core), so the kernel may skip cross-thread
-    // synchronisation (SINGLE_ISSUER) and run completion work only when the worker asks for
-    // completions (DEFER_TASKRUN, COOP_TASKRUN) instead of interrupting it. 4096 entries leave
-    // room for a read and a write per direction on ~1,000 busy connections per loop turn.
-    let mut proactor = compio::driver::ProactorBuilder::new();
-    proactor
-        .single_issuer(true)
-        .coop_taskrun(true)
-        .defer_taskrun(true)
-        .capacity(4096);
-    builder.with_proactor(proactor);
-    if let Some(cpu) = setup.pin_to {
-        builder.thread_affinity(HashSet::from([cpu]));
-    }
-    // UDP replies are received into the runtime's buffer pool (see `udp`); it is registered
-    // with the kernel only when a UDP service asks for it.
-    let mut proactor = compio::driver::ProactorBuilder::new();
-    proactor
-        .buffer_pool_size(
-            std::num::NonZeroU16::new(udp::REPLY_BUFFERS).unwrap_or(std::num::NonZeroU16::MIN),
-        )
-        .buffer_pool_buffer_len(udp::MAX_DATAGRAM);
-    builder.with_proactor(proactor);
-    match builder.build() {
+    match runtime(setup.pin_to) {
         Ok(runtime) => runtime.block_on(serve(setup)),
         Err(e) => {
             let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
@@ -200,6 +176,24 @@ pub(super) fn run(setup: WorkerSetup) {
     }
     // The receiver is gone only when the data plane was dropped; nothing is waiting then.
     let _ = exited.send(index);
+}
+
+/// The worker's io_uring runtime: [`super::ring_settings`], the buffer pool UDP replies are
+/// received into (registered with the kernel only when a UDP service asks for it, see `udp`),
+/// and the optional CPU pin.
+fn runtime(pin_to: Option<usize>) -> io::Result<compio::runtime::Runtime> {
+    let mut proactor = super::ring_settings();
+    proactor
+        .buffer_pool_size(
+            std::num::NonZeroU16::new(udp::REPLY_BUFFERS).unwrap_or(std::num::NonZeroU16::MIN),
+        )
+        .buffer_pool_buffer_len(udp::MAX_DATAGRAM);
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    builder.with_proactor(proactor);
+    if let Some(cpu) = pin_to {
+        builder.thread_affinity(HashSet::from([cpu]));
+    }
+    builder.build()
 }
 
 async fn serve(setup: WorkerSetup) {
@@ -413,4 +407,17 @@ pub(super) fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_workers_ring_runs_completion_work_only_for_the_worker() {
+        let runtime = super::runtime(None).unwrap();
+        let err =
+            crate::dataplane::tests::wait_from_another_thread(runtime.as_raw_fd()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    }
 }

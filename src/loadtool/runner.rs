@@ -128,7 +128,9 @@ fn thread_main(
     settled: Arc<AtomicUsize>,
     barrier: Arc<Barrier>,
 ) -> std::io::Result<ThreadResult> {
-    let runtime = compio::runtime::RuntimeBuilder::new().build();
+    let runtime = compio::runtime::RuntimeBuilder::new()
+        .with_proactor(crate::dataplane::ring_settings())
+        .build();
     // Everyone passes the barrier, also a thread whose runtime failed, so nobody waits forever.
     barrier.wait();
     let runtime = runtime?;
