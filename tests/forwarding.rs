@@ -3,49 +3,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    Backend, Blackhole, Ringlb, config, pattern, read_all, refused_addr, runtime, service_config,
-    wait_for,
+    Backend, Blackhole, Ringlb, config, exchange_bulk, pattern, read_all, refused_addr, runtime,
+    service_config, sha, source_sink_backend, wait_for,
 };
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-
-fn sha(data: &[u8]) -> Vec<u8> {
-    Sha256::digest(data).to_vec()
-}
-
-/// A backend for one connection that sends its own `len` bytes and, independently, hashes
-/// everything it receives until EOF. Reports the digest of what it received.
-async fn source_sink_backend(len: usize) -> (SocketAddr, oneshot::Receiver<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let (mut r, mut w) = s.into_split();
-        let send = tokio::spawn(async move {
-            w.write_all(&pattern(2, len)).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = r.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        send.await.unwrap();
-        let _ = tx.send(hasher.finalize().to_vec());
-    });
-    (addr, rx)
-}
 
 #[test]
 fn sixty_four_mib_each_way_is_byte_exact() {
@@ -57,30 +23,7 @@ fn sixty_four_mib_each_way_is_byte_exact() {
         &[service_config("bulk", "round_robin", &[backend], "")],
     ));
     let addr = lb.addr("bulk");
-    rt.block_on(async move {
-        let s = TcpStream::connect(addr).await.unwrap();
-        let (mut r, mut w) = s.into_split();
-        let up = pattern(1, LEN);
-        let up_digest = sha(&up);
-        let writer = tokio::spawn(async move {
-            w.write_all(&up).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
-        let mut down = Vec::with_capacity(LEN);
-        r.read_to_end(&mut down).await.unwrap();
-        writer.await.unwrap();
-        assert_eq!(down.len(), LEN, "backend-to-client length");
-        assert_eq!(
-            sha(&down),
-            sha(&pattern(2, LEN)),
-            "backend-to-client digest"
-        );
-        assert_eq!(
-            received_digest.await.unwrap(),
-            up_digest,
-            "client-to-backend digest"
-        );
-    });
+    rt.block_on(exchange_bulk(addr, LEN, received_digest));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! Names (all prefixed `ringlb_`), labels in braces:
 //! - services {service}: `service_connections_total`, `service_connections_active`,
 //!   `service_no_backend_total`, `service_retries_total`, `service_local_connect_failures_total`,
-//!   `service_up`; UDP services also `udp_flows_active`, `udp_flows_opened_total`,
+//!   `service_spliced_bytes_total`, `service_up`; UDP services also `udp_flows_active`, `udp_flows_opened_total`,
 //!   `udp_flows_evicted_total`, `udp_flows_expired_total`, `udp_datagrams_total{direction}`
 //!   (up: client to backend, down: backend to client), `udp_datagrams_dropped_total`;
 //! - backends {service, backend}: `backend_connections_total`, `backend_connections_active`,
@@ -204,6 +204,13 @@ impl Collector for Metrics {
             "Connects to a further backend after one failed.",
             Counter,
             &per_service(&|s| load(&s.counters.retries)),
+        )?;
+        family(
+            &mut encoder,
+            "service_spliced_bytes",
+            "Bytes moved socket to socket through a kernel pipe (splice), both directions.",
+            Counter,
+            &per_service(&|s| load(&s.counters.spliced_bytes)),
         )?;
         family(
             &mut encoder,

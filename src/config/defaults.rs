@@ -87,6 +87,11 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 /// a value above 65535 is a typo rather than tuning.
 pub const MAX_BACKLOG: u32 = 65_535;
 
+/// `splice`: on. A direction whose reads fill `buffer_size` (a bulk transfer) moves on through
+/// a pipe with splice(2): the bytes stay in the kernel, and each call moves up to a pipe's
+/// capacity (64 KiB) instead of a buffer.
+pub const DEFAULT_SPLICE: bool = true;
+
 /// `access_log`: off, because one line per connection floods the log of a busy pool.
 pub const DEFAULT_ACCESS_LOG: bool = false;
 

@@ -58,6 +58,7 @@ pub(crate) struct ServiceFile {
     pub(crate) retries: Option<Spanned<u32>>,
     pub(crate) buffer_size: Option<Spanned<ByteSize>>,
     pub(crate) backlog: Option<Spanned<u32>>,
+    pub(crate) splice: Option<Spanned<bool>>,
     pub(crate) access_log: Option<Spanned<bool>>,
     pub(crate) udp_idle_timeout: Option<Spanned<DurationText>>,
     pub(crate) udp_max_flows: Option<Spanned<usize>>,

@@ -174,6 +174,9 @@ pub struct Service {
     /// TCP: listen backlog, between 1 and [`defaults::MAX_BACKLOG`]. Default
     /// [`defaults::DEFAULT_BACKLOG`].
     pub backlog: u32,
+    /// TCP: bulk transfers move socket to socket through a kernel pipe with splice(2), never
+    /// copied through ringlb's memory. Default [`defaults::DEFAULT_SPLICE`].
+    pub splice: bool,
     /// One log line per closed connection or expired flow. Default [`defaults::DEFAULT_ACCESS_LOG`].
     pub access_log: bool,
     /// UDP settings (the `udp_*` keys).
@@ -289,6 +292,9 @@ impl Config {
                         format_bytes(s.buffer_size),
                         s.backlog,
                     );
+                    if !s.splice {
+                        out.push_str(", no splice");
+                    }
                 }
                 Protocol::Udp => {
                     let _ = write!(

@@ -406,7 +406,8 @@ fn messages_name_file_line_column_key_and_value() {
         error(&MINIMAL.replace("listen", "bogus = 1\nlisten")),
         "x.toml:4:1: service[0].bogus: unknown field `bogus`, expected one of `name`, `listen`, \
          `protocol`, `algorithm`, `hash_table_size`, `connect_timeout`, `idle_timeout`, \
-         `max_connections`, `retries`, `buffer_size`, `backlog`, `access_log`, \
+         `max_connections`, `retries`, `buffer_size`, `backlog`, `splice`, \
+         `access_log`, \
          `udp_idle_timeout`, `udp_max_flows`, `udp_replies`, `udp_mode`, `on_backend_down`, \
          `slow_start`, `health`, `persistence`, `backend`"
     );

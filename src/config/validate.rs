@@ -327,6 +327,8 @@ impl ServiceCheck<'_, '_> {
         };
         self.tcp_only(&s.backlog, "backlog")?;
         let backlog = self.number(&s.backlog, "backlog", 1, Some(MAX_BACKLOG), DEFAULT_BACKLOG)?;
+        self.tcp_only(&s.splice, "splice")?;
+        let splice = given(&s.splice, DEFAULT_SPLICE);
         let access_log = given(&s.access_log, DEFAULT_ACCESS_LOG);
 
         self.udp_only(&s.udp_idle_timeout, "udp_idle_timeout")?;
@@ -407,6 +409,7 @@ impl ServiceCheck<'_, '_> {
             retries,
             buffer_size,
             backlog,
+            splice,
             access_log,
             udp,
             health,

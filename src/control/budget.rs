@@ -21,6 +21,10 @@ pub const FD_RESERVE: u64 = 128;
 /// Descriptors one proxied connection holds: the client's socket and the backend's.
 pub const FDS_PER_CONNECTION: u64 = 2;
 
+/// Pipes one worker splices bulk transfers through at most (see the `splice` service option),
+/// two descriptors each; kept aside from the budget when a TCP service splices.
+pub const PIPES_PER_WORKER: u64 = 64;
+
 /// A process-wide count of proxied connections against a fixed maximum.
 #[derive(Debug)]
 pub struct ConnectionBudget {
@@ -40,7 +44,8 @@ impl ConnectionBudget {
     }
 
     /// Raises the soft open-files limit to the hard limit (as HAProxy does) and sizes the budget
-    /// from it, keeping `FD_RESERVE + listeners` descriptors aside.
+    /// from it, keeping `FD_RESERVE + listeners` descriptors aside (`listeners` counts every
+    /// other descriptor the caller holds outside connections too).
     pub fn from_fd_limit(listeners: u64) -> ConnectionBudget {
         let limit = match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(n) => n,
@@ -63,7 +68,16 @@ impl ConnectionBudget {
             .filter(|s| s.health.is_some())
             .map(|s| s.backends.len() as u64)
             .sum();
-        let budget = ConnectionBudget::from_fd_limit(listeners + probes);
+        let pipes = if config
+            .services
+            .iter()
+            .any(|s| s.protocol == crate::config::Protocol::Tcp && s.splice)
+        {
+            config.runtime.workers as u64 * PIPES_PER_WORKER * 2
+        } else {
+            0
+        };
+        let budget = ConnectionBudget::from_fd_limit(listeners + probes + pipes);
         let wanted: u64 = config
             .services
             .iter()

@@ -20,7 +20,7 @@ mod shutdown;
 mod snapshot;
 
 pub use backend::{BackendLive, BackendState};
-pub use budget::ConnectionBudget;
+pub use budget::{ConnectionBudget, PIPES_PER_WORKER};
 pub use shutdown::Shutdown;
 pub use snapshot::{
     BackendCounters, ConnectFailure, LastCheck, ServiceCounters, ServiceId, ServiceState,

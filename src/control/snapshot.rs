@@ -345,6 +345,8 @@ pub struct ServiceCounters {
     /// Backend connects that failed for a local reason (out of fds, ports or memory); these say
     /// nothing about the backend's health.
     pub local_connect_failures: AtomicU64,
+    /// TCP: bytes moved socket to socket with splice(2) (both directions; see `splice`).
+    pub spliced_bytes: AtomicU64,
     /// UDP: flows tracked now, summed over workers.
     pub udp_flows_active: CachePadded<AtomicU64>,
     /// UDP: the most flows tracked at once since start.

@@ -55,6 +55,7 @@ use compio::net::TcpStream;
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
 use crate::control::{BackendState, ConnectFailure, ServiceState};
 
+use super::splice::Pipe;
 use super::worker::{Worker, is_resource_exhaustion};
 
 /// How a proxied connection ended; the access log's `end` field.
@@ -360,9 +361,8 @@ async fn proxy(
     client: &TcpStream,
     backend: &TcpStream,
 ) -> End {
-    let size = state.config.buffer_size;
-    let mut up = pin!(pump(worker, id, Dir::Up, client, backend, size));
-    let mut down = pin!(pump(worker, id, Dir::Down, backend, client, size));
+    let mut up = pin!(pump(worker, state, id, Dir::Up, client, backend));
+    let mut down = pin!(pump(worker, state, id, Dir::Down, backend, client));
     let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
     let mut abort = pin!(worker.aborting());
     let mut closed = pin!(backend_closed(worker, state, index, epoch));
@@ -444,16 +444,18 @@ pub(super) async fn watch_closing(worker: Rc<Worker>, state: Arc<ServiceState>) 
     }
 }
 
-/// Copies one direction through buffers of `size` bytes until EOF or failure, holding a buffer
-/// only while data moves (see the module doc).
+/// Copies one direction through buffers of `buffer_size` bytes until EOF or failure, holding a
+/// buffer only while data moves (see the module doc); a bulk transfer goes on through a pipe
+/// when the service splices ([`pump_spliced`]).
 async fn pump(
     worker: &Worker,
+    state: &ServiceState,
     id: ConnId,
     dir: Dir,
     from: &TcpStream,
     to: &TcpStream,
-    size: usize,
 ) -> DirEnd {
+    let size = state.config.buffer_size;
     let mut writer = to;
     // The buffer kept after a read that filled it; `None` while waiting for data.
     let mut held: Option<Vec<u8>> = None;
@@ -473,14 +475,7 @@ async fn pump(
         match recv_now(from, &mut buf) {
             Ok(0) => {
                 worker.spare_buffers.give(size, buf);
-                // Half-close: the other direction keeps flowing until it ends too. shutdown(2)
-                // on a TCP socket never blocks, and io_uring would run its SHUTDOWN opcode on a
-                // kernel worker thread (iou-wrk), so the plain syscall is cheaper here.
-                return match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
-                    Ok(()) => DirEnd::Eof,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Eof,
-                    Err(_) => DirEnd::WriteFailed,
-                };
+                return shut_down_write(to);
             }
             Ok(n) => {
                 // A full buffer (bulk transfer) is first offered to a non-blocking send(2),
@@ -504,11 +499,15 @@ async fn pump(
                         return DirEnd::WriteFailed;
                     }
                 }
-                let now = Instant::now();
-                let mut table = worker.table.borrow_mut();
-                match dir {
-                    Dir::Up => table.record_up(id, n as u64, now),
-                    Dir::Down => table.record_down(id, n as u64, now),
+                record(worker, id, dir, n);
+                // A read that filled the buffer is a bulk transfer: it goes on zero-copy
+                // through a pipe when the service splices and the worker has one to spare.
+                if n == size
+                    && state.config.splice
+                    && let Some(pipe) = worker.pipes.open(from, to)
+                {
+                    worker.spare_buffers.give(size, buf);
+                    return pump_spliced(worker, state, id, dir, from, to, pipe).await;
                 }
                 streak += 1;
                 if n == size && streak < READ_STREAK {
@@ -523,6 +522,90 @@ async fn pump(
             Err(e) if is_would_block(&e) => worker.spare_buffers.give(size, buf),
             Err(_) => return DirEnd::ReadFailed,
         }
+    }
+}
+
+/// The rest of a bulk direction, through `pipe` (see `splice`): the source's bytes are
+/// spliced into the pipe and the pipe written out to the destination before anything more is
+/// read, until EOF or failure. Ends as [`pump`] does.
+async fn pump_spliced(
+    worker: &Worker,
+    state: &ServiceState,
+    id: ConnId,
+    dir: Dir,
+    from: &TcpStream,
+    to: &TcpStream,
+    mut pipe: Pipe<'_>,
+) -> DirEnd {
+    // Fills since this direction last waited on io_uring (see `READ_STREAK`). The first fill
+    // follows a read that filled the buffer, so more is probably queued: no wait before it.
+    let mut streak = 0;
+    loop {
+        match pipe.fill(from) {
+            Ok(0) => return shut_down_write(to),
+            Ok(n) => {
+                while pipe.queued() > 0 {
+                    match pipe.drain(to) {
+                        // The pipe is not empty, so a splice that moves nothing has failed.
+                        Ok(0) => return DirEnd::WriteFailed,
+                        Ok(_) => {}
+                        Err(e) if is_would_block(&e) => {
+                            if writable(to).await.is_err() {
+                                return DirEnd::WriteFailed;
+                            }
+                        }
+                        Err(_) => return DirEnd::WriteFailed,
+                    }
+                }
+                record(worker, id, dir, n);
+                state
+                    .counters
+                    .spliced_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                streak += 1;
+                // A short fill drained the source; otherwise fill again at once, but let the
+                // worker's other connections run every `READ_STREAK` fills.
+                if n < SPLICE_FULL || streak >= READ_STREAK {
+                    streak = 0;
+                    if readable(from).await.is_err() {
+                        return DirEnd::ReadFailed;
+                    }
+                }
+            }
+            Err(e) if is_would_block(&e) => {
+                streak = 0;
+                if readable(from).await.is_err() {
+                    return DirEnd::ReadFailed;
+                }
+            }
+            Err(_) => return DirEnd::ReadFailed,
+        }
+    }
+}
+
+/// A fill of at least this many bytes suggests more is queued behind it: half a default pipe,
+/// as the pipe's 16 slots may fill before its 64 KiB do.
+const SPLICE_FULL: usize = 32 * 1024;
+
+/// Counts `n` bytes moved in direction `dir` on the connection's tracking entry.
+fn record(worker: &Worker, id: ConnId, dir: Dir, n: usize) {
+    let now = Instant::now();
+    let mut table = worker.table.borrow_mut();
+    match dir {
+        Dir::Up => table.record_up(id, n as u64, now),
+        Dir::Down => table.record_down(id, n as u64, now),
+    }
+}
+
+/// Ends a direction at EOF: shuts down writing toward the other side (half-close; the other
+/// direction keeps flowing until it ends too). shutdown(2) on a TCP socket never blocks, and
+/// io_uring would run its SHUTDOWN opcode on a kernel worker thread (iou-wrk), so the plain
+/// syscall is cheaper here.
+fn shut_down_write(to: &TcpStream) -> DirEnd {
+    match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+        Ok(()) => DirEnd::Eof,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Eof,
+        Err(_) => DirEnd::WriteFailed,
     }
 }
 
@@ -554,6 +637,12 @@ fn send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
 /// `POLL_ADD`; dropping the future cancels it).
 async fn readable(stream: &TcpStream) -> io::Result<()> {
     let poll = PollOnce::new(stream.to_shared_fd(), Interest::Readable);
+    compio::runtime::submit(poll).await.0.map(drop)
+}
+
+/// Resolves once `stream` has room to write, or has failed (an io_uring `POLL_ADD`).
+async fn writable(stream: &TcpStream) -> io::Result<()> {
+    let poll = PollOnce::new(stream.to_shared_fd(), Interest::Writable);
     compio::runtime::submit(poll).await.0.map(drop)
 }
 

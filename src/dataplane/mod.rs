@@ -10,6 +10,7 @@
 
 mod forward;
 mod listener;
+mod splice;
 mod udp;
 mod worker;
 

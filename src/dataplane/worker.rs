@@ -132,6 +132,8 @@ pub(super) struct Worker {
     pub udp_buffer_freed: Rc<Event>,
     /// TCP forwarding buffers between uses (see `forward`).
     pub spare_buffers: forward::SpareBuffers,
+    /// Pipes of the directions that splice (see `splice`).
+    pub pipes: super::splice::Pipes,
 }
 
 impl Worker {
@@ -220,6 +222,7 @@ async fn serve(setup: WorkerSetup) {
         loop_ended: Event::new(),
         udp_buffer_freed: Rc::new(Event::new()),
         spare_buffers: forward::SpareBuffers::default(),
+        pipes: super::splice::Pipes::default(),
     });
     // The one listener of this worker on the process-wide abort; it fans out locally.
     let abort_relay = {

@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -364,7 +366,6 @@ impl Blackhole {
     }
 }
 
-/// Reads from `s` until EOF and returns everything.
 /// Deterministic pseudo-random bytes (xorshift): each seed gives its own content, so a byte
 /// delivered to the wrong stream or out of place is caught.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -379,10 +380,77 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Reads from `s` until EOF and returns everything.
 pub async fn read_all(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
     s.read_to_end(&mut v).await?;
     Ok(v)
+}
+
+/// SHA-256 of `data`.
+pub fn sha(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+/// A backend for one connection that sends its own `len` bytes (`pattern(2, len)`) and,
+/// independently, hashes everything it receives until EOF. Reports the digest of what it
+/// received.
+pub async fn source_sink_backend(len: usize) -> (SocketAddr, oneshot::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let send = tokio::spawn(async move {
+            w.write_all(&pattern(2, len)).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        send.await.unwrap();
+        let _ = tx.send(hasher.finalize().to_vec());
+    });
+    (addr, rx)
+}
+
+/// Sends `pattern(1, len)` to `addr` and reads to EOF meanwhile; asserts that the `len` bytes
+/// read are `pattern(2, len)` and that `received_digest` (the backend's, see
+/// [`source_sink_backend`]) is the digest of what was sent.
+pub async fn exchange_bulk(
+    addr: SocketAddr,
+    len: usize,
+    received_digest: oneshot::Receiver<Vec<u8>>,
+) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let up = pattern(1, len);
+    let up_digest = sha(&up);
+    let writer = tokio::spawn(async move {
+        w.write_all(&up).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut down = Vec::with_capacity(len);
+    r.read_to_end(&mut down).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(down.len(), len, "backend-to-client length");
+    assert_eq!(
+        sha(&down),
+        sha(&pattern(2, len)),
+        "backend-to-client digest"
+    );
+    assert_eq!(
+        received_digest.await.unwrap(),
+        up_digest,
+        "client-to-backend digest"
+    );
 }
 
 /// The config of one TCP service on port 0 in front of `backends`, with extra service keys.
