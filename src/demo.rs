@@ -31,6 +31,8 @@ listen = "127.0.0.1:0"
 algorithm = "weighted_round_robin"
 connect_timeout = "1s"
 idle_timeout = "30s"
+# Far above the demo's clients, and within the connection budget of a 20,000 open-files limit.
+max_connections = 4096
 
 [[service.backend]]
 address = "{backend0}"
