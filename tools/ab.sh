@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Two ringlb builds side by side, in interleaved rounds (A B A B ...), on the workloads where a
+# data-path change shows: rr (`ringlb bench rr`, 50 connections, 64 B), connect (a connection
+# per request) and redis-benchmark -t get -c 50 through each build to one redis-server. Prints
+# each round and the medians. For A/B tests of a change before it goes into tools/compare.sh's
+# table: build A, copy the binary aside, build B.
+#
+# Usage: tools/ab.sh BIN_A BIN_B [rounds]      (default 4 rounds; every run is bounded in time)
+# Environment: WORKERS (2), DURATION seconds per bench run (4), REQUESTS per redis-benchmark run
+# (150000). Needs redis-server and redis-tools (installed with apt-get when absent) and jq.
+set -euo pipefail
+
+A=${1:?usage: tools/ab.sh BIN_A BIN_B [rounds]}
+B=${2:?usage: tools/ab.sh BIN_A BIN_B [rounds]}
+ROUNDS=${3:-4}
+WORKERS=${WORKERS:-2}
+DURATION=${DURATION:-4}
+REQUESTS=${REQUESTS:-150000}
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
+   || ! command -v jq >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools jq >/dev/null
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Backends 36xxx; build A 37xxx, build B 38xxx.
+"$A" bench serve --listen 127.0.0.1:36000 --threads 1 >"$work/echo.log" 2>&1 &
+pids+=($!)
+redis-server --port 36379 --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+  >"$work/redis.log" 2>&1 &
+pids+=($!)
+declare -A BASE=([a]=37000 [b]=38000) BIN=([a]=$A [b]=$B)
+for v in a b; do
+  cat >"$work/$v.toml" <<EOF
+[runtime]
+workers = $WORKERS
+[[service]]
+name = "echo"
+listen = "127.0.0.1:$(( ${BASE[$v]} ))"
+[[service.backend]]
+address = "127.0.0.1:36000"
+[[service]]
+name = "redis"
+listen = "127.0.0.1:$(( ${BASE[$v]} + 379 ))"
+[[service.backend]]
+address = "127.0.0.1:36379"
+EOF
+  "${BIN[$v]}" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
+  pids+=($!)
+done
+
+# Everything listening, or stop with the log of what did not start.
+for port in 36000 36379 37000 37379 38000 38379; do
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && continue 2
+    sleep 0.05
+  done
+  echo "nothing listens on 127.0.0.1:$port; logs in $work" >&2
+  cat "$work"/*.log >&2
+  exit 1
+done
+
+results=$work/results
+for r in $(seq "$ROUNDS"); do
+  for v in a b; do
+    port=${BASE[$v]}
+    rr=$("$A" bench rr 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
+      2>/dev/null | jq -r '.requests_per_s')
+    cn=$("$A" bench connect 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
+      2>/dev/null | jq -r '.connections_per_s')
+    rd=$(redis-benchmark -p $((port + 379)) -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
+      | tr '\r' '\n' | grep -o 'GET: [0-9.]*' | tail -1 | cut -d' ' -f2)
+    echo "round $r $v rr $rr connect $cn redis $rd" | tee -a "$results"
+  done
+done
+
+median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+echo
+echo "| workload | A | B | B / A |"
+echo "|---|---|---|---|"
+for w in rr connect redis; do
+  col=$(( $(echo "rr connect redis" | tr ' ' '\n' | grep -n "^$w$" | cut -d: -f1) * 2 + 3 ))
+  ma=$(awk -v c=$col '$3=="a"{print $c}' "$results" | median)
+  mb=$(awk -v c=$col '$3=="b"{print $c}' "$results" | median)
+  echo "| $w (per s) | $ma | $mb | $(awk -v a="$ma" -v b="$mb" 'BEGIN{printf "%.2f", b/a}') |"
+done
