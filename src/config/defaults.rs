@@ -18,15 +18,6 @@ pub const DEFAULT_PIN_WORKERS: bool = false;
 /// and stays well below systemd's default stop timeout (90 s), so ringlb exits on its own first.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `batch_wait`: 50 µs. Under load a worker waits up to this long for a batch of completions
-/// (see `dataplane::worker`): in interleaved runs against the same build without it, rr +21%,
-/// connect +19%, redis-benchmark +39% on the 2-CPU development VM; at light load it adds at most
-/// this much per pass through a worker.
-pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_micros(50);
-
-/// Largest `batch_wait`: a batch wait also delays timers and control-plane commands.
-pub const MAX_BATCH_WAIT: Duration = Duration::from_millis(1);
-
 /// Upper bound of `runtime.workers` (one worker per core): more cores than ringlb's hosts have,
 /// low enough to catch a typo such as `workers = 10000`.
 pub const MAX_WORKERS: usize = 1024;

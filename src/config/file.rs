@@ -41,7 +41,6 @@ pub(crate) struct RuntimeFile {
     pub(crate) workers: Option<Spanned<usize>>,
     pub(crate) pin_workers: Option<bool>,
     pub(crate) drain_timeout: Option<Spanned<DurationText>>,
-    pub(crate) batch_wait: Option<Spanned<DurationText>>,
 }
 
 /// One `[[service]]`. The `udp_*` keys fill [`super::UdpSettings`].

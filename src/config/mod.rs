@@ -90,10 +90,6 @@ pub struct Runtime {
     /// How long a stop waits for open connections to finish; zero closes them at once.
     /// Default [`defaults::DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
-    /// While busy, how long a worker waits for a batch of I/O completions before it runs them;
-    /// zero wakes it for each one. At most [`defaults::MAX_BATCH_WAIT`]. Default
-    /// [`defaults::DEFAULT_BATCH_WAIT`].
-    pub batch_wait: Duration,
 }
 
 /// Transport protocol of a service.

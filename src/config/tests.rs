@@ -229,7 +229,6 @@ fn the_contract_layout_parses_into_the_typed_config() {
 workers = 2
 pin_workers = true
 drain_timeout = "250ms"
-batch_wait = "20us"
 
 [[service]]
 name = "redis"
@@ -267,8 +266,7 @@ backend = [{ address = "[::1]:5354" }, { address = "127.0.0.1:5355", weight = 10
         Runtime {
             workers: 2,
             pin_workers: true,
-            drain_timeout: Duration::from_millis(250),
-            batch_wait: Duration::from_micros(20),
+            drain_timeout: Duration::from_millis(250)
         }
     );
     let redis = &config.services[0];
@@ -397,7 +395,7 @@ fn messages_name_file_line_column_key_and_value() {
     assert_eq!(
         error(&MINIMAL.replace("listen", "connect_timeout = \"3 seconds\"\nlisten")),
         "x.toml:4:19: service[0].connect_timeout: \"3 seconds\" is not a duration: write a whole \
-         number and a unit (us, ms, s, m or h) with no space, e.g. \"250ms\", \"3s\", \"10m\""
+         number and a unit (ms, s, m or h) with no space, e.g. \"250ms\", \"3s\", \"10m\""
     );
     assert_eq!(
         error(&MINIMAL.replace("listen", "udp_mode = \"flow\"\nlisten")),

@@ -13,9 +13,7 @@ use super::error::{ConfigError, Doc};
 use super::file::{
     AdminFile, BackendFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile,
 };
-use super::values::{
-    AddrProblem, format_duration, parse_byte_size, parse_duration, resolve_backend,
-};
+use super::values::{AddrProblem, parse_byte_size, parse_duration, resolve_backend};
 use super::{AdminSettings, Backend, Config, Protocol, Runtime, Secret, Service, UdpSettings};
 use crate::balancer::Algorithm;
 use crate::balancer::maglev::is_prime;
@@ -111,7 +109,6 @@ fn runtime(file: Option<RuntimeFile>, doc: &Doc<'_>) -> Result<Runtime, ConfigEr
             workers: default_workers(),
             pin_workers: DEFAULT_PIN_WORKERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            batch_wait: DEFAULT_BATCH_WAIT,
         });
     };
     let workers = match &file.workers {
@@ -123,26 +120,10 @@ fn runtime(file: Option<RuntimeFile>, doc: &Doc<'_>) -> Result<Runtime, ConfigEr
         Some(d) => duration(doc, d, "runtime.drain_timeout".to_owned(), true)?,
         None => DEFAULT_DRAIN_TIMEOUT,
     };
-    let batch_wait = match &file.batch_wait {
-        // Zero is meaningful here: no batching.
-        Some(d) => {
-            let wait = duration(doc, d, "runtime.batch_wait".to_owned(), true)?;
-            if wait > MAX_BATCH_WAIT {
-                return Err(ConfigError::OutOfRange {
-                    at: doc.at(d.span().start, "runtime.batch_wait".to_owned()),
-                    value: format!("{:?}", d.get_ref().0),
-                    allowed: format!("between 0s and {}", format_duration(MAX_BATCH_WAIT)),
-                });
-            }
-            wait
-        }
-        None => DEFAULT_BATCH_WAIT,
-    };
     Ok(Runtime {
         workers,
         pin_workers: file.pin_workers.unwrap_or(DEFAULT_PIN_WORKERS),
         drain_timeout,
-        batch_wait,
     })
 }
 

@@ -5,9 +5,9 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-const DURATION_FORMAT: &str = "write a whole number and a unit (us, ms, s, m or h) with no space, e.g. \"250ms\", \"3s\", \"10m\"";
+const DURATION_FORMAT: &str = "write a whole number and a unit (ms, s, m or h) with no space, e.g. \"250ms\", \"3s\", \"10m\"";
 
-/// Parses "50us", "250ms", "3s", "10m", "1h": ASCII digits followed by exactly one unit.
+/// Parses "250ms", "3s", "10m", "1h": ASCII digits followed by exactly one unit.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, &'static str> {
     if text.starts_with('-') {
         return Err("a duration cannot be negative");
@@ -17,28 +17,24 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, &'static str> {
     if number.is_empty() {
         return Err(DURATION_FORMAT);
     }
-    let micros_per_unit: u64 = match unit {
-        "us" => 1,
-        "ms" => 1_000,
-        "s" => 1_000_000,
-        "m" => 60_000_000,
-        "h" => 3_600_000_000,
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         "" => return Err("a unit is missing: write ms, s, m or h after the number, e.g. \"3s\""),
         _ => return Err(DURATION_FORMAT),
     };
     number
         .parse::<u64>()
         .ok()
-        .and_then(|n| n.checked_mul(micros_per_unit))
-        .map(Duration::from_micros)
+        .and_then(|n| n.checked_mul(millis_per_unit))
+        .map(Duration::from_millis)
         .ok_or("the number is too large")
 }
 
-/// Prints a duration in the largest unit that shows it exactly: "10m", "1500ms", "50us".
+/// Prints a duration in the largest unit that shows it exactly: "10m", "1500ms".
 pub(crate) fn format_duration(d: Duration) -> String {
-    if !d.as_micros().is_multiple_of(1_000) {
-        return format!("{}us", d.as_micros());
-    }
     let ms = d.as_millis();
     match ms {
         0 => "0s".to_owned(),
@@ -217,8 +213,6 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(format_duration(Duration::from_micros(50)), "50us");
-        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 

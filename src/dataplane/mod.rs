@@ -8,7 +8,6 @@
 //! Per connection there is no lock: the snapshot is loaded lock-free, counters are atomics, and
 //! the tracking table belongs to one thread.
 
-mod batch;
 mod forward;
 mod listener;
 mod splice;
@@ -246,7 +245,6 @@ impl DataPlane {
                 stats: worker_stats,
                 exited: exit_tx.clone(),
                 ready: ready_tx.clone(),
-                batch_wait: config.runtime.batch_wait,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringlb-worker-{index}"))

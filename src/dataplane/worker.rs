@@ -43,8 +43,6 @@ pub(super) struct WorkerSetup {
     pub exited: Sender<usize>,
     /// Told once the worker's runtime runs and owns its listeners (or why it could not).
     pub ready: Sender<Result<(), DataPlaneError>>,
-    /// `[runtime] batch_wait` (see `batch`).
-    pub batch_wait: Duration,
 }
 
 /// What the control plane asks of a running worker.
@@ -172,9 +170,8 @@ impl Drop for LoopGuard {
 pub(super) fn run(setup: WorkerSetup) {
     let index = setup.index;
     let exited = setup.exited.clone();
-    let batch_wait = setup.batch_wait;
     match runtime(setup.pin_to) {
-        Ok(runtime) => super::batch::block_on(&runtime, serve(setup), batch_wait),
+        Ok(runtime) => runtime.block_on(serve(setup)),
         Err(e) => {
             let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
         }
