@@ -32,13 +32,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Backends 36xxx; build A 37xxx, build B 38xxx.
-"$A" bench serve --listen 127.0.0.1:36000 --threads 1 >"$work/echo.log" 2>&1 &
+# Ports below the ephemeral range (32768 and up), apart from compare.sh's 26xxx-29xxx:
+# backends 23xxx; build A 24xxx, build B 25xxx.
+"$A" bench serve --listen 127.0.0.1:23000 --threads 1 >"$work/echo.log" 2>&1 &
 pids+=($!)
-redis-server --port 36379 --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+redis-server --port 23379 --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
   >"$work/redis.log" 2>&1 &
 pids+=($!)
-declare -A BASE=([a]=37000 [b]=38000) BIN=([a]=$A [b]=$B)
+declare -A BASE=([a]=24000 [b]=25000) BIN=([a]=$A [b]=$B)
 for v in a b; do
   cat >"$work/$v.toml" <<EOF
 [runtime]
@@ -47,19 +48,19 @@ workers = $WORKERS
 name = "echo"
 listen = "127.0.0.1:$(( ${BASE[$v]} ))"
 [[service.backend]]
-address = "127.0.0.1:36000"
+address = "127.0.0.1:23000"
 [[service]]
 name = "redis"
 listen = "127.0.0.1:$(( ${BASE[$v]} + 379 ))"
 [[service.backend]]
-address = "127.0.0.1:36379"
+address = "127.0.0.1:23379"
 EOF
   "${BIN[$v]}" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
   pids+=($!)
 done
 
 # Everything listening, or stop with the log of what did not start.
-for port in 36000 36379 37000 37379 38000 38379; do
+for port in 23000 23379 24000 24379 25000 25379; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && continue 2
     sleep 0.05
