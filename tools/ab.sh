@@ -2,7 +2,8 @@
 # Two ringlb builds side by side, in interleaved rounds (A B A B ...), on the workloads where a
 # data-path change shows: rr (`ringlb bench rr`, 50 connections, 64 B), connect (a connection
 # per request) and redis-benchmark -t get -c 50 through each build to one redis-server. Prints
-# each round and the medians. For A/B tests of a change before it goes into tools/compare.sh's
+# each round and the medians, then each build's CPU use while idle (a build that spins when idle
+# takes CPU from the other's rounds and makes the ratios meaningless). For A/B tests of a change before it goes into tools/compare.sh's
 # table: build A, copy the binary aside, build B.
 #
 # Usage: tools/ab.sh BIN_A BIN_B [rounds]      (default 4 rounds; every run is bounded in time)
@@ -39,7 +40,7 @@ pids+=($!)
 redis-server --port 23379 --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
   >"$work/redis.log" 2>&1 &
 pids+=($!)
-declare -A BASE=([a]=24000 [b]=25000) BIN=([a]=$A [b]=$B)
+declare -A BASE=([a]=24000 [b]=25000) BIN=([a]=$A [b]=$B) PID=()
 for v in a b; do
   cat >"$work/$v.toml" <<EOF
 [runtime]
@@ -57,6 +58,7 @@ address = "127.0.0.1:23379"
 EOF
   "${BIN[$v]}" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
   pids+=($!)
+  PID[$v]=$!
 done
 
 # Everything listening, or stop with the log of what did not start.
@@ -94,3 +96,20 @@ for w in rr connect redis; do
   mb=$(awk -v c=$col '$3=="b"{print $c}' "$results" | median)
   echo "| $w (per s) | $ma | $mb | $(awk -v a="$ma" -v b="$mb" 'BEGIN{printf "%.2f", b/a}') |"
 done
+
+# A build that burns CPU while idle takes it from the other build's rounds and flatters itself:
+# the ratios above mean nothing then.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A T0
+for v in a b; do T0[$v]=$(ticks "${PID[$v]}"); done
+sleep 2
+for v in a b; do
+  used=$(( $(ticks "${PID[$v]}") - ${T0[$v]} ))
+  hz=$(getconf CLK_TCK)
+  pct=$(( used * 100 / (2 * hz) ))
+  echo "idle CPU of build ${v^^} after the runs: ${pct}% of a CPU"
+  if [ "$pct" -gt 5 ]; then
+    echo "WARNING: build ${v^^} uses CPU while idle; its rounds took CPU from the other build" >&2
+  fi
+done
+
