@@ -2,9 +2,9 @@
 # Two ringlb builds side by side, in interleaved rounds (A B A B ...), on the workloads where a
 # data-path change shows: rr (`ringlb bench rr`, 50 connections, 64 B), connect (a connection
 # per request) and redis-benchmark -t get -c 50 through each build to one redis-server. Prints
-# each round and the medians, then each build's CPU use while idle (a build that spins when idle
-# takes CPU from the other's rounds and makes the ratios meaningless). For A/B tests of a change before it goes into tools/compare.sh's
-# table: build A, copy the binary aside, build B.
+# each round and the medians, then each build's CPU use while idle (a build that spins when
+# idle takes CPU from the other's rounds and makes the ratios meaningless). For A/B tests of a
+# change before it goes into tools/compare.sh's table: build A, copy the binary aside, build B.
 #
 # Usage: tools/ab.sh BIN_A BIN_B [rounds]      (default 4 rounds; every run is bounded in time)
 # Environment: WORKERS (2), DURATION seconds per bench run (4), REQUESTS per redis-benchmark run
