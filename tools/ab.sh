@@ -18,28 +18,16 @@ WORKERS=${WORKERS:-2}
 DURATION=${DURATION:-4}
 REQUESTS=${REQUESTS:-150000}
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
-   || ! command -v jq >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools jq >/dev/null
+source "$(dirname "$0")/lib.sh"
+if ! need redis-server || ! need redis-benchmark || ! need jq; then
+  apt_install redis-server redis-tools jq
 fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 # Ports below the ephemeral range (32768 and up), apart from compare.sh's 26xxx-29xxx:
 # backends 23xxx; build A 24xxx, build B 25xxx.
 "$A" bench serve --listen 127.0.0.1:23000 --threads 1 >"$work/echo.log" 2>&1 &
 pids+=($!)
-redis-server --port 23379 --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-  >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis 23379
 declare -A BASE=([a]=24000 [b]=25000) BIN=([a]=$A [b]=$B) PID=()
 for v in a b; do
   cat >"$work/$v.toml" <<EOF

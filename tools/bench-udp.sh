@@ -28,18 +28,14 @@ B1=29101 B2=29102 LB=29200 NG=29300
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
 
-if ! command -v nginx >/dev/null 2>&1 || [ ! -f "$NGINX_STREAM" ]; then
-  echo "installing nginx libnginx-mod-stream with apt-get" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null
+source tools/lib.sh
+if ! need nginx || [ ! -f "$NGINX_STREAM" ]; then
+  apt_install nginx libnginx-mod-stream
 fi
 
 cargo build --release --locked -q --bin ringlb --example udp_rr
 RINGLB="$TARGET_DIR/release/ringlb"
 UDP_RR="$TARGET_DIR/release/examples/udp_rr"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 # Servers outlive the whole run, then stop by themselves.
 LIFETIME=$(( ROUNDS * 3 * $(wc -w <<<"$SIZES") * (SECS + 3) + 120 ))

@@ -51,24 +51,13 @@ declare -A BASE=([direct]=26000 [ringlb]=27000 [haproxy]=28000 [nginx]=29000)
 ECHO=0 SINK=1 UDP=2 REDIS=379 IPERF=201
 port() { echo $(( ${BASE[$1]} + $2 )); }   # target service -> port
 
-need() { command -v "$1" >/dev/null 2>&1; }
+source tools/lib.sh
 if ! need haproxy || ! need nginx || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
    || ! need redis-server || ! need redis-benchmark || ! need iperf3 || ! need jq; then
-  echo "installing haproxy nginx libnginx-mod-stream redis-server redis-tools iperf3 jq with apt-get" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream \
-    redis-server redis-tools iperf3 jq >/dev/null
+  apt_install haproxy nginx libnginx-mod-stream redis-server redis-tools iperf3 jq
 fi
 
 cargo build --release --locked -q
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 # --- backends (each in its own process) ---
 "$BIN" bench serve --listen 127.0.0.1:$(port direct $ECHO) --threads 1 >"$work/echo.log" 2>&1 &
@@ -77,9 +66,7 @@ pids+=($!)
 pids+=($!)
 "$BIN" bench serve --listen 127.0.0.1:$(port direct $UDP) --threads 1 --udp >"$work/udp.log" 2>&1 &
 pids+=($!)
-redis-server --port $(port direct $REDIS) --bind 127.0.0.1 --save '' --appendonly no \
-  --daemonize no >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis "$(port direct $REDIS)"
 iperf3 -s -p $(port direct $IPERF) -B 127.0.0.1 >"$work/iperf.log" 2>&1 &
 pids+=($!)
 

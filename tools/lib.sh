@@ -1,0 +1,31 @@
+# Shared by the benchmark scripts in tools/ (sourced, not run): a scratch directory, background
+# processes stopped when the script exits, packages installed with apt-get when missing, and a
+# throwaway redis-server.
+
+# $work: scratch directory. Every pid appended to $pids is killed when the script exits.
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# need CMD: whether CMD is on the PATH.
+need() { command -v "$1" >/dev/null 2>&1; }
+
+# apt_install PKG...: installs the packages with apt-get, saying so on stderr.
+apt_install() {
+  echo "installing $* with apt-get" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# start_redis PORT: a redis-server on 127.0.0.1:PORT without persistence (log in $work), stopped
+# on exit.
+start_redis() {
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    >"$work/redis-$1.log" 2>&1 &
+  pids+=($!)
+}
