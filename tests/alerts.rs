@@ -22,7 +22,9 @@ use axum::routing::post;
 use serde_json::Value;
 
 use common::admin::Metrics;
-use common::health::{Switchable, expect_event, greetings, health, timestamp};
+use common::health::{
+    Switchable, expect_event, greetings, health, passive_detection_service, timestamp,
+};
 use common::{Blackhole, Ringlb, config, refused_addr, runtime, service_config, wait_for};
 
 /// Allowance for scheduling on top of each bound the config implies.
@@ -226,15 +228,7 @@ fn passive_detection_on_a_worker_is_announced_too() {
     let receiver = Receiver::start(&rt);
     let a = rt.block_on(Switchable::start("a", LOCAL));
     let b = rt.block_on(Switchable::start("b", LOCAL));
-    // The probes alone would need fall × interval = 10 × 1 s to notice.
-    let svc = service_config(
-        "svc",
-        "round_robin",
-        &[a.addr, b.addr],
-        &health(
-            "interval = \"1s\"\ntimeout = \"200ms\"\nrise = 1\nfall = 10\npassive_failures = 3",
-        ),
-    );
+    let svc = passive_detection_service(a.addr, b.addr);
     let hook = webhook(&format!(
         "url = \"{}\"\nevents = [\"backend_down\"]",
         receiver.url()

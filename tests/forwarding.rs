@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Backend, Blackhole, Ringlb, config, exchange_bulk, pattern, read_all, refused_addr, runtime,
-    service_config, sha, source_sink_backend, wait_for,
+    service_config, sha, source_sink_backend,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -77,11 +77,7 @@ fn two_thousand_concurrent_connections_are_byte_exact_and_leave_no_fds() {
         assert_eq!(exact, CONNS, "connections whose echo matched byte for byte");
     });
     assert_eq!(echo.accepted(), CONNS as u64);
-    assert!(
-        wait_for(Duration::from_secs(5), || lb.fd_count() <= baseline),
-        "ringlb fds: baseline {baseline}, now {}",
-        lb.fd_count()
-    );
+    lb.assert_fds_back_to(baseline, Duration::from_secs(5));
 }
 
 #[test]

@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::health::{
-    Switchable, days_from_civil, events, expect_event, greeting, greetings, health, timestamp,
-    wait_event,
+    Switchable, days_from_civil, events, expect_event, greeting, greetings, health,
+    passive_detection_service, timestamp, wait_event,
 };
 use common::{Blackhole, Ringlb, config, runtime, service_config, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,15 +114,7 @@ fn consecutive_connect_failures_mark_a_backend_down_before_the_probes_would() {
     let rt = runtime();
     let a = rt.block_on(Switchable::start("a", LOCAL));
     let b = rt.block_on(Switchable::start("b", LOCAL));
-    // Probes alone would need fall × interval = 10 × 1 s to notice.
-    let svc = service_config(
-        "svc",
-        "round_robin",
-        &[a.addr, b.addr],
-        &health(
-            "interval = \"1s\"\ntimeout = \"200ms\"\nrise = 1\nfall = 10\npassive_failures = 3",
-        ),
-    );
+    let svc = passive_detection_service(a.addr, b.addr);
     let lb = Ringlb::start_with_log(&config("", &[svc]), "info,ringlb::control::health=debug");
     let addr = lb.addr("svc");
     assert!(names(&rt.block_on(greetings(addr, 4))).contains(&"a".into()));

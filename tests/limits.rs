@@ -160,9 +160,5 @@ fn fd_exhaustion_pauses_accepting_without_spinning_and_resumes() {
         }
         assert_eq!(ok, CLIENTS, "clients served byte-exact");
     });
-    assert!(
-        wait_for(Duration::from_secs(5), || lb.fd_count() <= baseline_fds),
-        "fds: baseline {baseline_fds}, now {}",
-        lb.fd_count()
-    );
+    lb.assert_fds_back_to(baseline_fds, Duration::from_secs(5));
 }

@@ -8,12 +8,17 @@ use std::time::Duration;
 
 use common::admin::Metrics;
 use common::{
-    Ringlb, config, exchange_bulk, pattern, runtime, service_config, source_sink_backend, wait_for,
+    Ringlb, config, exchange_bulk, pattern, runtime, service_config, source_sink_backend,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+/// ringlb with an admin API in front of `services`.
+fn start(services: &[String]) -> Ringlb {
+    Ringlb::start(&format!("{}\n{ADMIN}", config("", services)))
+}
 
 fn spliced(lb: &Ringlb, service: &str) -> f64 {
     Metrics::scrape(lb.admin.unwrap()).sum(
@@ -28,16 +33,10 @@ fn bulk_transfers_are_spliced_byte_exact_unless_switched_off() {
     let rt = runtime();
     let (spliced_backend, spliced_digest) = rt.block_on(source_sink_backend(LEN));
     let (copied_backend, copied_digest) = rt.block_on(source_sink_backend(LEN));
-    let lb = Ringlb::start(&format!(
-        "{}\n{ADMIN}",
-        config(
-            "",
-            &[
-                service_config("spliced", "round_robin", &[spliced_backend], ""),
-                service_config("copied", "round_robin", &[copied_backend], "splice = false"),
-            ],
-        )
-    ));
+    let lb = start(&[
+        service_config("spliced", "round_robin", &[spliced_backend], ""),
+        service_config("copied", "round_robin", &[copied_backend], "splice = false"),
+    ]);
     let fds = lb.fd_count();
     rt.block_on(exchange_bulk(lb.addr("spliced"), LEN, spliced_digest));
     rt.block_on(exchange_bulk(lb.addr("copied"), LEN, copied_digest));
@@ -51,11 +50,7 @@ fn bulk_transfers_are_spliced_byte_exact_unless_switched_off() {
     );
     assert_eq!(spliced(&lb, "copied"), 0.0);
     // The connections' pipes closed with them.
-    assert!(
-        wait_for(Duration::from_secs(5), || lb.fd_count() <= fds),
-        "ringlb fds: {fds} before, {} after",
-        lb.fd_count()
-    );
+    lb.assert_fds_back_to(fds, Duration::from_secs(5));
 }
 
 #[test]
@@ -73,10 +68,7 @@ fn a_backend_reset_during_a_spliced_transfer_reaches_the_client_as_a_reset() {
         s.set_zero_linger().unwrap();
         drop(s);
     });
-    let lb = Ringlb::start(&format!(
-        "{}\n{ADMIN}",
-        config("", &[service_config("rst", "round_robin", &[backend], "")])
-    ));
+    let lb = start(&[service_config("rst", "round_robin", &[backend], "")]);
     let addr = lb.addr("rst");
     let outcome = rt.block_on(async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -112,10 +104,7 @@ fn a_client_that_stops_reading_stalls_a_spliced_backend() {
             counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
         }
     });
-    let lb = Ringlb::start(&format!(
-        "{}\n{ADMIN}",
-        config("", &[service_config("slow", "round_robin", &[backend], "")])
-    ));
+    let lb = start(&[service_config("slow", "round_robin", &[backend], "")]);
     let addr = lb.addr("slow");
     rt.block_on(async move {
         let mut s = TcpStream::connect(addr).await.unwrap();

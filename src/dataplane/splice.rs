@@ -133,8 +133,9 @@ impl Drop for Pipe<'_> {
 mod tests {
     use super::*;
 
-    /// A connected pair of compio streams on loopback (blocking, as compio creates them).
-    async fn pair() -> (TcpStream, std::net::TcpStream) {
+    /// A compio stream on loopback (blocking, as compio creates them) and its std peer; called
+    /// inside the runtime.
+    fn pair() -> (TcpStream, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
@@ -145,8 +146,8 @@ mod tests {
     fn bytes_go_through_the_pipe_in_order_and_eof_is_seen() {
         compio::runtime::Runtime::new().unwrap().block_on(async {
             use std::io::{Read, Write};
-            let (src, mut src_peer) = pair().await;
-            let (dst, mut dst_peer) = pair().await;
+            let (src, mut src_peer) = pair();
+            let (dst, mut dst_peer) = pair();
             let pipes = Pipes::default();
             let mut pipe = pipes.open(&src, &dst).unwrap();
             assert_eq!(pipes.open_count(), 1);
@@ -203,8 +204,8 @@ mod tests {
     #[test]
     fn a_worker_opens_at_most_its_share_of_pipes() {
         compio::runtime::Runtime::new().unwrap().block_on(async {
-            let (a, _a_peer) = pair().await;
-            let (b, _b_peer) = pair().await;
+            let (a, _a_peer) = pair();
+            let (b, _b_peer) = pair();
             let pipes = Pipes::default();
             let held: Vec<_> = (0..PIPES_PER_WORKER)
                 .map(|_| pipes.open(&a, &b).expect("within the bound"))

@@ -251,3 +251,17 @@ pub fn free_port() -> u16 {
 pub fn health(keys: &str) -> String {
     format!("retries = 0\n\n[service.health]\n{keys}\n")
 }
+
+/// A round-robin service "svc" over `a` and `b` whose probes alone would need fall × interval
+/// = 10 × 1 s to notice a dead backend, while passive detection marks one down after 3 failed
+/// connects in a row.
+pub fn passive_detection_service(a: SocketAddr, b: SocketAddr) -> String {
+    super::service_config(
+        "svc",
+        "round_robin",
+        &[a, b],
+        &health(
+            "interval = \"1s\"\ntimeout = \"200ms\"\nrise = 1\nfall = 10\npassive_failures = 3",
+        ),
+    )
+}

@@ -164,6 +164,15 @@ impl Ringlb {
             .count()
     }
 
+    /// Asserts that the process's open fds come back to at most `baseline` within `timeout`.
+    pub fn assert_fds_back_to(&self, baseline: usize, timeout: Duration) {
+        assert!(
+            wait_for(timeout, || self.fd_count() <= baseline),
+            "ringlb fds: baseline {baseline}, now {}",
+            self.fd_count()
+        );
+    }
+
     /// Resident memory of the ringlb process (VmRSS), in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
