@@ -2,13 +2,17 @@
 # Two ringlb builds side by side, in interleaved rounds (A B A B ...), on the workloads where a
 # data-path change shows: rr (`ringlb bench rr`, 50 connections, 64 B), connect (a connection
 # per request) and redis-benchmark -t get -c 50 through each build to one redis-server. Prints
-# each round and the medians, then each build's CPU use while idle (a build that spins when
-# idle takes CPU from the other's rounds and makes the ratios meaningless). For A/B tests of a
-# change before it goes into tools/compare.sh's table: build A, copy the binary aside, build B.
+# each round and the medians of the rates and of each build's CPU time per request or
+# connection (steadier than rates on a shared machine), then each build's CPU use while idle (a
+# build that spins when idle takes CPU from the other's rounds and makes the ratios
+# meaningless). For A/B tests of a change before it goes into tools/compare.sh's table: build
+# A, copy the binary aside, build B.
 #
 # Usage: tools/ab.sh BIN_A BIN_B [rounds]      (default 4 rounds; every run is bounded in time)
 # Environment: WORKERS (2), DURATION seconds per bench run (4), REQUESTS per redis-benchmark run
-# (150000). Needs redis-server and redis-tools (installed with apt-get when absent) and jq.
+# (150000), RUNTIME_A / RUNTIME_B: lines added to that build's [runtime] table (to compare
+# settings, e.g. RUNTIME_B="pin_workers = true" with the same binary twice). Needs redis-server
+# and redis-tools (installed with apt-get when absent) and jq.
 set -euo pipefail
 
 A=${1:?usage: tools/ab.sh BIN_A BIN_B [rounds]}
@@ -28,11 +32,12 @@ fi
 "$A" bench serve --listen 127.0.0.1:23000 --threads 1 >"$work/echo.log" 2>&1 &
 pids+=($!)
 start_redis 23379
-declare -A BASE=([a]=24000 [b]=25000) BIN=([a]=$A [b]=$B) PID=()
+declare -A BASE=([a]=24000 [b]=25000) BIN=([a]=$A [b]=$B) RUNTIME=([a]=${RUNTIME_A:-} [b]=${RUNTIME_B:-}) PID=()
 for v in a b; do
   cat >"$work/$v.toml" <<EOF
 [runtime]
 workers = $WORKERS
+${RUNTIME[$v]}
 [[service]]
 name = "echo"
 listen = "127.0.0.1:$(( ${BASE[$v]} ))"
@@ -61,28 +66,53 @@ for port in 23000 23379 24000 24379 25000 25379; do
 done
 
 results=$work/results
+hz=$(getconf CLK_TCK)
+# per_unit TICKS_BEFORE TICKS_AFTER UNITS: microseconds of CPU per unit.
+per_unit() {
+  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" \
+    'BEGIN { if (n + 0 > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print "nan" }'
+}
 for r in $(seq "$ROUNDS"); do
   for v in a b; do
     port=${BASE[$v]}
-    rr=$("$A" bench rr 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
-      2>/dev/null | jq -r '.requests_per_s')
-    cn=$("$A" bench connect 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
-      2>/dev/null | jq -r '.connections_per_s')
+    pid=${PID[$v]}
+    t0=$(cpu_ticks "$pid")
+    json=$("$A" bench rr 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
+      2>/dev/null || echo '{}')
+    t1=$(cpu_ticks "$pid")
+    rr=$(jq -r '.requests_per_s // "nan"' <<<"$json")
+    rr_cpu=$(per_unit "$t0" "$t1" "$(jq -r '.requests // 0' <<<"$json")")
+    json=$("$A" bench connect 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
+      2>/dev/null || echo '{}')
+    t2=$(cpu_ticks "$pid")
+    cn=$(jq -r '.connections_per_s // "nan"' <<<"$json")
+    cn_cpu=$(per_unit "$t1" "$t2" "$(jq -r '.connections_opened // 0' <<<"$json")")
     rd=$(redis-benchmark -p $((port + 379)) -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
       | tr '\r' '\n' | grep -o 'GET: [0-9.]*' | tail -1 | cut -d' ' -f2)
-    echo "round $r $v rr $rr connect $cn redis $rd" | tee -a "$results"
+    rd_cpu=$(per_unit "$t2" "$(cpu_ticks "$pid")" "$REQUESTS")
+    echo "round $r $v rr $rr connect $cn redis ${rd:-nan} rr_cpu_us $rr_cpu connect_cpu_us $cn_cpu redis_cpu_us $rd_cpu" \
+      | tee -a "$results"
   done
 done
 
-median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# median NAME BUILD: the median of the value after NAME in BUILD's rounds.
+median() {
+  awk -v name="$1" -v v="$2" '$3 == v { for (i = 4; i < NF; i++) if ($i == name) print $(i + 1) }' \
+    "$results" | sort -n | awk '{x[NR]=$1} END {print (NR % 2) ? x[(NR+1)/2] : (x[NR/2]+x[NR/2+1])/2}'
+}
+echo
+echo "Rates depend on what else takes the CPUs; the build's CPU time per unit much less so."
 echo
 echo "| workload | A | B | B / A |"
 echo "|---|---|---|---|"
-for w in rr connect redis; do
-  col=$(( $(echo "rr connect redis" | tr ' ' '\n' | grep -n "^$w$" | cut -d: -f1) * 2 + 3 ))
-  ma=$(awk -v c=$col '$3=="a"{print $c}' "$results" | median)
-  mb=$(awk -v c=$col '$3=="b"{print $c}' "$results" | median)
-  echo "| $w (per s) | $ma | $mb | $(awk -v a="$ma" -v b="$mb" 'BEGIN{printf "%.2f", b/a}') |"
+for w in rr connect redis rr_cpu_us connect_cpu_us redis_cpu_us; do
+  ma=$(median $w a)
+  mb=$(median $w b)
+  case $w in
+    *_cpu_us) label="${w%_cpu_us}: build's CPU per unit (us, lower is better)" ;;
+    *) label="$w (per s)" ;;
+  esac
+  echo "| $label | $ma | $mb | $(awk -v a="$ma" -v b="$mb" 'BEGIN{printf "%.2f", b/a}') |"
 done
 
 # A build that burns CPU while idle takes it from the other build's rounds and flatters itself:

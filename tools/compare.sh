@@ -194,13 +194,6 @@ bench() { # mode port args... -> JSON
     --duration "${DURATION}s" --json "${@:3}" 2>>"$OUT/bench.err" || echo '{}'
 }
 proxy_pid() { case $1 in ringlb) echo "$RINGLB_PID" ;; haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
-cpu_ticks() { # pid -> user+system clock ticks of the process (all threads) and its children
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
-  done
-  echo $total
-}
 # measure TARGET JQ_VALUE JQ_UNITS SCALE bench-args... -> "value cpu": the bench's value and the
 # proxy's CPU time per unit (SCALE: us per unit from ticks/units), "nan" for the direct target.
 # CPU time per unit depends little on what else runs on the machine, unlike rates.

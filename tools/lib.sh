@@ -29,3 +29,13 @@ start_redis() {
     >"$work/redis-$1.log" 2>&1 &
   pids+=($!)
 }
+
+# cpu_ticks PID: user+system clock ticks (getconf CLK_TCK per second) of the process, all its
+# threads, and its children.
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo $total
+}
