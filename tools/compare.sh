@@ -266,7 +266,7 @@ for t in ringlb haproxy nginx; do
   "$BIN" bench idle 127.0.0.1:$(port $t $ECHO) --connections "$IDLE_CONNS" --duration 60s \
     --threads "$CLIENT_THREADS" --json >"$work/idle-$t.json" 2>"$work/idle-$t.err" &
   idle_pid=$!
-  for _ in $(seq 300); do grep -q holding "$work/idle-$t.err" && break; sleep 0.1; done
+  for _ in $(seq 300); do grep -qs holding "$work/idle-$t.err" && break; sleep 0.1; done
   sleep 1
   MEM_LOADED[$t]=$(pss_kib $pid)
   MEM_OPEN[$t]=$(grep -o 'holding [0-9]*' "$work/idle-$t.err" | awk '{print $2}' || echo 0)
