@@ -6,11 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Backend, Blackhole, Ringlb, config, exchange_bulk, pattern, read_all, refused_addr, runtime,
-    service_config, sha, source_sink_backend,
+    Backend, Blackhole, Ringlb, config, exchange_bulk, one_connection_backend, pattern, read_all,
+    refused_addr, runtime, service_config, sha, source_sink_backend,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 #[test]
@@ -104,11 +104,8 @@ fn client_half_close_still_delivers_the_reply() {
 fn backend_half_close_still_delivers_the_request() {
     const LEN: usize = 3 << 20;
     let rt = runtime();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let backend = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    rt.spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let backend = one_connection_backend(&rt, |mut s| async move {
         s.write_all(b"banner").await.unwrap();
         s.shutdown().await.unwrap(); // backend done talking, still listening
         let got = read_all(&mut s).await.unwrap();
@@ -140,10 +137,7 @@ fn backend_half_close_still_delivers_the_request() {
 #[test]
 fn backend_reset_reaches_the_client_as_a_reset() {
     let rt = runtime();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let backend = listener.local_addr().unwrap();
-    rt.spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let backend = one_connection_backend(&rt, |mut s| async move {
         let mut b = [0u8; 5];
         s.read_exact(&mut b).await.unwrap();
         s.set_zero_linger().unwrap();
@@ -171,11 +165,8 @@ fn backend_reset_reaches_the_client_as_a_reset() {
 #[test]
 fn client_reset_reaches_the_backend_as_a_reset() {
     let rt = runtime();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let backend = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    rt.spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let backend = one_connection_backend(&rt, |mut s| async move {
         let mut b = [0u8; 5];
         s.read_exact(&mut b).await.unwrap();
         s.write_all(b"ok").await.unwrap();

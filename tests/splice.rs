@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use common::admin::Metrics;
 use common::{
-    Ringlb, config, exchange_bulk, pattern, runtime, service_config, source_sink_backend,
+    Ringlb, config, exchange_bulk, one_connection_backend, pattern, runtime, service_config,
+    source_sink_backend,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -57,11 +58,8 @@ fn bulk_transfers_are_spliced_byte_exact_unless_switched_off() {
 fn a_backend_reset_during_a_spliced_transfer_reaches_the_client_as_a_reset() {
     const LEN: usize = 8 << 20;
     let rt = runtime();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let backend = listener.local_addr().unwrap();
     let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-    rt.spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let backend = one_connection_backend(&rt, |mut s| async move {
         s.write_all(&pattern(3, LEN)).await.unwrap();
         // Reset once the client has the first half: the rest is still in flight.
         let _ = sent_rx.await;
@@ -90,12 +88,9 @@ fn a_backend_reset_during_a_spliced_transfer_reaches_the_client_as_a_reset() {
 fn a_client_that_stops_reading_stalls_a_spliced_backend() {
     const LEN: usize = 256 << 20;
     let rt = runtime();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let backend = listener.local_addr().unwrap();
     let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = written.clone();
-    rt.spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let backend = one_connection_backend(&rt, |mut s| async move {
         let chunk = pattern(4, 64 << 10);
         while counter.load(std::sync::atomic::Ordering::SeqCst) < LEN {
             if s.write_all(&chunk).await.is_err() {

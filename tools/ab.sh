@@ -56,10 +56,7 @@ done
 
 # Everything listening, or stop with the log of what did not start.
 for port in 23000 23379 24000 24379 25000 25379; do
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && continue 2
-    sleep 0.05
-  done
+  listening "$port" && continue
   echo "nothing listens on 127.0.0.1:$port; logs in $work" >&2
   cat "$work"/*.log >&2
   exit 1
@@ -95,10 +92,10 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-# median NAME BUILD: the median of the value after NAME in BUILD's rounds.
-median() {
+# value NAME BUILD: the values after NAME in BUILD's rounds, one per line.
+value() {
   awk -v name="$1" -v v="$2" '$3 == v { for (i = 4; i < NF; i++) if ($i == name) print $(i + 1) }' \
-    "$results" | sort -n | awk '{x[NR]=$1} END {print (NR % 2) ? x[(NR+1)/2] : (x[NR/2]+x[NR/2+1])/2}'
+    "$results"
 }
 echo
 echo "Rates depend on what else takes the CPUs; the build's CPU time per unit much less so."
@@ -106,8 +103,8 @@ echo
 echo "| workload | A | B | B / A |"
 echo "|---|---|---|---|"
 for w in rr connect redis rr_cpu_us connect_cpu_us redis_cpu_us; do
-  ma=$(median $w a)
-  mb=$(median $w b)
+  ma=$(value $w a | median)
+  mb=$(value $w b | median)
   case $w in
     *_cpu_us) label="${w%_cpu_us}: build's CPU per unit (us, lower is better)" ;;
     *) label="$w (per s)" ;;

@@ -99,7 +99,6 @@ rps() { # port size -> "rps p50 p99 lost"
     --size "$2" --warmup-secs 1 --secs "$SECS" \
     | sed -E 's/rps=([0-9.]+) p50_us=([0-9]+) p99_us=([0-9]+) lost=([0-9]+)/\1 \2 \3 \4/'
 }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -A R P L
 for round in $(seq "$ROUNDS"); do
@@ -119,7 +118,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-m() { printf '%s' "$1" | grep -v '^$' | median; }
+m() { printf '%s' "$1" | median; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 echo
 echo "Host: $(nproc) CPUs, $(uname -r); ringlb $WORKERS workers, $(nginx -v 2>&1 | sed 's/.*: //') worker_processes $WORKERS;"

@@ -178,10 +178,7 @@ pids+=($NGINX_PID)
 for t in direct ringlb haproxy nginx; do
   for off in $ECHO $SINK $REDIS $IPERF; do
     p=$(port $t $off)
-    for _ in $(seq 100); do
-      (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && continue 2
-      sleep 0.1
-    done
+    listening "$p" && continue
     echo "nothing listens on 127.0.0.1:$p ($t); logs in $work:" >&2
     tail -n 5 "$work"/*.log "$work"/nginx/logs/*.log >&2 || true
     exit 1
@@ -277,8 +274,6 @@ for t in ringlb haproxy nginx; do
 done
 
 # --- report ---
-median() { tr ' ' '\n' | awk '$1 != "" && $1 != "nan"' | sort -g \
-  | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ratio() { python3 -c "
 a, b = '$1', '$2'
 try: print(f'{float(a)/float(b):.2f}')

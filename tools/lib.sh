@@ -39,3 +39,20 @@ cpu_ticks() {
   done
   echo $total
 }
+
+# median: the median of the numbers on standard input (whitespace-separated; empty and "nan"
+# values skipped), or "n/a" when there is none.
+median() {
+  tr ' ' '\n' | awk '$1 != "" && $1 != "nan"' | sort -g \
+    | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'
+}
+
+# listening PORT: whether something accepts TCP connections on 127.0.0.1:PORT within 10 s.
+listening() {
+  local _
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}

@@ -51,6 +51,14 @@ pub fn ring_settings() -> compio::driver::ProactorBuilder {
     proactor
 }
 
+/// A runtime on [`ring_settings`] for a thread that owns its ring alone and needs nothing more
+/// of it (the load tool's threads).
+pub fn ring_runtime() -> io::Result<compio::runtime::Runtime> {
+    compio::runtime::RuntimeBuilder::new()
+        .with_proactor(ring_settings())
+        .build()
+}
+
 /// Errors starting the data plane; each names the value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
@@ -567,7 +575,7 @@ pub(super) mod tests {
     use std::io;
     use std::os::fd::AsRawFd;
 
-    use super::{flow_share, ring_settings};
+    use super::{flow_share, ring_runtime};
 
     /// Asks `ring` for completions from another thread: io_uring refuses that with EEXIST when
     /// the ring runs completion work only for its own thread (DEFER_TASKRUN).
@@ -600,10 +608,7 @@ pub(super) mod tests {
 
     #[test]
     fn rings_run_completion_work_only_for_their_own_thread() {
-        let runtime = compio::runtime::RuntimeBuilder::new()
-            .with_proactor(ring_settings())
-            .build()
-            .unwrap();
+        let runtime = ring_runtime().unwrap();
         let err = wait_from_another_thread(runtime.as_raw_fd()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
         // The probe tells the two apart: a ring with default settings lets any thread wait.

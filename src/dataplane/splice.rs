@@ -157,7 +157,14 @@ mod tests {
             let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
             let mut got = Vec::new();
             let mut sent = 0;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while got.len() < data.len() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of {} bytes through the pipe",
+                    got.len(),
+                    data.len()
+                );
                 if sent < data.len() {
                     let end = (sent + 50_000).min(data.len());
                     src_peer.write_all(&data[sent..end]).unwrap();

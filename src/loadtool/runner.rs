@@ -128,9 +128,7 @@ fn thread_main(
     settled: Arc<AtomicUsize>,
     barrier: Arc<Barrier>,
 ) -> std::io::Result<ThreadResult> {
-    let runtime = compio::runtime::RuntimeBuilder::new()
-        .with_proactor(crate::dataplane::ring_settings())
-        .build();
+    let runtime = crate::dataplane::ring_runtime();
     // Everyone passes the barrier, also a thread whose runtime failed, so nobody waits forever.
     barrier.wait();
     let runtime = runtime?;

@@ -145,9 +145,7 @@ fn bind_udp(
 }
 
 fn serve_tcp(listener: std::net::TcpListener, behaviour: Behaviour) -> std::io::Result<()> {
-    let runtime = compio::runtime::RuntimeBuilder::new()
-        .with_proactor(crate::dataplane::ring_settings())
-        .build()?;
+    let runtime = crate::dataplane::ring_runtime()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         loop {
@@ -192,9 +190,7 @@ async fn tcp_connection(stream: TcpStream, behaviour: Behaviour) {
 }
 
 fn serve_udp(socket: std::net::UdpSocket, behaviour: Behaviour) -> std::io::Result<()> {
-    let runtime = compio::runtime::RuntimeBuilder::new()
-        .with_proactor(crate::dataplane::ring_settings())
-        .build()?;
+    let runtime = crate::dataplane::ring_runtime()?;
     runtime.block_on(async move {
         let socket = Rc::new(UdpSocket::from_std(socket)?);
         let tasks: Vec<_> = (0..UDP_TASKS)

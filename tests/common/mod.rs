@@ -291,6 +291,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A backend for one connection: binds a loopback port, and once ringlb connects, runs `serve`
+/// on that connection (on `rt`). Returns the backend's address.
+pub fn one_connection_backend<F, Fut>(rt: &tokio::runtime::Runtime, serve: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        serve(s).await;
+    });
+    addr
+}
+
 /// An echo backend: every byte read is written back; EOF is answered with EOF. Counts the
 /// connections it accepted. When `greeting` is set, each connection first receives it (so a
 /// client can tell which backend it reached).
