@@ -1,16 +1,25 @@
 //! The data plane: worker threads, each with its own io_uring runtime (compio).
 //!
 //! Owns: worker threads and their runtimes, listening sockets, accepting, backend connects and
-//! byte forwarding, each worker's connection-tracking table, and UDP flows (`udp`). compio types stay inside this
-//! module. Does not own: backend choice (the [`crate::balancer`] selectors, read through the
-//! [`crate::control::Snapshot`]) or deciding when to shut down ([`crate::control::Shutdown`]).
+//! byte forwarding, each worker's connection-tracking table, and UDP flows. compio types stay
+//! inside this module. Does not own: backend choice (the [`crate::balancer`] selectors, read
+//! through the [`crate::control::Snapshot`]) or deciding when to shut down
+//! ([`crate::control::Shutdown`]).
+//!
+//! This file starts and drains the workers and answers the control plane's questions. The
+//! parts: `worker` (one worker's runtime, listeners and mailbox), `listener` (binding sockets),
+//! `reload` (listeners across a reload: prepare, then commit), `forward` (one TCP connection),
+//! `splice` (pipes for bulk transfers), `udp` (UDP services and flows), and `sys` (the
+//! non-blocking socket calls, one convention for TCP and UDP).
 //!
 //! Per connection there is no lock: the snapshot is loaded lock-free, counters are atomics, and
 //! the tracking table belongs to one thread.
 
 mod forward;
 mod listener;
+mod reload;
 mod splice;
+mod sys;
 mod udp;
 mod worker;
 
@@ -26,10 +35,12 @@ use crossbeam::utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::balancer::conntrack::{Conn, ConnState};
-use crate::config::{Config, Protocol, Service, UdpSettings};
-use crate::control::{ServiceId, SharedSnapshot, Shutdown, Snapshot};
+use crate::config::{Config, Protocol};
+use crate::control::{ServiceId, SharedSnapshot, Shutdown};
 
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
+pub use reload::PreparedListeners;
+use reload::{Bound, commands, log_listening, prepare};
 
 /// io_uring settings for a thread that owns its ring alone (a worker, a load-tool thread, a
 /// `bench serve` thread). Only that thread submits (SINGLE_ISSUER), and the kernel runs
@@ -158,42 +169,6 @@ impl ConnInfo {
             worker,
         }
     }
-}
-
-/// A service's listener as bound now: what a reload compares against.
-#[derive(Debug)]
-struct Bound {
-    key: ListenerKey,
-    /// The service's settings that the sockets depend on.
-    listen: SocketAddr,
-    protocol: Protocol,
-    backlog: u32,
-    /// A UDP service's flow table and upstream sockets are made with these settings, so a
-    /// change of them rebinds (flows of the old socket are dropped).
-    udp: UdpSettings,
-    /// The address actually bound (port 0 resolved).
-    address: SocketAddr,
-}
-
-impl Bound {
-    fn serves(&self, service: &Service) -> bool {
-        self.listen == service.listen
-            && self.protocol == service.protocol
-            && self.backlog == service.backlog
-            && (self.protocol == Protocol::Tcp || self.udp == service.udp)
-    }
-}
-
-/// Sockets bound for services a reload adds (or moves), not yet handed to the workers.
-#[derive(Debug)]
-pub struct PreparedListeners {
-    new: Vec<(String, Bound, Sockets)>,
-}
-
-#[derive(Debug)]
-enum Sockets {
-    Tcp(Vec<std::net::TcpListener>),
-    Udp(Vec<std::net::UdpSocket>),
 }
 
 /// What the control plane keeps to reconfigure running workers and to ask them things.
@@ -359,64 +334,6 @@ impl DataPlaneHandle {
         &self.stats
     }
 
-    /// Reload, step one: binds the listeners that `config` adds or moves (a new service, or a
-    /// new listen address, protocol, backlog, or UDP settings). Nothing changes for the
-    /// workers yet; on an error (e.g. the address is taken) nothing was changed at all.
-    pub fn prepare(&self, config: &Config) -> Result<PreparedListeners, DataPlaneError> {
-        let control = self.control.lock();
-        prepare(&control.bound, config, self.workers)
-    }
-
-    /// Reload, step two, once `snapshot` (built from the same config) is published: hands the
-    /// prepared listeners to the workers, and retires the listeners of services that were
-    /// removed or moved (their live connections run to their end). Returns the services that
-    /// started listening.
-    pub fn commit(&self, prepared: PreparedListeners, snapshot: &Snapshot) -> Vec<Listening> {
-        let mut control = self.control.lock();
-        let (per_worker, added) = commands(prepared, snapshot, self.workers);
-        // Retire what the new snapshot no longer serves at the same sockets.
-        let mut kept = Vec::new();
-        for (name, bound) in std::mem::take(&mut control.bound) {
-            let stays = !added.iter().any(|(n, _)| *n == name)
-                && snapshot
-                    .service(&name)
-                    .is_some_and(|s| bound.serves(&s.config));
-            if stays {
-                kept.push((name, bound));
-            } else {
-                for mailbox in &control.mailboxes {
-                    // A worker that is gone is draining: nothing to retire there.
-                    let _ = mailbox.try_send(worker::Command::Retire { key: bound.key });
-                }
-                tracing::info!(service = %name, address = %bound.address, "listener closed by reload");
-            }
-        }
-        for (mailbox, commands) in control.mailboxes.iter().zip(per_worker) {
-            for command in commands {
-                let _ = mailbox.try_send(command);
-            }
-        }
-        let mut started = Vec::new();
-        for (name, b) in &added {
-            log_listening(name, b, self.workers);
-            started.push(Listening {
-                service: name.clone(),
-                address: b.address,
-            });
-        }
-        kept.extend(added);
-        // Config order, as `listening` reports it.
-        kept.sort_by_key(|(name, _)| {
-            snapshot
-                .services
-                .iter()
-                .position(|s| s.config.name == *name)
-                .unwrap_or(usize::MAX)
-        });
-        control.bound = kept;
-        started
-    }
-
     /// Up to `limit` live tracked connections of every worker (of one service, or all), as
     /// each worker sees them now. A worker that does not answer within `timeout` is left out.
     pub async fn connections(
@@ -452,97 +369,8 @@ impl DataPlaneHandle {
     }
 }
 
-/// Binds what `config` needs beyond `bound` (see [`DataPlaneHandle::prepare`]).
-fn prepare(
-    bound: &[(String, Bound)],
-    config: &Config,
-    workers: usize,
-) -> Result<PreparedListeners, DataPlaneError> {
-    let mut new = Vec::new();
-    for service in &config.services {
-        let existing = bound.iter().find(|(name, _)| *name == service.name);
-        if existing.is_some_and(|(_, b)| b.serves(service)) {
-            continue;
-        }
-        let (sockets, address) = match service.protocol {
-            Protocol::Tcp => {
-                let (listeners, address) = bind_tcp(service.listen, workers, service.backlog)?;
-                (Sockets::Tcp(listeners), address)
-            }
-            Protocol::Udp => {
-                let (sockets, address) = bind_udp(service.listen, workers)?;
-                (Sockets::Udp(sockets), address)
-            }
-        };
-        let b = Bound {
-            key: ListenerKey::fresh(),
-            listen: service.listen,
-            protocol: service.protocol,
-            backlog: service.backlog,
-            udp: service.udp.clone(),
-            address,
-        };
-        new.push((service.name.clone(), b, sockets));
-    }
-    Ok(PreparedListeners { new })
-}
-
-/// Turns prepared sockets into each worker's commands; returns them and the bound listeners.
-fn commands(
-    prepared: PreparedListeners,
-    snapshot: &Snapshot,
-    workers: usize,
-) -> (Vec<Vec<worker::Command>>, Vec<(String, Bound)>) {
-    let mut per_worker: Vec<Vec<worker::Command>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    for (name, b, sockets) in prepared.new {
-        let Some(state) = snapshot.service(&name) else {
-            continue;
-        };
-        let id = state.id;
-        match sockets {
-            Sockets::Tcp(listeners) => {
-                for (worker, listener) in listeners.into_iter().enumerate() {
-                    per_worker[worker].push(worker::Command::AddTcp {
-                        service: id,
-                        key: b.key,
-                        listener,
-                    });
-                }
-            }
-            Sockets::Udp(sockets) => {
-                for (worker, socket) in sockets.into_iter().enumerate() {
-                    per_worker[worker].push(worker::Command::AddUdp {
-                        key: b.key,
-                        setup: udp::UdpSetup {
-                            service: id,
-                            socket,
-                            max_flows: flow_share(b.udp.max_flows, workers, worker),
-                        },
-                    });
-                }
-            }
-        }
-        bound.push((name, b));
-    }
-    (per_worker, bound)
-}
-
-fn log_listening(name: &str, b: &Bound, workers: usize) {
-    tracing::info!(service = %name, address = %b.address, workers,
-        protocol = b.protocol.name(), "listening");
-}
-
-/// Worker `index`'s share of a UDP service's `udp_max_flows`: the shares add up to `max_flows`
-/// (each worker at least 1), so the service's flows stay within the bound.
-fn flow_share(max_flows: usize, workers: usize, index: usize) -> usize {
-    let workers = workers.max(1);
-    let share = max_flows / workers + usize::from(index < max_flows % workers);
-    share.max(1)
-}
-
-/// Logs each UDP service's flow and datagram totals once the workers stopped. Until the admin
-/// API exists, this line is where an operator (and the tests) read evictions and failures.
+/// Logs each UDP service's flow and datagram totals once the workers stopped: the last word on
+/// a run's evictions and failures, after the admin API's `/metrics` has stopped answering.
 fn log_udp_totals(snapshot: &SharedSnapshot) {
     for state in &snapshot.load().services {
         if state.config.protocol != Protocol::Udp {
@@ -575,7 +403,7 @@ pub(super) mod tests {
     use std::io;
     use std::os::fd::AsRawFd;
 
-    use super::{flow_share, ring_runtime};
+    use super::ring_runtime;
 
     /// Asks `ring` for completions from another thread: io_uring refuses that with EEXIST when
     /// the ring runs completion work only for its own thread (DEFER_TASKRUN).
@@ -614,16 +442,5 @@ pub(super) mod tests {
         // The probe tells the two apart: a ring with default settings lets any thread wait.
         let plain = compio::runtime::RuntimeBuilder::new().build().unwrap();
         wait_from_another_thread(plain.as_raw_fd()).unwrap();
-    }
-
-    #[test]
-    fn flow_shares_add_up_to_the_bound() {
-        for (max, workers) in [(1000, 2), (1001, 2), (7, 3), (65536, 24), (5, 5)] {
-            let total: usize = (0..workers).map(|i| flow_share(max, workers, i)).sum();
-            assert_eq!(total, max, "{max} over {workers}");
-        }
-        // Fewer flows than workers: one each, the documented max(udp_max_flows, workers).
-        let total: usize = (0..4).map(|i| flow_share(2, 4, i)).sum();
-        assert_eq!(total, 4);
     }
 }

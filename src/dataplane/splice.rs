@@ -11,8 +11,9 @@
 //! is read until the pipe has been written out, so a slow reader still stalls its writer; every
 //! byte read is written before the direction ends at EOF. Both calls are non-blocking (the pipe
 //! is opened `O_NONBLOCK` and both sockets are switched to `O_NONBLOCK` when the direction starts
-//! splicing; io_uring's own operations on them wait for readiness either way); readiness is
-//! awaited through io_uring polls.
+//! splicing; io_uring's own operations on them wait for readiness either way) and report as the
+//! data path's other non-blocking calls do (see `sys`); readiness is awaited through io_uring
+//! polls.
 //!
 //! A direction keeps its pipe until the connection ends; an idle pipe holds no data pages. Each
 //! worker opens at most [`PIPES_PER_WORKER`] pipes at once (their descriptors are kept out of the
@@ -26,6 +27,8 @@ use compio::net::TcpStream;
 use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
 
 use crate::control::PIPES_PER_WORKER;
+
+use super::sys::nonblocking;
 
 /// Bytes asked of one splice(2) from a socket: a default pipe's capacity (16 pages). The kernel
 /// moves less when the pipe's slots fill first or less is queued.
@@ -84,36 +87,42 @@ pub(super) struct Pipe<'a> {
 }
 
 impl Pipe<'_> {
-    /// Moves what `from` has queued into the (empty) pipe: the bytes moved, `Ok(0)` at EOF,
-    /// `WouldBlock` when nothing is queued.
-    pub fn fill(&mut self, from: &TcpStream) -> io::Result<usize> {
+    /// Moves what `from` has queued into the (empty) pipe: the bytes moved, `Some(0)` at EOF,
+    /// `None` when nothing is queued (the convention of [`super::sys`]).
+    pub fn fill(&mut self, from: &TcpStream) -> io::Result<Option<usize>> {
         debug_assert_eq!(
             self.queued, 0,
             "a pipe is written out before it is filled again"
         );
-        let n = splice(
-            from.as_fd(),
-            None,
-            &self.write,
-            None,
-            PIPE_CHUNK,
-            SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-        )?;
-        self.queued = n;
+        let n = nonblocking(|| {
+            splice(
+                from.as_fd(),
+                None,
+                &self.write,
+                None,
+                PIPE_CHUNK,
+                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+            )
+            .map_err(io::Error::from)
+        })?;
+        self.queued = n.unwrap_or(0);
         Ok(n)
     }
 
-    /// Moves queued bytes on to `to`: the bytes moved, `WouldBlock` when `to` has no room.
-    pub fn drain(&mut self, to: &TcpStream) -> io::Result<usize> {
-        let n = splice(
-            &self.read,
-            None,
-            to.as_fd(),
-            None,
-            self.queued,
-            SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-        )?;
-        self.queued -= n;
+    /// Moves queued bytes on to `to`: the bytes moved, `None` when `to` has no room.
+    pub fn drain(&mut self, to: &TcpStream) -> io::Result<Option<usize>> {
+        let n = nonblocking(|| {
+            splice(
+                &self.read,
+                None,
+                to.as_fd(),
+                None,
+                self.queued,
+                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+            )
+            .map_err(io::Error::from)
+        })?;
+        self.queued -= n.unwrap_or(0);
         Ok(n)
     }
 
@@ -152,8 +161,7 @@ mod tests {
             let mut pipe = pipes.open(&src, &dst).unwrap();
             assert_eq!(pipes.open_count(), 1);
             // Nothing queued: the source reports it instead of blocking the thread.
-            let err = pipe.fill(&src).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+            assert_eq!(pipe.fill(&src).unwrap(), None);
             let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
             let mut got = Vec::new();
             let mut sent = 0;
@@ -171,8 +179,8 @@ mod tests {
                     sent = end;
                 }
                 match pipe.fill(&src) {
-                    Ok(n) => assert!(n > 0),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(Some(n)) => assert!(n > 0),
+                    Ok(None) => {}
                     Err(e) => panic!("fill: {e}"),
                 }
                 while pipe.queued() > 0 {
@@ -195,8 +203,8 @@ mod tests {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {
                 match pipe.fill(&src) {
-                    Ok(0) => break,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Ok(Some(0)) => break,
+                    Ok(None) => {
                         assert!(std::time::Instant::now() < deadline, "no EOF");
                         std::thread::yield_now();
                     }

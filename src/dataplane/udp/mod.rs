@@ -7,8 +7,9 @@
 //! service's [`crate::balancer::Selector`], client IP as key), the table's rules (pure logic in
 //! [`crate::balancer::flowtable`]) or when to stop ([`crate::control::Shutdown`]).
 //!
-//! This file is the client side (the service's socket, the flow table, choosing and opening
-//! links); `upstream` is the backend side (the reader of each link's replies, upstream sockets).
+//! This file is the client side (the service's socket, the flow table, the datagrams going up,
+//! choosing a backend); `flow` is a flow's state and life (its link, how it ends, its access-log
+//! line); `upstream` is the backend side (the reader of each link's replies, upstream sockets).
 //!
 //! # Flows
 //!
@@ -87,17 +88,18 @@ use std::time::{Duration, Instant};
 
 use compio::BufResult;
 use compio::net::UdpSocket;
-use compio::runtime::JoinHandle;
 use event_listener::Event;
 use futures_util::future::{Either, select};
 
-use crate::balancer::flowtable::{Flow, FlowTable, ReplyVerdict};
+use crate::balancer::flowtable::FlowTable;
 use crate::config::UdpMode;
-use crate::control::{ConnectFailure, ServiceId, ServiceState};
+use crate::control::{ServiceId, ServiceState};
 
 use super::worker::{LoopGuard, Retire, Worker};
-use upstream::{is_backend_failure, open_upstream, read_replies, recv_now, send_now};
+use flow::{End, Link, Target, Upstream};
+use upstream::{is_backend_failure, recv_now, send_now};
 
+mod flow;
 mod upstream;
 
 /// Size of every datagram buffer: the largest UDP payload is 65,507 bytes over IPv4 and 65,527
@@ -201,102 +203,6 @@ struct UdpService {
     scratch: RefCell<Vec<u8>>,
 }
 
-/// What the flow table keeps for a flow.
-struct Upstream {
-    /// The service state the flow was opened under (backend indices refer to it).
-    state: Arc<ServiceState>,
-    /// The upstream socket and its reader; `None` after the backend failed, until the next
-    /// client datagram opens a new one.
-    link: Option<Link>,
-    /// Backends that failed this flow, avoided when it picks again. Allocated on first failure.
-    failed: Vec<usize>,
-}
-
-impl Upstream {
-    fn new(state: Arc<ServiceState>) -> Upstream {
-        let active = state
-            .counters
-            .udp_flows_active
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        state
-            .counters
-            .udp_flows_peak
-            .fetch_max(active, Ordering::Relaxed);
-        state
-            .counters
-            .udp_flows_opened
-            .fetch_add(1, Ordering::Relaxed);
-        Upstream {
-            state,
-            link: None,
-            failed: Vec::new(),
-        }
-    }
-
-    fn link_id(&self) -> Option<u64> {
-        self.link.as_ref().map(|l| l.id)
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.state
-            .counters
-            .udp_flows_active
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A flow's upstream socket, the task reading replies from it, and (flow mode) its backend.
-struct Link {
-    id: u64,
-    socket: UdpSocket,
-    /// Flow mode: the backend the socket is connected to, counted active while the link lives.
-    backend: Option<usize>,
-    state: Arc<ServiceState>,
-    /// Dropping it cancels the reader; a reader ending its own link detaches it instead.
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        if let Some(b) = self.backend.and_then(|b| self.state.backends.get(b)) {
-            b.counters.active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Where one client datagram goes.
-struct Target {
-    link: u64,
-    socket: UdpSocket,
-    /// Per-packet mode: the backend address to send to; flow mode: `None` (connected socket).
-    dest: Option<SocketAddr>,
-    /// The backend the datagram goes to (for its byte counter).
-    backend: Option<usize>,
-}
-
-/// Why a flow ended: the access log's `end` field.
-#[derive(Clone, Copy)]
-enum End {
-    IdleTimeout,
-    Evicted,
-    Replies,
-    Shutdown,
-}
-
-impl End {
-    fn as_str(self) -> &'static str {
-        match self {
-            End::IdleTimeout => "idle_timeout",
-            End::Evicted => "evicted",
-            End::Replies => "replies",
-            End::Shutdown => "shutdown",
-        }
-    }
-}
-
 /// Receives client datagrams until the drain begins (or a reload retires the service), then
 /// drops every flow.
 async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
@@ -319,16 +225,15 @@ async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
                 // the event loop for a burst, not one per datagram.
                 for _ in 0..DRAIN_BATCH {
                     match recv_now(&svc.socket, &mut buf) {
-                        Some(Ok(client)) => {
+                        Ok(Some(client)) => {
                             buf = svc.forward_up(buf, client, &mut candidates).await;
                         }
-                        Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Some(Err(e)) => {
+                        Ok(None) => break,
+                        Err(e) => {
                             tracing::debug!(service = %svc.name, error = %e,
                                 "udp receive failed");
                             break;
                         }
-                        None => break,
                     }
                 }
             }
@@ -399,8 +304,9 @@ impl UdpService {
                 return buf;
             };
             let sent = match send_now(&target.socket, &buf, target.dest) {
-                Some(sent) => sent,
-                None => {
+                Ok(Some(n)) => Ok(n),
+                Err(e) => Err(e),
+                Ok(None) => {
                     let BufResult(sent, b) = match target.dest {
                         None => target.socket.send(buf).await,
                         Some(dest) => target.socket.send_to(buf, dest).await,
@@ -534,55 +440,6 @@ impl UdpService {
         }
     }
 
-    /// Opens a flow's upstream socket (connected to a newly picked backend in flow mode) and
-    /// starts its reader.
-    fn open_link(
-        self: &Rc<Self>,
-        state: &Arc<ServiceState>,
-        failed: &mut Vec<usize>,
-        client: SocketAddr,
-        candidates: &mut Vec<usize>,
-    ) -> Option<Link> {
-        let (backend, opened) = match self.mode {
-            UdpMode::Flow => {
-                let b = self.pick(state, client.ip(), failed, candidates)?;
-                let address = state.backends[b].address();
-                (Some(b), open_upstream(address.is_ipv6(), Some(address)))
-            }
-            UdpMode::PerPacket => (None, open_upstream(self.backends_v6, None)),
-        };
-        let socket = match opened.and_then(UdpSocket::from_std) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(service = %state.config.name, %client, error = %e,
-                    "cannot open an upstream udp socket: datagram dropped");
-                return None;
-            }
-        };
-        if let Some(b) = backend {
-            let counters = &state.backends[b].counters;
-            counters.active.fetch_add(1, Ordering::Relaxed);
-            counters.connections.fetch_add(1, Ordering::Relaxed);
-        }
-        let id = self.next_link.get();
-        self.next_link.set(id + 1);
-        let reader = compio::runtime::spawn(read_replies(
-            self.clone(),
-            state.clone(),
-            client,
-            id,
-            socket.clone(),
-            backend,
-        ));
-        Some(Link {
-            id,
-            socket,
-            backend,
-            state: state.clone(),
-            reader: Some(reader),
-        })
-    }
-
     /// Per-packet mode: the address to send to from the shared (maybe dual-stack) socket.
     fn per_packet_dest(&self, backend: SocketAddr) -> SocketAddr {
         match backend {
@@ -611,102 +468,6 @@ impl UdpService {
             Some(f) => count(&f.value.state),
             None => count(&self.current_state()),
         }
-    }
-
-    /// The flow's upstream socket reported an error: drop the link so the next client datagram
-    /// opens a new one; when the error says the backend is not there (refused, unreachable),
-    /// count it against the backend and remember it so the flow picks another one. `from_reader`:
-    /// called by the link's own reader task, which must not cancel itself.
-    fn link_failed(&self, client: SocketAddr, link: u64, error: &io::Error, from_reader: bool) {
-        let mut flows = self.flows.borrow_mut();
-        let Some(flow) = flows.get_mut(&client) else {
-            return;
-        };
-        if flow.value.link_id() != Some(link) {
-            return;
-        }
-        let up = &mut flow.value;
-        let Some(mut old) = up.link.take() else {
-            return;
-        };
-        if let Some(b) = old.backend.filter(|_| is_backend_failure(error)) {
-            if let Some(backend) = up.state.backends.get(b) {
-                backend.counters.connect_failed(ConnectFailure::of(error));
-                tracing::debug!(service = %up.state.config.name, %client,
-                    backend = %backend.address(), %error, "udp backend failed for a flow");
-            }
-            if !up.failed.contains(&b) {
-                up.failed.push(b);
-            }
-        }
-        drop(flows);
-        if from_reader && let Some(reader) = old.reader.take() {
-            reader.detach();
-        }
-        drop(old);
-    }
-
-    /// Ends a flow whose replies are all in (`udp_replies`), asking the rule again: a client
-    /// datagram may have arrived while the last reply was being sent. Called by the flow's own
-    /// reader; returns whether the flow ended.
-    fn answered(&self, client: SocketAddr, link: u64) -> bool {
-        let mut flows = self.flows.borrow_mut();
-        if flows.get(&client).and_then(|f| f.value.link_id()) != Some(link)
-            || flows.verdict(&client, self.replies) != Some(ReplyVerdict::Done)
-        {
-            return false;
-        }
-        let Some(mut flow) = flows.remove(&client) else {
-            return false;
-        };
-        drop(flows);
-        if let Some(reader) = flow.value.link.as_mut().and_then(|l| l.reader.take()) {
-            reader.detach();
-        }
-        flow.value
-            .state
-            .counters
-            .udp_flows_answered
-            .fetch_add(1, Ordering::Relaxed);
-        self.log_end(&flow, End::Replies);
-        true
-    }
-
-    fn evicted(&self, flow: Flow<Upstream>) {
-        let counters = &flow.value.state.counters;
-        counters.udp_flows_evicted.fetch_add(1, Ordering::Relaxed);
-        if !self.warned_full.replace(true) {
-            tracing::warn!(service = %flow.value.state.config.name, worker = self.worker.index,
-                flows = self.flows.borrow().capacity(),
-                "udp flow table full: evicting the least recently used flows");
-        }
-        self.log_end(&flow, End::Evicted);
-    }
-
-    fn log_end(&self, flow: &Flow<Upstream>, end: End) {
-        let state = &flow.value.state;
-        if !state.config.access_log {
-            return;
-        }
-        let backend = flow
-            .value
-            .link
-            .as_ref()
-            .and_then(|l| l.backend)
-            .and_then(|b| state.backends.get(b))
-            .map(|b| b.address().to_string());
-        tracing::info!(
-            target: "ringlb::access",
-            service = %state.config.name,
-            client = %flow.client,
-            backend = backend.as_deref().unwrap_or("-"),
-            datagrams_up = flow.datagrams_up,
-            datagrams_down = flow.datagrams_down,
-            bytes_up = flow.bytes_up,
-            bytes_down = flow.bytes_down,
-            duration_ms = flow.started.elapsed().as_millis() as u64,
-            end = end.as_str(),
-        );
     }
 
     /// The service's state in the current snapshot (a reload may have changed its backends).

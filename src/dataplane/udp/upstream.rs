@@ -17,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::balancer::flowtable::ReplyVerdict;
 use crate::control::ServiceState;
 
+use super::super::sys;
 use super::{DRAIN_BATCH, MAX_DATAGRAM, UdpService};
 
 /// What a reader does after one reply.
@@ -94,10 +95,9 @@ pub(super) async fn read_replies(
             // touch it meanwhile.
             let received = recv_now(&socket, &mut svc.scratch.borrow_mut());
             let source = match received {
-                None => break,
-                Some(Ok(source)) => source,
-                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Some(Err(e)) => {
+                Ok(None) => break,
+                Ok(Some(source)) => source,
+                Err(e) => {
                     svc.upstream_failed(&state, client, link, &e);
                     return;
                 }
@@ -149,8 +149,11 @@ impl UdpService {
             flows.record_down(&client, data.len(), Instant::now(), self.replies)
         };
         match send_now(&self.socket, data, Some(client)) {
-            Some(sent) => self.reply_sent(state, client, link, from, data.len(), sent, verdict),
-            None => Step::Blocked(from, verdict),
+            Ok(None) => Step::Blocked(from, verdict),
+            sent => {
+                let sent = sent.map(|n| n.unwrap_or(0));
+                self.reply_sent(state, client, link, from, data.len(), sent, verdict)
+            }
         }
     }
 
@@ -221,46 +224,25 @@ pub(super) fn canonical(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Sends one datagram at once with a non-blocking `send`/`sendto` (`dest`: unconnected socket),
-/// the usual case for UDP, where the socket buffer has room: this saves an io_uring round trip
-/// per datagram and gives a reply buffer back to the pool at once. `None` when the socket buffer
-/// is full; the caller then waits on an io_uring send.
+/// Sends one datagram at once with a non-blocking `send`/`sendto` (`dest`: unconnected
+/// socket), the usual case for UDP, where the socket buffer has room: this saves an io_uring
+/// round trip per datagram and gives a reply buffer back to the pool at once. `None` when the
+/// socket buffer is full; the caller then waits on an io_uring send.
 pub(super) fn send_now(
     socket: &UdpSocket,
     data: &[u8],
     dest: Option<SocketAddr>,
-) -> Option<io::Result<usize>> {
-    let socket = socket2::SockRef::from(socket);
-    let sent = match dest {
-        None => socket.send_with_flags(data, libc::MSG_DONTWAIT),
-        Some(dest) => socket.send_to_with_flags(data, &dest.into(), libc::MSG_DONTWAIT),
-    };
-    match sent {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        other => Some(other),
+) -> io::Result<Option<usize>> {
+    match dest {
+        None => sys::send_now(socket, data),
+        Some(dest) => sys::send_to_now(socket, data, dest),
     }
 }
 
-/// Receives one datagram already queued on `socket` into `buf` (cleared first; its capacity
-/// must hold [`MAX_DATAGRAM`] bytes) with a non-blocking `recvfrom`, and returns its source.
-/// `None` when nothing is queued.
-pub(super) fn recv_now(socket: &UdpSocket, buf: &mut Vec<u8>) -> Option<io::Result<SocketAddr>> {
-    buf.clear();
-    buf.reserve(MAX_DATAGRAM);
-    let socket = socket2::SockRef::from(socket);
-    match socket.recv_from_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT) {
-        Ok((n, source)) => {
-            // SAFETY: recvfrom(2) wrote `n` bytes (at most the spare capacity it was given, since
-            // MSG_TRUNC is not set) at the start of the spare capacity, so the first `n` bytes
-            // after the (zero) length are initialized.
-            unsafe { buf.set_len(n) };
-            Some(source.as_socket().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
-            }))
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        Err(e) => Some(Err(e)),
-    }
+/// Receives one datagram already queued on `socket` into `buf` (its contents replaced) with a
+/// non-blocking `recvfrom`, and returns its source; `None` when nothing is queued.
+pub(super) fn recv_now(socket: &UdpSocket, buf: &mut Vec<u8>) -> io::Result<Option<SocketAddr>> {
+    sys::recv_from_now(socket, buf, MAX_DATAGRAM)
 }
 
 /// Whether a receive into the buffer pool failed because the pool had no free buffer: the

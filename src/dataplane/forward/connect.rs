@@ -1,0 +1,124 @@
+//! Choosing and connecting a connection's backend.
+//!
+//! Owns: trying the service's distinct candidates in order within `connect_timeout` (the retries),
+//! the backend's active count while a connection to it is open or opening, and reporting each
+//! connect's result for passive health detection, connect latency and session persistence. A
+//! connect that fails for a local reason (out of fds, ports or memory) never counts against the
+//! backend. Does not own: which backends are candidates (the service's selector, through
+//! [`ServiceState::candidates`]) or what happens once connected (the parent module).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use compio::net::TcpStream;
+
+use crate::control::{BackendState, ConnectFailure, ServiceState};
+
+use super::super::worker::{Worker, is_resource_exhaustion};
+
+/// Counts one connection open (or opening) to a backend while alive.
+pub(super) struct ActiveGuard<'a>(&'a BackendState);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(backend: &'a BackendState) -> Self {
+        backend.counters.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(backend)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no backend connection was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NoBackend {
+    /// No backend was ready (none up, or all at their `max_connections`).
+    NoneReady,
+    /// Every candidate's connect failed or timed out.
+    AllFailed,
+}
+
+/// Tries the service's distinct candidates in order, each within `connect_timeout`. On success
+/// returns the backend's index, the stream, its active-count guard and the backend's close
+/// epoch from before the connect (so a mark-down during the connect still closes the session).
+pub(super) async fn connect_backend<'a>(
+    worker: &Worker,
+    state: &'a ServiceState,
+    peer: SocketAddr,
+) -> Result<(usize, TcpStream, ActiveGuard<'a>, u64), NoBackend> {
+    let config = &state.config;
+    let attempts = config.retries as usize + 1;
+    // One spare: slow start may ask the selector for one more than it returns.
+    let mut candidates = Vec::with_capacity(attempts + 1);
+    state.candidates(
+        peer.ip(),
+        &mut worker.rng.borrow_mut(),
+        attempts,
+        Instant::now(),
+        &mut candidates,
+    );
+    if candidates.is_empty() {
+        return Err(NoBackend::NoneReady);
+    }
+    for (attempt, index) in candidates.into_iter().enumerate() {
+        if attempt > 0 {
+            state.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let backend = &state.backends[index];
+        let active = ActiveGuard::new(backend);
+        let epoch = backend.live.close_epoch();
+        let address = backend.address();
+        let connecting = Instant::now();
+        let (failure, kind) = match compio::time::timeout(
+            config.connect_timeout,
+            TcpStream::connect(address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                backend
+                    .counters
+                    .connect_latency
+                    .record(worker.index, connecting.elapsed().as_micros() as u64);
+                // Latency over throughput for request/response protocols, as on the client side.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%address, error = %e, "cannot set TCP_NODELAY");
+                }
+                state.connect_succeeded(index);
+                state.stick(peer.ip(), index, Instant::now());
+                return Ok((index, stream, active, epoch));
+            }
+            Ok(Err(e)) if is_local_failure(&e) => {
+                // Out of fds, local ports or memory: the backend is not at fault, so this must
+                // never count against its health.
+                state
+                    .counters
+                    .local_connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(service = %config.name, backend = %address, error = %e,
+                    "cannot open a backend connection: local resources exhausted");
+                continue;
+            }
+            Ok(Err(e)) => (e.to_string(), ConnectFailure::of(&e)),
+            Err(_) => (
+                format!("no answer within {:?}", config.connect_timeout),
+                ConnectFailure::Timeout,
+            ),
+        };
+        backend.counters.connect_failed(kind);
+        tracing::debug!(service = %config.name, backend = %address, reason = %failure, "connect failed");
+        // Passive health detection: enough failures in a row mark the backend down at once.
+        state.connect_failed(index, &failure);
+    }
+    Err(NoBackend::AllFailed)
+}
+
+/// Whether a connect failed for a reason local to this host rather than the backend.
+fn is_local_failure(e: &io::Error) -> bool {
+    is_resource_exhaustion(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+}

@@ -1,0 +1,328 @@
+//! One proxied TCP connection, from accept to close.
+//!
+//! Owns: the connection's life: the service slot, connection tracking, the backend connection
+//! (made by `connect`), the two directions (run by `pump`) and how they end together (half-close,
+//! reset propagation, the idle timeout, the drain deadline, a backend's close event), and the
+//! access-log line. Ends a session when its backend's close event fires (marked down with
+//! `on_backend_down = "shutdown"`, or disabled). Does not own: backend choice and connect retries
+//! (`connect`), moving the bytes of one direction (`pump`), the worker's spare buffers
+//! (`buffers`) or pipes (`super::splice`), nor the socket calls themselves (`super::sys`).
+//!
+//! Guarantees: every byte read from one side is written to the other before that direction is
+//! shut down; a direction holds at most one buffer of `buffer_size` bytes (or one pipe) and reads
+//! nothing more until it is written out, so a slow reader stalls its writer; when [`serve`]
+//! returns, the service slot, the backend's active count and the tracking entry are released
+//! (drop guards, also on cancellation).
+//!
+//! The files: `connect` (choosing and connecting a backend), `pump` (one direction through
+//! buffers or a pipe), `buffers` (the worker's spare forwarding buffers).
+
+mod buffers;
+mod connect;
+mod pump;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Instant;
+
+use compio::net::TcpStream;
+
+use crate::balancer::conntrack::{Conn, ConnId, ConnState};
+use crate::control::ServiceState;
+
+use super::worker::Worker;
+pub(super) use buffers::SpareBuffers;
+use connect::{NoBackend, connect_backend};
+use pump::{Dir, DirEnd, pump};
+
+/// How a proxied connection ended; the access log's `end` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Both sides closed in order.
+    Closed,
+    /// The client reset (or failed) first; the backend was reset.
+    ClientReset,
+    /// The backend reset (or failed) first; the client was reset.
+    BackendReset,
+    /// No bytes moved either way for `idle_timeout`.
+    IdleTimeout,
+    /// The drain deadline passed.
+    Shutdown,
+    /// The backend was marked down (`on_backend_down = "shutdown"`) or disabled; both sides
+    /// were reset.
+    BackendDown,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientReset => "client_reset",
+            End::BackendReset => "backend_reset",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+            End::BackendDown => "backend_down",
+        }
+    }
+}
+
+/// Returns the service slot when dropped.
+struct SlotGuard<'a>(&'a ServiceState);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release_slot();
+    }
+}
+
+/// Removes the tracking entry and wakes the drain when dropped.
+struct TrackGuard<'a> {
+    worker: &'a Worker,
+    id: ConnId,
+}
+
+impl Drop for TrackGuard<'_> {
+    fn drop(&mut self) {
+        let mut table = self.worker.table.borrow_mut();
+        table.remove(self.id);
+        self.worker
+            .stats
+            .live
+            .store(table.len() as u64, Ordering::Relaxed);
+        drop(table);
+        self.worker.conn_closed.notify(usize::MAX);
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub(super) async fn serve(
+    worker: Rc<Worker>,
+    state: Arc<ServiceState>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    // The accept loop paused at the limit, but another worker may have taken the last slot in
+    // the meantime: queue the connection until a slot frees rather than accept-then-close.
+    while !state.try_acquire_slot() {
+        let slot = pin!(state.wait_for_slot());
+        let abort = pin!(worker.aborting());
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(slot, abort).await
+        {
+            return;
+        }
+    }
+    let _slot = SlotGuard(&state);
+    state.counters.accepted.fetch_add(1, Ordering::Relaxed);
+
+    let started = Instant::now();
+    let inserted = {
+        let mut table = worker.table.borrow_mut();
+        let inserted = table.insert(Conn::accepted(state.id.0, peer, started));
+        worker
+            .stats
+            .live
+            .store(table.len() as u64, Ordering::Relaxed);
+        inserted
+    };
+    let id = match inserted {
+        Ok(id) => id,
+        Err(full) => {
+            tracing::warn!(service = %state.config.name, client = %peer, "{full}: connection closed");
+            return;
+        }
+    };
+    let _track = TrackGuard {
+        worker: &worker,
+        id,
+    };
+
+    let (index, backend, _active, epoch) = match connect_backend(&worker, &state, peer).await {
+        Ok(connected) => connected,
+        Err(NoBackend::NoneReady) => {
+            // Logged once per transition by the control side ("service down"), not here.
+            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(service = %state.config.name, client = %peer,
+                "no backend is ready: client connection closed");
+            return;
+        }
+        Err(NoBackend::AllFailed) => {
+            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(service = %state.config.name, client = %peer,
+                "no backend could be reached: client connection closed");
+            return;
+        }
+    };
+    let backend_state = &state.backends[index];
+    worker
+        .table
+        .borrow_mut()
+        .established(id, backend_state.address(), Instant::now());
+    backend_state
+        .counters
+        .connections
+        .fetch_add(1, Ordering::Relaxed);
+
+    let end = proxy(&worker, &state, index, epoch, id, &client, &backend).await;
+
+    match end {
+        End::ClientReset => reset_on_close(&backend),
+        End::BackendReset => reset_on_close(&client),
+        End::BackendDown => {
+            reset_on_close(&backend);
+            reset_on_close(&client);
+            backend_state
+                .counters
+                .sessions_closed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        End::Closed | End::IdleTimeout | End::Shutdown => {}
+    }
+    drop(backend);
+    drop(client);
+
+    let (up, down) = worker
+        .table
+        .borrow()
+        .get(id)
+        .map_or((0, 0), |c| (c.bytes_up, c.bytes_down));
+    let counters = &backend_state.counters;
+    counters.bytes_to_backend.fetch_add(up, Ordering::Relaxed);
+    counters.bytes_to_client.fetch_add(down, Ordering::Relaxed);
+    let duration = started.elapsed();
+    counters
+        .session_duration
+        .record(worker.index, duration.as_millis() as u64);
+    if state.config.access_log {
+        tracing::info!(
+            target: "ringlb::access",
+            service = %state.config.name,
+            client = %peer,
+            backend = %backend_state.address(),
+            bytes_up = up,
+            bytes_down = down,
+            duration_ms = duration.as_millis() as u64,
+            end = end.as_str(),
+        );
+    }
+}
+
+/// Moves bytes both ways until both directions ended in order, one side failed, the connection
+/// went idle, the drain deadline passed, or the backend's close event fired after `epoch`.
+async fn proxy(
+    worker: &Worker,
+    state: &ServiceState,
+    index: usize,
+    epoch: u64,
+    id: ConnId,
+    client: &TcpStream,
+    backend: &TcpStream,
+) -> End {
+    let mut up = pin!(pump(worker, state, id, Dir::Up, client, backend));
+    let mut down = pin!(pump(worker, state, id, Dir::Down, backend, client));
+    let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
+    let mut abort = pin!(worker.aborting());
+    let mut closed = pin!(backend_closed(worker, state, index, epoch));
+    let mut up_end = None;
+    let mut down_end = None;
+    std::future::poll_fn(|cx| {
+        if up_end.is_none()
+            && let Poll::Ready(e) = up.as_mut().poll(cx)
+        {
+            up_end = Some(e);
+            if e == DirEnd::Eof {
+                worker
+                    .table
+                    .borrow_mut()
+                    .set_state(id, ConnState::ClientClosed);
+            }
+        }
+        if down_end.is_none()
+            && let Poll::Ready(e) = down.as_mut().poll(cx)
+        {
+            down_end = Some(e);
+            if e == DirEnd::Eof {
+                worker
+                    .table
+                    .borrow_mut()
+                    .set_state(id, ConnState::BackendClosed);
+            }
+        }
+        match (up_end, down_end) {
+            (Some(DirEnd::ReadFailed), _) | (_, Some(DirEnd::WriteFailed)) => {
+                return Poll::Ready(End::ClientReset);
+            }
+            (Some(DirEnd::WriteFailed), _) | (_, Some(DirEnd::ReadFailed)) => {
+                return Poll::Ready(End::BackendReset);
+            }
+            (Some(DirEnd::Eof), Some(DirEnd::Eof)) => return Poll::Ready(End::Closed),
+            _ => {}
+        }
+        if idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::IdleTimeout);
+        }
+        if abort.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Shutdown);
+        }
+        if closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::BackendDown);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Resolves once the sessions to backend `index` started at close `epoch` must close.
+async fn backend_closed(worker: &Worker, state: &ServiceState, index: usize, epoch: u64) {
+    let live = &state.backends[index].live;
+    loop {
+        if live.close_epoch() != epoch {
+            return;
+        }
+        // A worker-local event (woken from this thread by `watch_closing`): registering on it
+        // never contends with another thread.
+        let listener = worker.sessions_closing.listen();
+        if live.close_epoch() != epoch {
+            return;
+        }
+        listener.await;
+    }
+}
+
+/// One per (worker, service): relays the control plane's "sessions must close" to this
+/// worker's sessions. The control plane wakes only these watchers (one per worker), never
+/// sessions directly; see `control::availability` for why. The signal is shared by the
+/// service's states across reloads, so the `state` it starts with serves for its whole life.
+pub(super) async fn watch_closing(worker: Rc<Worker>, state: Arc<ServiceState>) {
+    let mut seen = state.closing_generation();
+    loop {
+        seen = state.closing_after(seen).await;
+        worker.sessions_closing.notify(usize::MAX);
+    }
+}
+
+/// Resolves once the connection has moved no byte for `idle`.
+async fn idle_timer(worker: &Worker, id: ConnId, idle: std::time::Duration) {
+    loop {
+        let remaining = worker
+            .table
+            .borrow()
+            .idle_remaining(id, idle, Instant::now());
+        match remaining {
+            Some(wait) => compio::time::sleep(wait).await,
+            None => return,
+        }
+    }
+}
+
+/// Makes the coming close send a reset (SO_LINGER 0), so a reset on one side reaches the other.
+fn reset_on_close(stream: &TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!(error = %e, "cannot set SO_LINGER 0");
+    }
+}

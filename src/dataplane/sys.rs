@@ -1,0 +1,203 @@
+//! The data path's non-blocking socket calls, TCP and UDP alike, under one convention.
+//!
+//! io_uring does all the waiting; these calls are the "readiness plus syscall" half of the data
+//! path: a `recv(2)` of what is already queued, a `send(2)` of what fits now, a look at a
+//! socket's send queue. Owns: those calls, how their outcome is reported, and the `unsafe`
+//! buffer-length updates after a receive into a buffer's spare capacity. Does not own: when to
+//! call them or what to do when they would block (`forward`, `udp`), nor splice(2) (`splice`,
+//! which reports through [`nonblocking`] too).
+//!
+//! # The convention
+//!
+//! Every call here returns `io::Result<Option<T>>`:
+//! - `Ok(Some(v))`: the call did its work (`v` bytes, or the datagram's source, ...);
+//! - `Ok(None)`: it would block (`EAGAIN`): nothing queued to read, or no room to send; the
+//!   caller waits on io_uring and tries again;
+//! - `Err(e)`: the socket failed (reset, refused, ...).
+//!
+//! A call interrupted by a signal (`EINTR`) is made again at once: a non-blocking call never
+//! sleeps, so the retry costs nothing and no caller has to know about `EINTR`.
+//!
+//! Every send passes `MSG_NOSIGNAL` (a TCP send to a reset peer reports `EPIPE` instead of
+//! raising SIGPIPE; UDP sockets never raise it) and `MSG_DONTWAIT`, so the calls never block
+//! whatever the socket's own mode.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+
+use socket2::SockRef;
+
+/// Flags of every send: never block, never raise SIGPIPE.
+const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+
+/// Runs one non-blocking call under the module's convention: `EAGAIN` becomes `Ok(None)`,
+/// `EINTR` runs the call again.
+pub(super) fn nonblocking<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<Option<T>> {
+    loop {
+        match call() {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends what fits of `data` now on a connected socket (`send(2)`): the bytes sent, `None`
+/// when nothing fits. A UDP socket sends the whole datagram or nothing.
+pub(super) fn send_now(socket: &impl AsFd, data: &[u8]) -> io::Result<Option<usize>> {
+    let socket = SockRef::from(socket);
+    nonblocking(|| socket.send_with_flags(data, SEND_FLAGS))
+}
+
+/// Sends one datagram now to `dest` on an unconnected socket (`sendto(2)`): the bytes sent,
+/// `None` when the socket buffer is full.
+pub(super) fn send_to_now(
+    socket: &impl AsFd,
+    data: &[u8],
+    dest: SocketAddr,
+) -> io::Result<Option<usize>> {
+    let socket = SockRef::from(socket);
+    let dest = dest.into();
+    nonblocking(|| socket.send_to_with_flags(data, &dest, SEND_FLAGS))
+}
+
+/// Reads what is queued on a connected socket into `buf`, replacing its contents, at most
+/// `len` bytes (`recv(2)`; one datagram on a UDP socket): the bytes read, `Ok(Some(0))` at a
+/// TCP socket's EOF, `None` when nothing is queued.
+pub(super) fn recv_now(
+    socket: &impl AsFd,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> io::Result<Option<usize>> {
+    let socket = SockRef::from(socket);
+    buf.clear();
+    buf.reserve(len);
+    let n = nonblocking(|| socket.recv_with_flags(spare(buf, len), libc::MSG_DONTWAIT))?;
+    if let Some(n) = n {
+        // SAFETY: recv(2) wrote `n` bytes at the start of the spare capacity it was given, and
+        // never more than the `len` bytes passed (no MSG_TRUNC), which `reserve` made sure the
+        // buffer has; so after the (zero) length the first `n` bytes are initialized.
+        unsafe { buf.set_len(n) };
+    }
+    Ok(n)
+}
+
+/// Receives one datagram already queued on `socket` into `buf`, replacing its contents, at most
+/// `len` bytes (`recvfrom(2)`): the datagram's source, `None` when nothing is queued.
+pub(super) fn recv_from_now(
+    socket: &impl AsFd,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> io::Result<Option<SocketAddr>> {
+    let socket = SockRef::from(socket);
+    buf.clear();
+    buf.reserve(len);
+    let received =
+        nonblocking(|| socket.recv_from_with_flags(spare(buf, len), libc::MSG_DONTWAIT))?;
+    let Some((n, source)) = received else {
+        return Ok(None);
+    };
+    // SAFETY: recvfrom(2) wrote `n` bytes at the start of the spare capacity it was given, and
+    // never more than the `len` bytes passed (no MSG_TRUNC), which `reserve` made sure the
+    // buffer has; so after the (zero) length the first `n` bytes are initialized.
+    unsafe { buf.set_len(n) };
+    source
+        .as_socket()
+        .map(Some)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address"))
+}
+
+/// The first `len` bytes of `buf`'s spare capacity (it has at least that many).
+fn spare(buf: &mut Vec<u8>, len: usize) -> &mut [MaybeUninit<u8>] {
+    &mut buf.spare_capacity_mut()[..len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    /// Calls `f` until it returns something (the loopback peer's bytes or reset may take a
+    /// moment to land), within a deadline.
+    fn poll<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing within 5 s");
+            std::thread::yield_now();
+        }
+    }
+
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn tcp_reports_nothing_queued_data_and_eof_alike() {
+        let (mut a, b) = tcp_pair();
+        let mut buf = Vec::new();
+        assert_eq!(
+            recv_now(&b, &mut buf, 16).unwrap(),
+            None,
+            "nothing queued yet"
+        );
+        a.write_all(b"hello, ringlb").unwrap();
+        let n = poll(|| recv_now(&b, &mut buf, 5).unwrap());
+        assert_eq!(n, 5, "at most `len` bytes");
+        assert_eq!(buf, b"hello");
+        let n = recv_now(&b, &mut buf, 64).unwrap();
+        assert_eq!(n, Some(8));
+        assert_eq!(buf, b", ringlb", "the buffer's contents are replaced");
+        drop(a);
+        let eof = poll(|| recv_now(&b, &mut buf, 64).unwrap());
+        assert_eq!(eof, 0);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_send_that_does_not_fit_reports_none_and_a_reset_peer_an_error() {
+        let (a, b) = tcp_pair();
+        let chunk = vec![7u8; 1 << 16];
+        let mut sent = 0;
+        // The peer never reads: the send buffer fills and a send reports `None`, not an error.
+        while let Some(n) = send_now(&a, &chunk).unwrap() {
+            sent += n;
+            assert!(sent < 256 << 20, "the send buffer never filled");
+        }
+        socket2::SockRef::from(&b)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(b);
+        let failed = poll(|| send_now(&a, &chunk).err());
+        assert!(
+            matches!(failed.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)),
+            "{failed}"
+        );
+    }
+
+    #[test]
+    fn udp_sends_and_receives_datagrams_with_their_source() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(recv_from_now(&b, &mut buf, 64).unwrap(), None);
+        let sent = send_to_now(&a, b"ping", b.local_addr().unwrap()).unwrap();
+        assert_eq!(sent, Some(4));
+        let source = poll(|| recv_from_now(&b, &mut buf, 64).unwrap());
+        assert_eq!(source, a.local_addr().unwrap());
+        assert_eq!(buf, b"ping");
+        b.connect(a.local_addr().unwrap()).unwrap();
+        assert_eq!(send_now(&b, b"pong").unwrap(), Some(4));
+        let n = poll(|| recv_now(&a, &mut buf, 64).unwrap());
+        assert_eq!((n, buf.as_slice()), (4, &b"pong"[..]));
+    }
+}
