@@ -25,7 +25,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use socket2::SockRef;
 
@@ -115,6 +115,25 @@ fn spare(buf: &mut Vec<u8>, len: usize) -> &mut [MaybeUninit<u8>] {
     &mut buf.spare_capacity_mut()[..len]
 }
 
+/// Bytes in a TCP socket's send queue: written by ringlb but not yet acknowledged by the peer
+/// (`SIOCOUTQ`). Zero once the peer's kernel holds everything ringlb wrote.
+pub(super) fn unacked(socket: &impl AsFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (the same number as TIOCOUTQ) writes one `int` through the pointer,
+    // which points at a live local `c_int`; the descriptor is borrowed for the call.
+    let ret = unsafe {
+        libc::ioctl(
+            socket.as_fd().as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut queued as *mut libc::c_int,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +192,12 @@ mod tests {
             sent += n;
             assert!(sent < 256 << 20, "the send buffer never filled");
         }
+        let queued = unacked(&a).unwrap();
+        assert!(
+            queued > 0 && queued <= sent,
+            "{queued} of the {sent} unread bytes wait in the send queue"
+        );
+        assert_eq!(unacked(&b).unwrap(), 0, "nothing sent the other way");
         socket2::SockRef::from(&b)
             .set_linger(Some(std::time::Duration::ZERO))
             .unwrap();

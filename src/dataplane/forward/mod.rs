@@ -14,6 +14,20 @@
 //! returns, the service slot, the backend's active count and the tracking entry are released
 //! (drop guards, also on cancellation).
 //!
+//! # Resets
+//!
+//! When one side resets its connection (RST, no FIN) or fails, ringlb resets the other side, as
+//! a reset; but first everything ringlb read from the failed side reaches the other side. The
+//! direction from the failed side goes on: it reads what is still queued on the failed socket
+//! (Linux returns queued data before it reports the reset), writes out its buffer or pipe, and
+//! ends at the reset. Then ringlb waits until the other side's kernel has acknowledged all of it
+//! (the socket's send queue is empty), since a close with `SO_LINGER` 0 discards what is still
+//! queued; only then does it reset that side. So the other side receives a byte-exact prefix of
+//! what the failed side sent, as long as what ringlb read, then the reset. The wait is bounded
+//! by what ringlb holds and by the reader: when the other side takes no byte for `idle_timeout`
+//! (or the drain deadline passes, or the backend's close event fires), ringlb resets it at
+//! once. The direction toward the failed side ends at once: its bytes have nowhere to go.
+//!
 //! The files: `connect` (choosing and connecting a backend), `pump` (one direction through
 //! buffers or a pipe), `buffers` (the worker's spare forwarding buffers).
 
@@ -21,6 +35,7 @@ mod buffers;
 mod connect;
 mod pump;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -28,13 +43,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use compio::net::TcpStream;
 
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
 use crate::control::ServiceState;
 
+use super::sys;
 use super::worker::Worker;
 pub(super) use buffers::SpareBuffers;
 use connect::{NoBackend, connect_backend};
@@ -214,6 +230,8 @@ pub(super) async fn serve(
 
 /// Moves bytes both ways until both directions ended in order, one side failed, the connection
 /// went idle, the drain deadline passed, or the backend's close event fired after `epoch`.
+/// When one side failed, what ringlb read from it is passed on to the other side first (see
+/// "Resets" in the module doc).
 async fn proxy(
     worker: &Worker,
     state: &ServiceState,
@@ -223,34 +241,55 @@ async fn proxy(
     client: &TcpStream,
     backend: &TcpStream,
 ) -> End {
-    let mut up = pin!(pump(worker, state, id, Dir::Up, client, backend));
-    let mut down = pin!(pump(worker, state, id, Dir::Down, backend, client));
+    // Set when a write to that side failed (see `pump`).
+    let client_failed = Cell::new(false);
+    let backend_failed = Cell::new(false);
+    let mut up = pin!(pump(
+        worker,
+        state,
+        id,
+        Dir::Up,
+        (client, backend),
+        &client_failed
+    ));
+    let mut down = pin!(pump(
+        worker,
+        state,
+        id,
+        Dir::Down,
+        (backend, client),
+        &backend_failed
+    ));
     let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
     let mut abort = pin!(worker.aborting());
     let mut closed = pin!(backend_closed(worker, state, index, epoch));
     let mut up_end = None;
     let mut down_end = None;
-    std::future::poll_fn(|cx| {
+    let end = std::future::poll_fn(|cx| {
         if up_end.is_none()
             && let Poll::Ready(e) = up.as_mut().poll(cx)
         {
             up_end = Some(e);
-            if e == DirEnd::Eof {
-                worker
+            match e {
+                DirEnd::Eof => worker
                     .table
                     .borrow_mut()
-                    .set_state(id, ConnState::ClientClosed);
+                    .set_state(id, ConnState::ClientClosed),
+                DirEnd::WriteFailed => backend_failed.set(true),
+                DirEnd::ReadFailed => {}
             }
         }
         if down_end.is_none()
             && let Poll::Ready(e) = down.as_mut().poll(cx)
         {
             down_end = Some(e);
-            if e == DirEnd::Eof {
-                worker
+            match e {
+                DirEnd::Eof => worker
                     .table
                     .borrow_mut()
-                    .set_state(id, ConnState::BackendClosed);
+                    .set_state(id, ConnState::BackendClosed),
+                DirEnd::WriteFailed => client_failed.set(true),
+                DirEnd::ReadFailed => {}
             }
         }
         match (up_end, down_end) {
@@ -274,8 +313,93 @@ async fn proxy(
         }
         Poll::Pending
     })
-    .await
+    .await;
+
+    // One side failed. The direction from it (the survivor) reads what that side sent before it
+    // failed and writes it to the other side; then the other side's send queue is flushed, so
+    // that its reset discards nothing ringlb read. The direction toward the failed side is dead.
+    let (survivor_end, other) = match end {
+        End::ClientReset => (up_end, backend),
+        End::BackendReset => (down_end, client),
+        _ => return end,
+    };
+    let survivor_end = match survivor_end {
+        Some(e) => Some(e),
+        None => {
+            std::future::poll_fn(|cx| {
+                let survivor = match end {
+                    End::ClientReset => up.as_mut().poll(cx),
+                    _ => down.as_mut().poll(cx),
+                };
+                if let Poll::Ready(e) = survivor {
+                    return Poll::Ready(Some(e));
+                }
+                // A reader that does not read is not waited for beyond the idle timeout.
+                if idle.as_mut().poll(cx).is_ready()
+                    || abort.as_mut().poll(cx).is_ready()
+                    || closed.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+        }
+    };
+    if matches!(survivor_end, Some(DirEnd::Eof | DirEnd::ReadFailed)) {
+        let mut flushed = pin!(flush(other, state.config.idle_timeout));
+        std::future::poll_fn(|cx| {
+            if flushed.as_mut().poll(cx).is_ready()
+                || abort.as_mut().poll(cx).is_ready()
+                || closed.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+    end
 }
+
+/// Waits until the peer of `to` has acknowledged every byte written to it (the socket's send
+/// queue is empty), so that a reset sent next discards nothing: a close with `SO_LINGER` 0
+/// drops the send queue. Gives up once the queue has not shrunk for `idle` (a reader that does
+/// not read), or when the queue cannot be read. No event says "send queue empty", so the queue
+/// is looked at after pauses growing from [`FLUSH_PAUSE_MIN`] to [`FLUSH_PAUSE_MAX`], back to the
+/// shortest after each sign of progress; this runs only between a reset and the close it causes.
+async fn flush(to: &TcpStream, idle: Duration) {
+    let mut least = usize::MAX;
+    let mut progress = Instant::now();
+    let mut pause = FLUSH_PAUSE_MIN;
+    loop {
+        let queued = match sys::unacked(to) {
+            Ok(queued) => queued,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a socket's send queue");
+                return;
+            }
+        };
+        if queued == 0 {
+            return;
+        }
+        if queued < least {
+            least = queued;
+            progress = Instant::now();
+            pause = FLUSH_PAUSE_MIN;
+        } else if progress.elapsed() >= idle {
+            return;
+        }
+        compio::time::sleep(pause).await;
+        pause = (pause * 2).min(FLUSH_PAUSE_MAX);
+    }
+}
+
+/// Shortest pause between two looks at a send queue being flushed before a reset.
+const FLUSH_PAUSE_MIN: Duration = Duration::from_millis(1);
+
+/// Longest pause between two looks at a send queue being flushed before a reset.
+const FLUSH_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 /// Resolves once the sessions to backend `index` started at close `epoch` must close.
 async fn backend_closed(worker: &Worker, state: &ServiceState, index: usize, epoch: u64) {
@@ -307,7 +431,7 @@ pub(super) async fn watch_closing(worker: Rc<Worker>, state: Arc<ServiceState>) 
 }
 
 /// Resolves once the connection has moved no byte for `idle`.
-async fn idle_timer(worker: &Worker, id: ConnId, idle: std::time::Duration) {
+async fn idle_timer(worker: &Worker, id: ConnId, idle: Duration) {
     loop {
         let remaining = worker
             .table

@@ -44,6 +44,7 @@
 //! call (see `splice`). Small messages stay on the buffer path: a splice costs two calls where a
 //! copy costs one recv.
 
+use std::cell::Cell;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -76,7 +77,8 @@ pub(super) enum Dir {
 pub(super) enum DirEnd {
     /// The reader sent EOF; every byte was written and the writer's side was shut down.
     Eof,
-    /// Reading from the source failed (reset or error).
+    /// Reading from the source failed (reset or error), or it reached EOF after the source was
+    /// known to have failed; every byte read before was written.
     ReadFailed,
     /// Writing to the destination failed (reset or error).
     WriteFailed,
@@ -85,13 +87,17 @@ pub(super) enum DirEnd {
 /// Copies one direction through buffers of `buffer_size` bytes until EOF or failure, holding a
 /// buffer only while data moves (see the module doc); a bulk transfer goes on through a pipe
 /// when the service splices ([`pump_spliced`]).
+///
+/// `from_failed` is set once the other direction failed to write to `from`: that write may have
+/// taken the socket's error, so a later EOF from `from` is its reset, not a FIN, and ends this
+/// direction as [`DirEnd::ReadFailed`] without shutting `to` down.
 pub(super) async fn pump(
     worker: &Worker,
     state: &ServiceState,
     id: ConnId,
     dir: Dir,
-    from: &TcpStream,
-    to: &TcpStream,
+    (from, to): (&TcpStream, &TcpStream),
+    from_failed: &Cell<bool>,
 ) -> DirEnd {
     let size = state.config.buffer_size;
     let mut writer = to;
@@ -113,7 +119,7 @@ pub(super) async fn pump(
         match recv_now(from, &mut buf, size) {
             Ok(Some(0)) => {
                 worker.spare_buffers.give(size, buf);
-                return shut_down_write(to);
+                return end_of_source(to, from_failed);
             }
             Ok(Some(n)) => {
                 // A full buffer (bulk transfer) is first offered to a non-blocking send(2),
@@ -144,7 +150,8 @@ pub(super) async fn pump(
                     && let Some(pipe) = worker.pipes.open(from, to)
                 {
                     worker.spare_buffers.give(size, buf);
-                    return pump_spliced(worker, state, id, dir, from, to, pipe).await;
+                    let ends = (from, to);
+                    return pump_spliced(worker, state, id, dir, ends, pipe, from_failed).await;
                 }
                 streak += 1;
                 if n == size && streak < READ_STREAK {
@@ -170,16 +177,16 @@ async fn pump_spliced(
     state: &ServiceState,
     id: ConnId,
     dir: Dir,
-    from: &TcpStream,
-    to: &TcpStream,
+    (from, to): (&TcpStream, &TcpStream),
     mut pipe: Pipe<'_>,
+    from_failed: &Cell<bool>,
 ) -> DirEnd {
     // Fills since this direction last waited on io_uring (see `READ_STREAK`). The first fill
     // follows a read that filled the buffer, so more is probably queued: no wait before it.
     let mut streak = 0;
     loop {
         match pipe.fill(from) {
-            Ok(Some(0)) => return shut_down_write(to),
+            Ok(Some(0)) => return end_of_source(to, from_failed),
             Ok(Some(n)) => {
                 while pipe.queued() > 0 {
                     match pipe.drain(to) {
@@ -231,6 +238,16 @@ fn record(worker: &Worker, id: ConnId, dir: Dir, n: usize) {
     match dir {
         Dir::Up => table.record_up(id, n as u64, now),
         Dir::Down => table.record_down(id, n as u64, now),
+    }
+}
+
+/// Ends a direction at its source's EOF: a reset when the source is known to have failed (see
+/// [`pump`]), else a half-close.
+fn end_of_source(to: &TcpStream, from_failed: &Cell<bool>) -> DirEnd {
+    if from_failed.get() {
+        DirEnd::ReadFailed
+    } else {
+        shut_down_write(to)
     }
 }
 
