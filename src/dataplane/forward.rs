@@ -64,7 +64,7 @@ use crate::balancer::conntrack::{Conn, ConnId, ConnState};
 use crate::control::{BackendState, ConnectFailure, ServiceState};
 
 use super::splice::Pipe;
-use super::worker::{Worker, is_resource_exhaustion};
+use super::worker::Worker;
 
 /// How a proxied connection ended; the access log's `end` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -727,7 +727,7 @@ async fn idle_timer(worker: &Worker, id: ConnId, idle: std::time::Duration) {
 
 /// Whether a connect failed for a reason local to this host rather than the backend.
 fn is_local_failure(e: &io::Error) -> bool {
-    is_resource_exhaustion(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+    crate::control::local::connect_failed_locally(e)
 }
 
 /// Makes the coming close send a reset (SO_LINGER 0), so a reset on one side reaches the other.
