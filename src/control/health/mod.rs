@@ -60,6 +60,8 @@ pub const RUNTIME_FDS: u64 = 2;
 /// socket per checked backend (a probe opens one socket, and a backend's next probe starts only
 /// after the previous one ended). The connection budget keeps these aside
 /// (`ConnectionBudget::for_config`), so probes still run while the data plane is at its limit.
+/// The budget is sized at start: backends a reload adds are covered by the spare room of
+/// `FD_RESERVE`.
 pub fn reserved_fds(config: &Config) -> u64 {
     let probes: u64 = config
         .services
@@ -188,11 +190,6 @@ impl HealthChecker {
             jobs.insert(key, Job { check, task });
         }
         jobs.len()
-    }
-
-    /// Whether some probe could not run for a local shortage at its last try.
-    pub fn in_shortage(&self) -> bool {
-        self.shortages.active()
     }
 
     /// Number of backends being checked.
