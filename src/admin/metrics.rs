@@ -23,6 +23,9 @@
 //! - workers {worker}: `worker_accepts_total`, `worker_connections_active`;
 //! - alerts {webhook}: `alert_deliveries_total`, `alert_delivery_failures_total`,
 //!   `alert_retries_total`, `alert_webhook_dropped_total`; and `alerts_dropped_total`;
+//! - local shortages {source, reason}: `local_shortages_total` (source `probe`: a health probe
+//!   not run, `connect`: a backend connect; reason `ports`, `fds`, `system_fds`, `buffers`,
+//!   `memory`), none of which counts against a backend;
 //! - process: `connection_budget`, `connection_budget_used`, `config_version`,
 //!   `config_reloads_total`, `config_reload_failures_total`, `uptime_seconds`.
 
@@ -561,6 +564,24 @@ impl Collector for Metrics {
             "Alerts dropped because the alert queue was full.",
             Counter,
             &[(none(), alerts.dropped)],
+        )?;
+        let shortages: Vec<(Labels, u64)> = crate::control::local::counts()
+            .into_iter()
+            .map(|(source, reason, n)| {
+                let labels = vec![
+                    ("source", source.name().into()),
+                    ("reason", reason.name().into()),
+                ];
+                (labels, n)
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "local_shortages",
+            "Probes not run and backend connects failed because ringlb ran out of its own \
+             ports, fds or memory (never counted against a backend).",
+            Counter,
+            &shortages,
         )?;
         let mut uptime = Family::new(
             &mut encoder,

@@ -12,7 +12,8 @@ pub struct AlertSettings {
     pub webhooks: Vec<Webhook>,
 }
 
-/// What an alert is about: a backend or a whole service going down or coming back up.
+/// What an alert is about: a backend or a whole service going down or coming back up, or
+/// ringlb itself running short of local resources and recovering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
@@ -24,15 +25,23 @@ pub enum AlertKind {
     ServiceDown,
     /// Some backend of a service that was down is up again.
     ServiceUp,
+    /// Health probes could not run because ringlb is out of its own local ports, file
+    /// descriptors or memory; backends keep their health meanwhile. Sent once when the shortage
+    /// begins, with the service and backend whose probe met it first.
+    LocalExhaustion,
+    /// The probes stopped by a local shortage run again.
+    LocalRecovery,
 }
 
 impl AlertKind {
     /// Every kind, in the order the config reference lists them.
-    pub const ALL: [AlertKind; 4] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::BackendDown,
         AlertKind::BackendUp,
         AlertKind::ServiceDown,
         AlertKind::ServiceUp,
+        AlertKind::LocalExhaustion,
+        AlertKind::LocalRecovery,
     ];
 
     /// The name used in config files and in the alert's JSON `event` field.
@@ -42,6 +51,8 @@ impl AlertKind {
             AlertKind::BackendUp => "backend_up",
             AlertKind::ServiceDown => "service_down",
             AlertKind::ServiceUp => "service_up",
+            AlertKind::LocalExhaustion => "local_exhaustion",
+            AlertKind::LocalRecovery => "local_recovery",
         }
     }
 
@@ -69,7 +80,9 @@ impl AlertKinds {
         AlertKind::BackendDown.bit()
             | AlertKind::BackendUp.bit()
             | AlertKind::ServiceDown.bit()
-            | AlertKind::ServiceUp.bit(),
+            | AlertKind::ServiceUp.bit()
+            | AlertKind::LocalExhaustion.bit()
+            | AlertKind::LocalRecovery.bit(),
     );
 
     /// Whether `kind` is in the set.

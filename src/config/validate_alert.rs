@@ -252,7 +252,8 @@ address = "127.0.0.1:6379"
             (
                 "url = \"http://127.0.0.1/\"\nevents = [\"backend_down\", \"backend_flap\"]",
                 "x.toml:10:27: alert.webhook[0].events[1]: unknown variant `backend_flap`, \
-                 expected one of `backend_down`, `backend_up`, `service_down`, `service_up`",
+                 expected one of `backend_down`, `backend_up`, `service_down`, `service_up`, \
+                 `local_exhaustion`, `local_recovery`",
             ),
             (
                 "url = \"http://127.0.0.1/\"\nevents = [\"service_up\", \"service_up\"]",

@@ -61,13 +61,9 @@ impl ConnectionBudget {
     /// when the services' `max_connections` add up to more than it allows.
     pub fn for_config(config: &crate::config::Config) -> ConnectionBudget {
         let listeners = (config.runtime.workers * config.services.len()) as u64;
-        // The health checker holds at most one probe socket per checked backend at a time.
-        let probes: u64 = config
-            .services
-            .iter()
-            .filter(|s| s.health.is_some())
-            .map(|s| s.backends.len() as u64)
-            .sum();
+        // Kept aside for the health checker (its runtime and one probe socket per checked
+        // backend), so probes still run while the proxied connections use the whole budget.
+        let probes = super::health::reserved_fds(config);
         let pipes = if config
             .services
             .iter()

@@ -4,7 +4,9 @@
 //! availability state inside it, backend selection over that state (`pick`: primaries and
 //! backups, stickiness, slow start), health and admin transitions (`availability`), the health
 //! checker thread ([`health`]), alerts to webhooks about those transitions ([`alerts`], on
-//! their own thread), and shutdown coordination. Does not own sockets of the data plane: the
+//! their own thread), the classification and counts of ringlb's own shortages of ports,
+//! descriptors and memory, which never count against a backend ([`local`]), and shutdown
+//! coordination. Does not own sockets of the data plane: the
 //! workers do all forwarding I/O; the only sockets here are the probes' own, on the checker's
 //! thread, and the webhooks' connections, on the alerts thread. The admin API and hot reload,
 //! which drive this module and the data plane together, are in [`crate::admin`].
@@ -15,6 +17,7 @@ mod backend;
 mod budget;
 pub mod health;
 pub mod histogram;
+pub mod local;
 mod pick;
 mod shutdown;
 mod snapshot;

@@ -405,11 +405,11 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
     tracing::debug!(worker = worker.index, service = %id, "listener closed");
 }
 
+/// Whether an accept failed because ringlb is out of descriptors or memory (every shortage but
+/// local ports, which an accept does not use).
 pub(super) fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    use crate::control::local::LocalShortage;
+    matches!(LocalShortage::of(e), Some(s) if s != LocalShortage::Ports)
 }
 
 #[cfg(test)]

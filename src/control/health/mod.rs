@@ -16,12 +16,22 @@
 //! once); each task notices it through the backend's passive-down count before applying its next
 //! result, so its machine agrees, and `rise` passing probes bring the backend back.
 //!
+//! Local shortages: a probe that cannot open its socket or connect because ringlb itself is out
+//! of ports, descriptors or memory ([`ProbeFailure::Local`]) is neither a pass nor a failure:
+//! the backend's machine is not fed, its last check says it was not checked and why, the
+//! shortage is counted (`control::local`, source `probe`), and entering and leaving a shortage is
+//! logged and alerted once for the whole checker ([`shortage`]). Without this, ringlb running out
+//! of ephemeral ports (its own closed connections in TIME_WAIT) would mark every backend down.
+//! The descriptors the checker needs are kept aside from the data plane's connection budget
+//! ([`reserved_fds`]), so a data plane at its open-files limit does not stop the probes.
+//!
 //! Reloads: the tasks are keyed by (service name, backend address) and look their backend up in
 //! the current snapshot for every result, so a reload only has to call
 //! [`HealthChecker::sync`]: tasks of backends that stay keep running with their state, new
 //! backends get a task, removed ones lose theirs.
 
 pub mod probe;
+pub mod shortage;
 
 use std::collections::HashMap;
 use std::io;
@@ -35,9 +45,32 @@ use event_listener::Event;
 use parking_lot::Mutex;
 
 use crate::balancer::health::{HealthMachine, Transition};
-use crate::config::HealthCheck;
+use crate::config::{Config, HealthCheck};
+use crate::control::local::{self, ShortageSource};
 
+use self::probe::ProbeFailure;
+use self::shortage::{Mark, Shortages};
 use super::{LastCheck, ServiceState, SharedSnapshot};
+
+/// Descriptors the checker's tokio runtime holds for its life: its epoll instance and the
+/// eventfd that wakes it.
+pub const RUNTIME_FDS: u64 = 2;
+
+/// Descriptors the health checker needs at most at once for `config`: its runtime's, and one
+/// socket per checked backend (a probe opens one socket, and a backend's next probe starts only
+/// after the previous one ended). The connection budget keeps these aside
+/// (`ConnectionBudget::for_config`), so probes still run while the data plane is at its limit.
+/// The budget is sized at start: backends a reload adds are covered by the spare room of
+/// `FD_RESERVE`.
+pub fn reserved_fds(config: &Config) -> u64 {
+    let probes: u64 = config
+        .services
+        .iter()
+        .filter(|s| s.health.is_some())
+        .map(|s| s.backends.len() as u64)
+        .sum();
+    if probes == 0 { 0 } else { RUNTIME_FDS + probes }
+}
 
 /// Tells the checker thread to stop.
 #[derive(Debug, Default)]
@@ -68,6 +101,8 @@ pub struct HealthChecker {
     stop: Arc<Stop>,
     runtime: tokio::runtime::Handle,
     snapshot: SharedSnapshot,
+    /// Whether probes are stopped by a local shortage, over all tasks.
+    shortages: Arc<Shortages>,
     /// One probe task per checked backend, by (service name, backend address).
     jobs: Mutex<HashMap<(String, SocketAddr), Job>>,
 }
@@ -102,6 +137,7 @@ impl HealthChecker {
             stop,
             runtime: handle,
             snapshot: snapshot.clone(),
+            shortages: Arc::new(Shortages::default()),
             jobs: Mutex::new(HashMap::new()),
         };
         let backends = checker.sync();
@@ -145,6 +181,7 @@ impl HealthChecker {
                 .runtime
                 .spawn(watch(
                     self.snapshot.clone(),
+                    self.shortages.clone(),
                     key.0.clone(),
                     key.1,
                     check.clone(),
@@ -202,7 +239,13 @@ fn locate(
 /// Probes one backend every `interval` until its task is aborted (the backend or its check
 /// left the config) or the runtime is dropped. Each result is applied to the backend's state in
 /// the snapshot current at that moment, so reloads in between are followed.
-async fn watch(snapshot: SharedSnapshot, name: String, address: SocketAddr, check: HealthCheck) {
+async fn watch(
+    snapshot: SharedSnapshot,
+    shortages: Arc<Shortages>,
+    name: String,
+    address: SocketAddr,
+    check: HealthCheck,
+) {
     let Some((service, index)) = locate(&snapshot, &name, address) else {
         return;
     };
@@ -214,6 +257,8 @@ async fn watch(snapshot: SharedSnapshot, name: String, address: SocketAddr, chec
     let mut machine =
         HealthMachine::new(check.rise, check.fall, Instant::now()).starting_as(live.healthy());
     let mut passive_seen = live.passive_downs();
+    // Held while this backend's last probe could not run for a local shortage.
+    let mut short: Option<Mark> = None;
     let mut ticks = tokio::time::interval(check.interval);
     // A probe that overran (it cannot: timeout <= interval) or a stalled thread does not cause
     // a burst of catch-up probes.
@@ -225,7 +270,16 @@ async fn watch(snapshot: SharedSnapshot, name: String, address: SocketAddr, chec
         let now = Instant::now();
         let took = now.duration_since(started);
         let took_ms = took.as_millis() as u64;
-        counters.probes.fetch_add(1, Ordering::Relaxed);
+        if let Err(ProbeFailure::Local(what)) = &result {
+            local::count(ShortageSource::Probe, *what);
+            if short.is_none() {
+                short = Some(Mark::take(&shortages, &name, target, *what, now));
+            }
+        } else {
+            // The probe got through to the backend: this backend is out of the shortage.
+            short = None;
+            counters.probes.fetch_add(1, Ordering::Relaxed);
+        }
         *counters.last_check.lock() = Some(LastCheck {
             at: SystemTime::now(),
             passed: result.is_ok(),
@@ -245,6 +299,8 @@ async fn watch(snapshot: SharedSnapshot, name: String, address: SocketAddr, chec
         match &result {
             Ok(()) => tracing::debug!(service = %name, backend = %target,
                 took_ms, "probe passed"),
+            Err(failure @ ProbeFailure::Local(_)) => tracing::debug!(service = %name,
+                backend = %target, reason = %failure, "probe not run"),
             Err(failure) => {
                 counters.probe_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(service = %name, backend = %target,
@@ -254,7 +310,7 @@ async fn watch(snapshot: SharedSnapshot, name: String, address: SocketAddr, chec
         let Some((service, index)) = locate(&snapshot, &name, address) else {
             return;
         };
-        match (machine.record(result.is_ok(), now), &result) {
+        match (record(&mut machine, &result, now), &result) {
             (Some(Transition::Down), Err(failure)) => {
                 service.mark_down(index, failure);
             }
@@ -268,5 +324,64 @@ async fn watch(snapshot: SharedSnapshot, name: String, address: SocketAddr, chec
             }
             _ => {}
         }
+    }
+}
+
+/// Applies one probe result to the backend's machine: a pass or a failure of the backend
+/// counts for rise/fall; a local shortage is neither and leaves the machine as it was.
+fn record(
+    machine: &mut HealthMachine,
+    result: &Result<(), ProbeFailure>,
+    now: Instant,
+) -> Option<Transition> {
+    match result {
+        Err(ProbeFailure::Local(_)) => None,
+        _ => machine.record(result.is_ok(), now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::local::LocalShortage;
+
+    fn t(ms: u64) -> Instant {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(Instant::now) + Duration::from_millis(ms)
+    }
+
+    const LOCAL: Result<(), ProbeFailure> = Err(ProbeFailure::Local(LocalShortage::Ports));
+    const FAIL: Result<(), ProbeFailure> = Err(ProbeFailure::Refused);
+    const PASS: Result<(), ProbeFailure> = Ok(());
+
+    #[test]
+    fn a_local_probe_failure_leaves_the_health_machine_alone() {
+        // Fresh: the first real result still decides at once, however many local ones came
+        // before.
+        let mut m = HealthMachine::new(2, 1, t(0));
+        for i in 1..=50 {
+            assert_eq!(record(&mut m, &LOCAL, t(i)), None);
+        }
+        assert!(m.healthy());
+        assert_eq!(m.since(), t(0));
+        assert_eq!(record(&mut m, &FAIL, t(51)), Some(Transition::Down));
+
+        // A local result neither counts toward `rise` nor breaks the streak.
+        assert_eq!(record(&mut m, &PASS, t(52)), None);
+        assert_eq!(record(&mut m, &LOCAL, t(53)), None);
+        assert!(!m.healthy());
+        assert_eq!(record(&mut m, &PASS, t(54)), Some(Transition::Up));
+
+        // The same for `fall`.
+        let mut m = HealthMachine::new(1, 3, t(0));
+        assert_eq!(record(&mut m, &PASS, t(1)), None);
+        let results = [FAIL, LOCAL, LOCAL, FAIL, LOCAL];
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(record(&mut m, r, t(2 + i as u64)), None);
+        }
+        assert!(m.healthy());
+        assert_eq!(record(&mut m, &FAIL, t(10)), Some(Transition::Down));
     }
 }

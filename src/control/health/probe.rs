@@ -8,6 +8,10 @@
 //! the client library; the library's connection driver is polled inside the probe's own future
 //! (no task is spawned), so when the probe ends or its timeout drops it, every socket it opened
 //! is closed. A connect still waiting for a SYN-ACK is cancelled by dropping it.
+//!
+//! A socket or connect that fails for a reason of ringlb's own ([`LocalShortage`]: out of local
+//! ports, descriptors or memory) is [`ProbeFailure::Local`], which the caller must not count
+//! against the backend.
 
 use std::fmt;
 use std::future::Future;
@@ -19,6 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::config::{PostgresRole, Probe, RedisRole};
+use crate::control::local::LocalShortage;
 
 /// Why a probe failed. Shown in the "backend down" log line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +32,11 @@ pub enum ProbeFailure {
     Refused,
     /// No complete answer within the probe timeout (connect included).
     Timeout(Duration),
-    /// The connect failed otherwise (unreachable, reset, out of local ports, ...).
+    /// The connect failed otherwise (unreachable, reset, ...).
     Connect(String),
+    /// The probe could not open its socket or connect for a reason of ringlb's own (out of
+    /// local ports, descriptors or memory): it says nothing about the backend.
+    Local(LocalShortage),
     /// The backend answered something the check does not accept.
     BadReply(String),
     /// The backend refused the check itself (login failed, still loading, too many clients).
@@ -43,6 +51,7 @@ impl fmt::Display for ProbeFailure {
             ProbeFailure::Refused => f.write_str("refused"),
             ProbeFailure::Timeout(d) => write!(f, "timeout: no answer within {d:?}"),
             ProbeFailure::Connect(e) => write!(f, "connect failed: {e}"),
+            ProbeFailure::Local(what) => write!(f, "not checked: ringlb is {what}"),
             ProbeFailure::BadReply(e) => write!(f, "bad reply: {e}"),
             ProbeFailure::Rejected(e) => write!(f, "rejected: {e}"),
             ProbeFailure::RoleMismatch(e) => write!(f, "role mismatch: {e}"),
@@ -93,12 +102,14 @@ pub async fn run(probe: &Probe, target: SocketAddr, timeout: Duration) -> Result
 }
 
 async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeFailure> {
-    let stream = TcpStream::connect(target)
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::ConnectionRefused => ProbeFailure::Refused,
-            _ => ProbeFailure::Connect(e.to_string()),
-        })?;
+    let stream =
+        TcpStream::connect(target)
+            .await
+            .map_err(|e| match (e.kind(), LocalShortage::of(&e)) {
+                (_, Some(what)) => ProbeFailure::Local(what),
+                (io::ErrorKind::ConnectionRefused, None) => ProbeFailure::Refused,
+                _ => ProbeFailure::Connect(e.to_string()),
+            })?;
     // Probes are tiny request/response exchanges.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -301,6 +312,10 @@ mod tests {
         assert_eq!(
             ProbeFailure::RoleMismatch("role:slave, expected role:master".into()).to_string(),
             "role mismatch: role:slave, expected role:master"
+        );
+        assert_eq!(
+            ProbeFailure::Local(LocalShortage::Ports).to_string(),
+            "not checked: ringlb is out of local ports (EADDRNOTAVAIL)"
         );
     }
 

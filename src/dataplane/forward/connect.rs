@@ -16,7 +16,7 @@ use compio::net::TcpStream;
 
 use crate::control::{BackendState, ConnectFailure, ServiceState};
 
-use super::super::worker::{Worker, is_resource_exhaustion};
+use super::super::worker::Worker;
 
 /// Counts one connection open (or opening) to a backend while alive.
 pub(super) struct ActiveGuard<'a>(&'a BackendState);
@@ -120,5 +120,5 @@ pub(super) async fn connect_backend<'a>(
 
 /// Whether a connect failed for a reason local to this host rather than the backend.
 fn is_local_failure(e: &io::Error) -> bool {
-    is_resource_exhaustion(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+    crate::control::local::connect_failed_locally(e)
 }
