@@ -8,7 +8,7 @@
 //! and then failing to open its backend connection.
 //!
 //! The admin API's descriptors are kept aside too: its listener and at most `[admin]
-//! max_connections` connections (the admin server never holds more, see `admin::api`), so no
+//! max_connections` connections plus one newcomer (the admin server never holds more), so no
 //! number of admin clients can spend descriptors the proxied connections were promised.
 //! Does not own the admin cap itself, nor the services' own `max_connections`.
 
@@ -107,10 +107,10 @@ impl ConnectionBudget {
         budget
     }
 
-    /// Descriptors the admin API holds at most: its listener and one per connection up to its
-    /// cap; none without an `[admin]` table.
+    /// Descriptors the admin API holds at most: its listener, one per connection up to its cap,
+    /// and the newcomer held while a slot is freed; none without an `[admin]` table.
     pub fn admin_fds(admin: Option<&crate::config::AdminSettings>) -> u64 {
-        admin.map_or(0, |a| 1 + u64::from(a.max_connections))
+        admin.map_or(0, |a| 2 + u64::from(a.max_connections))
     }
 
     /// How many proxied connections `fd_limit` descriptors allow.
@@ -192,11 +192,14 @@ mod tests {
         )
         .unwrap();
         let admin = ConnectionBudget::admin_fds(config.admin.as_ref());
-        assert_eq!(admin, 101, "the admin listener and 100 connections");
+        assert_eq!(
+            admin, 102,
+            "the admin listener, 100 connections and one held newcomer"
+        );
         assert_eq!(ConnectionBudget::admin_fds(None), 0);
         assert_eq!(
             ConnectionBudget::connections_for(4096, 2 + admin),
-            (4096 - 128 - 2 - 101) / 2
+            (4096 - 128 - 2 - 102) / 2
         );
     }
 
