@@ -33,7 +33,7 @@ fn admin_config(backend: SocketAddr, service_extra: &str, admin_extra: &str) -> 
 
 /// Connects to `admin` within a bounded time.
 fn connect(admin: SocketAddr) -> TcpStream {
-    TcpStream::connect_timeout(&admin, Duration::from_secs(10)).expect("admin connect")
+    TcpStream::connect_timeout(&admin, Duration::from_secs(30)).expect("admin connect")
 }
 
 /// Whether ringlb has closed `s` (set non-blocking): EOF or a reset, after any answer it sent.

@@ -60,13 +60,12 @@ impl AdminServer {
     /// serves the API on its own thread, within the `[admin]` limits, until the process exits.
     pub fn start(settings: AdminSettings, instance: Arc<Instance>) -> std::io::Result<AdminServer> {
         let listen = settings.listen;
-        let listener = std::net::TcpListener::bind(listen).map_err(|e| {
+        let listener = bind(listen).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on {listen} for the admin API: {e}"),
             )
         })?;
-        listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -102,6 +101,22 @@ impl AdminServer {
 }
 
 /// The routes, and the counters the server keeps for `/metrics`.
+/// Connections the kernel queues for the admin listener before it drops handshakes. Queued
+/// connections hold no descriptor of ringlb's; a deep queue lets a scraper wait its turn during
+/// a flood of connections instead of retrying its handshake a second or more later.
+const ADMIN_BACKLOG: i32 = 1024;
+
+/// A non-blocking listener on `listen` with [`ADMIN_BACKLOG`].
+fn bind(listen: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&listen.into())?;
+    socket.listen(ADMIN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 fn router(app: App) -> (Router, Arc<AdminStats>) {
     let stats = app.stats.clone();
     let changes = Router::new()
