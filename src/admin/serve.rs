@@ -329,3 +329,58 @@ fn closing(code: StatusCode, message: String) -> Response {
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_the_cap_the_longest_idle_connection_makes_room() {
+        let slots = Arc::new(Slots::new(2));
+        let stats = Arc::new(AdminStats::default());
+        let a = slots.take(&stats).await;
+        let b = slots.take(&stats).await;
+        // `a` is answering a request; `b` waits for one.
+        let a_busy = Busy::new(&a, &slots);
+        let b_task = {
+            let (slots, b) = (slots.clone(), b.clone());
+            tokio::spawn(async move {
+                b.evict.notified().await;
+                slots.remove(&b);
+            })
+        };
+        drop(b);
+        let c = tokio::time::timeout(Duration::from_secs(1), slots.take(&stats))
+            .await
+            .expect("closing the idle connection makes room");
+        b_task.await.unwrap();
+        assert_eq!(stats.closed_at_cap.load(Relaxed), 1);
+        assert!(!a.state.lock().evicted, "a busy connection is never closed");
+
+        // Every connection is answering a request: the newcomer waits...
+        let c_busy = Busy::new(&c, &slots);
+        let newcomer = {
+            let (slots, stats) = (slots.clone(), stats.clone());
+            tokio::spawn(async move { slots.take(&stats).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !newcomer.is_finished(),
+            "no room while every connection is busy"
+        );
+        // ...until one goes idle, which is then closed to make room.
+        drop(a_busy);
+        tokio::time::timeout(Duration::from_secs(1), a.evict.notified())
+            .await
+            .expect("the connection that went idle is closed");
+        assert!(!c.state.lock().evicted);
+        slots.remove(&a);
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(1), newcomer)
+            .await
+            .expect("the newcomer gets the freed slot")
+            .unwrap();
+        assert_eq!(stats.closed_at_cap.load(Relaxed), 2);
+        drop(c_busy);
+    }
+}
