@@ -178,7 +178,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         alerts,
     ));
     if let Some(admin) = admin {
-        AdminServer::start(admin.listen, admin.token, instance.clone())?;
+        AdminServer::start(admin, instance.clone())?;
     }
     tracing::info!(config = %path.display(), workers, "ringlb running");
 

@@ -14,7 +14,7 @@
 //! With `[admin] token` set, every `POST` and `PUT` needs `Authorization: Bearer <token>` (401
 //! otherwise). Errors are JSON `{"error": "..."}`: 400 for a bad request, 404 for an unknown
 //! route, service or backend, 422 for a config that does not validate, 500 for a listener that
-//! cannot be bound.
+//! cannot be bound. The connection cap, timeouts and size limits (408, 413, 431) are `serve`'s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,9 +30,10 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 
 use crate::balancer::health::Admin;
-use crate::config::Secret;
+use crate::config::{AdminSettings, Secret};
 
 use super::instance::{ChangeError, Instance};
+use super::serve::AdminStats;
 
 /// How long `/connections` waits for each worker's answer.
 const WORKER_ANSWER: Duration = Duration::from_secs(2);
@@ -45,6 +46,7 @@ const MAX_LIMIT: usize = 10_000;
 struct App {
     instance: Arc<Instance>,
     token: Option<Secret>,
+    stats: Arc<AdminStats>,
 }
 
 /// The running admin server.
@@ -54,26 +56,26 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `listen` now (so a taken address stops the start with a clear error) and serves
-    /// the API on its own thread until the process exits.
-    pub fn start(
-        listen: SocketAddr,
-        token: Option<Secret>,
-        instance: Arc<Instance>,
-    ) -> std::io::Result<AdminServer> {
-        let listener = std::net::TcpListener::bind(listen).map_err(|e| {
+    /// Binds `[admin] listen` now (so a taken address stops the start with a clear error) and
+    /// serves the API on its own thread, within the `[admin]` limits, until the process exits.
+    pub fn start(settings: AdminSettings, instance: Arc<Instance>) -> std::io::Result<AdminServer> {
+        let listen = settings.listen;
+        let listener = bind(listen).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on {listen} for the admin API: {e}"),
             )
         })?;
-        listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()?;
-        let app = router(App { instance, token });
+        let (app, stats) = router(App {
+            instance,
+            token: settings.token.clone(),
+            stats: Arc::new(AdminStats::default()),
+        });
         std::thread::Builder::new()
             .name("ringlb-admin".to_owned())
             .spawn(move || {
@@ -85,9 +87,7 @@ impl AdminServer {
                             return;
                         }
                     };
-                    if let Err(e) = axum::serve(listener, app).await {
-                        tracing::error!(error = %e, "admin API stopped");
-                    }
+                    super::serve::serve(listener, app, &settings, stats).await;
                 });
             })?;
         tracing::info!(address = %address, "admin API listening");
@@ -100,7 +100,25 @@ impl AdminServer {
     }
 }
 
-fn router(app: App) -> Router {
+/// The routes, and the counters the server keeps for `/metrics`.
+/// Connections the kernel queues for the admin listener before it drops handshakes. Queued
+/// connections hold no descriptor of ringlb's; a deep queue lets a scraper wait its turn during
+/// a flood of connections instead of retrying its handshake a second or more later.
+const ADMIN_BACKLOG: i32 = 1024;
+
+/// A non-blocking listener on `listen` with [`ADMIN_BACKLOG`].
+fn bind(listen: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&listen.into())?;
+    socket.listen(ADMIN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn router(app: App) -> (Router, Arc<AdminStats>) {
+    let stats = app.stats.clone();
     let changes = Router::new()
         .route("/reload", post(reload))
         .route(
@@ -112,17 +130,18 @@ fn router(app: App) -> Router {
             put(set_weight),
         )
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
-    Router::new()
+    let routes = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/connections", get(connections))
         .merge(changes)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".to_owned()) })
-        .with_state(app)
+        .with_state(app);
+    (routes, stats)
 }
 
 /// `{"error": "..."}` with `code`.
-fn error(code: StatusCode, message: String) -> Response {
+pub(super) fn error(code: StatusCode, message: String) -> Response {
     #[derive(Serialize)]
     struct Body {
         error: String,
@@ -157,7 +176,7 @@ async fn require_token(
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let body = super::metrics::render(&app.instance);
+    let body = super::metrics::render(&app.instance, &app.stats);
     (
         [(
             header::CONTENT_TYPE,

@@ -4,7 +4,7 @@
 //! shared atomics that workers and the health checker already keep (services and backends of
 //! the current snapshot, workers' counters), so scraping adds nothing to the data path; the
 //! histograms merge their per-worker hdrhistogram shards. Encoding is prometheus-client's
-//! (text format 0.0.4), through a [`Collector`] built per scrape.
+//! (text format 0.0.4), through a [`Collector`] built per scrape (see `exposition`).
 //!
 //! Names (all prefixed `ringlb_`), labels in braces:
 //! - services {service}: `service_connections_total`, `service_connections_active`,
@@ -26,24 +26,28 @@
 //! - local shortages {source, reason}: `local_shortages_total` (source `probe`: a health probe
 //!   not run, `connect`: a backend connect; reason `ports`, `fds`, `system_fds`, `buffers`,
 //!   `memory`), none of which counts against a backend;
+//! - admin API: `admin_connections_open`, `admin_connections_total`,
+//!   `admin_connections_closed_at_cap_total`, `admin_timeouts_total{phase}` (header, body),
+//!   `admin_requests_too_large_total`;
 //! - process: `connection_budget`, `connection_budget_used`, `config_version`,
 //!   `config_reloads_total`, `config_reload_failures_total`, `uptime_seconds`.
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::balancer::health::Admin;
 use crate::config::Protocol;
-use crate::control::histogram::{LatencyHistogram, cumulative};
+use crate::control::histogram::LatencyHistogram;
 
+use super::exposition::{Family, Labels, family, load};
 use super::instance::Instance;
+use super::serve::AdminStats;
 
 /// Upper bounds of the connect-latency buckets, in seconds.
 const CONNECT_BUCKETS: [f64; 12] = [
@@ -56,9 +60,9 @@ const SESSION_BUCKETS: [f64; 10] = [
 ];
 
 /// Renders every metric in the Prometheus text format.
-pub fn render(instance: &Arc<Instance>) -> String {
+pub fn render(instance: &Arc<Instance>, admin: &Arc<AdminStats>) -> String {
     let mut registry = Registry::with_prefix("ringlb");
-    registry.register_collector(Box::new(Metrics(instance.clone())));
+    registry.register_collector(Box::new(Metrics(instance.clone(), admin.clone())));
     let mut out = String::with_capacity(16 * 1024);
     // Writing into a String cannot fail; an encoder error would be a bug in the collector.
     if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
@@ -69,95 +73,7 @@ pub fn render(instance: &Arc<Instance>) -> String {
 
 /// The collector: reads the instance's state at scrape time.
 #[derive(Debug)]
-struct Metrics(Arc<Instance>);
-
-type Labels = Vec<(&'static str, String)>;
-
-/// A metric family being written: its descriptor once, then one sample per label set.
-struct Family<'a> {
-    encoder: prometheus_client::encoding::MetricEncoder<'a>,
-    kind: MetricType,
-}
-
-impl<'a> Family<'a> {
-    fn new(
-        encoder: &'a mut DescriptorEncoder<'_>,
-        name: &'a str,
-        help: &str,
-        kind: MetricType,
-    ) -> Result<Family<'a>, fmt::Error> {
-        Ok(Family {
-            encoder: encoder.encode_descriptor(name, help, None, kind)?,
-            kind,
-        })
-    }
-
-    fn sample(&mut self, labels: &Labels, value: u64) -> fmt::Result {
-        let mut e = self.encoder.encode_family(labels)?;
-        match self.kind {
-            MetricType::Counter => e.encode_counter::<NoLabelSet, u64, u64>(&value, None),
-            _ => e.encode_gauge(&value),
-        }
-    }
-
-    fn gauge_f64(&mut self, labels: &Labels, value: f64) -> fmt::Result {
-        self.encoder.encode_family(labels)?.encode_gauge(&value)
-    }
-
-    /// A histogram recorded in `unit` seconds (1e-6 for microseconds), with bucket `bounds`
-    /// in seconds.
-    fn histogram(
-        &mut self,
-        labels: &Labels,
-        histogram: Option<&Histogram<u64>>,
-        unit: f64,
-        bounds: &[f64],
-    ) -> fmt::Result {
-        let (sum, count, buckets) = match histogram {
-            Some(h) => {
-                let raw: Vec<u64> = bounds.iter().map(|b| (b / unit).round() as u64).collect();
-                let cum = cumulative(h, &raw);
-                let mut previous = 0;
-                let buckets: Vec<(f64, u64)> = bounds
-                    .iter()
-                    .zip(cum)
-                    .map(|(&b, c)| {
-                        let in_bucket = c.saturating_sub(previous);
-                        previous = c;
-                        (b, in_bucket)
-                    })
-                    .collect();
-                (h.mean() * h.len() as f64 * unit, h.len(), buckets)
-            }
-            None => (0.0, 0, bounds.iter().map(|&b| (b, 0)).collect()),
-        };
-        self.encoder
-            .encode_family(labels)?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-}
-
-/// One counter or gauge family over a list of (labels, value).
-fn family(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: &[(Labels, u64)],
-) -> fmt::Result {
-    if samples.is_empty() {
-        return Ok(());
-    }
-    let mut f = Family::new(encoder, name, help, kind)?;
-    for (labels, value) in samples {
-        f.sample(labels, *value)?;
-    }
-    Ok(())
-}
-
-fn load(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
-}
+struct Metrics(Arc<Instance>, Arc<AdminStats>);
 
 impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -519,6 +435,48 @@ impl Collector for Metrics {
             "Reloads refused (invalid config, or a listener that could not be bound).",
             Counter,
             &[(none(), load(&instance.reload_failures))],
+        )?;
+        // The admin API.
+        let a = &self.1;
+        let one = |v: &AtomicU64| [(none(), load(v))];
+        family(
+            &mut encoder,
+            "admin_connections_open",
+            "Admin API connections open now.",
+            Gauge,
+            &one(&a.open),
+        )?;
+        family(
+            &mut encoder,
+            "admin_connections",
+            "Admin API connections accepted.",
+            Counter,
+            &one(&a.accepted),
+        )?;
+        family(
+            &mut encoder,
+            "admin_connections_closed_at_cap",
+            "Idle admin connections closed to make room at [admin] max_connections.",
+            Counter,
+            &one(&a.closed_at_cap),
+        )?;
+        let phase = |p: &str, v: &AtomicU64| (vec![("phase", p.to_owned())], load(v));
+        family(
+            &mut encoder,
+            "admin_timeouts",
+            "Admin connections closed because a request's headers or body came too late.",
+            Counter,
+            &[
+                phase("header", &a.header_timeouts),
+                phase("body", &a.body_timeouts),
+            ],
+        )?;
+        family(
+            &mut encoder,
+            "admin_requests_too_large",
+            "Admin requests refused for headers or a body over the size limits (431, 413).",
+            Counter,
+            &one(&a.too_large),
         )?;
         // Alerts.
         let alerts = crate::control::alerts::stats();

@@ -22,6 +22,26 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// low enough to catch a typo such as `workers = 10000`.
 pub const MAX_WORKERS: usize = 1024;
 
+// ---- [admin] ----
+
+/// `admin.max_connections`: 64. The admin API's clients are a Prometheus server or two and an
+/// operator's commands; 64 leaves room for them many times over, and the cap's descriptors are
+/// kept aside from the data plane's connection budget.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 64;
+
+/// Largest `admin.max_connections`: each one is a descriptor taken from the data plane's
+/// budget, and an admin API with more clients than this is a typo.
+pub const MAX_ADMIN_MAX_CONNECTIONS: u32 = 4096;
+
+/// `admin.header_timeout`: 5 s for a request's line and headers (and for an idle keep-alive
+/// connection's next request). A scraper or `ringlb status` sends its request at once; a client
+/// that trickles it is holding a slot.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `admin.body_timeout`: 5 s for a request's body once its headers are in. The API's bodies are
+/// a few bytes of JSON.
+pub const DEFAULT_ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
 // ---- [[service]] ----
 
 /// Longest service name. Names end up in log lines and metric labels, so they stay short.

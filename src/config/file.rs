@@ -32,6 +32,9 @@ pub(crate) struct ConfigFile {
 pub(crate) struct AdminFile {
     pub(crate) listen: Spanned<String>,
     pub(crate) token: Option<Spanned<String>>,
+    pub(crate) max_connections: Option<Spanned<u32>>,
+    pub(crate) header_timeout: Option<Spanned<DurationText>>,
+    pub(crate) body_timeout: Option<Spanned<DurationText>>,
 }
 
 /// `[runtime]`.

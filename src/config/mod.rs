@@ -77,6 +77,14 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// When set, calls that change something need `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
+    /// Most admin connections open at once. Default [`defaults::DEFAULT_ADMIN_MAX_CONNECTIONS`].
+    pub max_connections: u32,
+    /// How long a connection may take to send a request's line and headers (and, kept alive,
+    /// to start its next request). Default [`defaults::DEFAULT_ADMIN_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// How long a request's body may take once its headers are in.
+    /// Default [`defaults::DEFAULT_ADMIN_BODY_TIMEOUT`].
+    pub body_timeout: Duration,
 }
 
 /// Process-wide settings: the `[runtime]` table.

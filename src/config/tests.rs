@@ -672,3 +672,59 @@ fn health_and_persistence_errors_name_the_key() {
          at least one must be a primary (backup = false)"
     );
 }
+
+#[test]
+fn admin_limits_default_and_refuse_zero() {
+    let example = Config::load(&dir("config/ringlb.toml")).unwrap();
+    let admin = example.admin.expect("the example has [admin]");
+    assert_eq!(
+        (
+            admin.max_connections,
+            admin.header_timeout,
+            admin.body_timeout
+        ),
+        (
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+            DEFAULT_ADMIN_HEADER_TIMEOUT,
+            DEFAULT_ADMIN_BODY_TIMEOUT
+        ),
+        "the example states the [admin] defaults"
+    );
+    let with = |keys: &str| format!("[admin]\nlisten = \"127.0.0.1:9090\"\n{keys}\n{MINIMAL}");
+    let set = parse(&with(
+        "max_connections = 3\nheader_timeout = \"1500ms\"\nbody_timeout = \"2s\"",
+    ))
+    .admin
+    .unwrap();
+    assert_eq!(set.max_connections, 3);
+    assert_eq!(set.header_timeout, Duration::from_millis(1500));
+    assert_eq!(set.body_timeout, Duration::from_secs(2));
+    for (keys, key, allowed) in [
+        (
+            "max_connections = 0",
+            "admin.max_connections",
+            "between 1 and 4096",
+        ),
+        (
+            "max_connections = 5000",
+            "admin.max_connections",
+            "between 1 and 4096",
+        ),
+        (
+            "header_timeout = \"0s\"",
+            "admin.header_timeout",
+            "longer than zero",
+        ),
+        (
+            "body_timeout = \"0s\"",
+            "admin.body_timeout",
+            "longer than zero",
+        ),
+    ] {
+        let message = error(&with(keys));
+        assert!(
+            message.contains(key) && message.contains(allowed),
+            "{keys}: {message}"
+        );
+    }
+}

@@ -59,7 +59,8 @@ pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigErr
     })
 }
 
-/// `[admin]`: a socket address no TCP service listens on, and a token that is not empty.
+/// `[admin]`: a socket address no TCP service listens on, a token that is not empty, a
+/// connection cap of at least one and timeouts longer than zero.
 fn admin(
     file: AdminFile,
     services: &[Service],
@@ -93,7 +94,35 @@ fn admin(
         Some(t) => Some(Secret::new(t.into_inner())),
         None => None,
     };
-    Ok(AdminSettings { listen, token })
+    let max_connections = match &file.max_connections {
+        Some(m) => in_range(
+            doc,
+            m,
+            "admin.max_connections",
+            1,
+            Some(MAX_ADMIN_MAX_CONNECTIONS),
+        )?,
+        None => DEFAULT_ADMIN_MAX_CONNECTIONS,
+    };
+    let timeout = |value: &Option<Spanned<DurationText>>, key: &str, default| match value {
+        Some(d) => duration(doc, d, key.to_owned(), false),
+        None => Ok(default),
+    };
+    Ok(AdminSettings {
+        listen,
+        token,
+        max_connections,
+        header_timeout: timeout(
+            &file.header_timeout,
+            "admin.header_timeout",
+            DEFAULT_ADMIN_HEADER_TIMEOUT,
+        )?,
+        body_timeout: timeout(
+            &file.body_timeout,
+            "admin.body_timeout",
+            DEFAULT_ADMIN_BODY_TIMEOUT,
+        )?,
+    })
 }
 
 /// The number of workers when `workers` is not set: one per CPU this process may run on.

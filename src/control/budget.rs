@@ -6,6 +6,11 @@
 //! event fds, listeners, logs) needs a reserve. As HAProxy derives its `maxconn` from
 //! `ulimit -n`, ringlb pauses accepting when the budget is spent, instead of accepting a client
 //! and then failing to open its backend connection.
+//!
+//! The admin API's descriptors are kept aside too: its listener and at most `[admin]
+//! max_connections` connections plus one newcomer (the admin server never holds more), so no
+//! number of admin clients can spend descriptors the proxied connections were promised.
+//! Does not own the admin cap itself, nor the services' own `max_connections`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,9 +18,10 @@ use crossbeam::utils::CachePadded;
 use event_listener::Event;
 
 /// Descriptors kept for everything that is not a proxied connection: two per worker ring
-/// (io_uring fd and its wake-up eventfd), stdio, the health checker's runtime, and later the
-/// admin sockets. 128 covers 16 workers with room to spare; listeners and one probe socket per
-/// checked backend are added on top.
+/// (io_uring fd and its wake-up eventfd), stdio, and the runtimes of the health checker, the
+/// alerts and the admin API. 128 covers 16 workers with room to spare; listeners, one probe
+/// socket per checked backend, splice pipes and the admin API's listener and connection cap
+/// are added on top (see [`ConnectionBudget::for_config`]).
 pub const FD_RESERVE: u64 = 128;
 
 /// Descriptors one proxied connection holds: the client's socket and the backend's.
@@ -58,7 +64,8 @@ impl ConnectionBudget {
     }
 
     /// The budget for running `config`: sized from the open-files limit, logged, with a warning
-    /// when the services' `max_connections` add up to more than it allows.
+    /// when the services' `max_connections` add up to more than it allows. The admin API's
+    /// listener and its `max_connections` are kept aside ([`admin_fds`](Self::admin_fds)).
     pub fn for_config(config: &crate::config::Config) -> ConnectionBudget {
         let listeners = (config.runtime.workers * config.services.len()) as u64;
         // Kept aside for the health checker (its runtime and one probe socket per checked
@@ -73,7 +80,8 @@ impl ConnectionBudget {
         } else {
             0
         };
-        let budget = ConnectionBudget::from_fd_limit(listeners + probes + pipes);
+        let admin = Self::admin_fds(config.admin.as_ref());
+        let budget = ConnectionBudget::from_fd_limit(listeners + probes + pipes + admin);
         let wanted: u64 = config
             .services
             .iter()
@@ -93,6 +101,12 @@ impl ConnectionBudget {
             );
         }
         budget
+    }
+
+    /// Descriptors the admin API holds at most: its listener, one per connection up to its cap,
+    /// and the newcomer held while a slot is freed; none without an `[admin]` table.
+    pub fn admin_fds(admin: Option<&crate::config::AdminSettings>) -> u64 {
+        admin.map_or(0, |a| 2 + u64::from(a.max_connections))
     }
 
     /// How many proxied connections `fd_limit` descriptors allow.
@@ -162,6 +176,27 @@ mod tests {
             (1024 - 128 - 4) / 2
         );
         assert_eq!(ConnectionBudget::connections_for(100, 4), 0);
+    }
+
+    #[test]
+    fn admin_cap_is_kept_aside() {
+        let config = crate::config::Config::parse(
+            "[admin]\nlisten = \"127.0.0.1:9090\"\nmax_connections = 100\n\n\
+             [[service]]\nname = \"a\"\nlisten = \"127.0.0.1:8000\"\n\
+             [[service.backend]]\naddress = \"127.0.0.1:9000\"\n",
+            "<test>",
+        )
+        .unwrap();
+        let admin = ConnectionBudget::admin_fds(config.admin.as_ref());
+        assert_eq!(
+            admin, 102,
+            "the admin listener, 100 connections and one held newcomer"
+        );
+        assert_eq!(ConnectionBudget::admin_fds(None), 0);
+        assert_eq!(
+            ConnectionBudget::connections_for(4096, 2 + admin),
+            (4096 - 128 - 2 - 102) / 2
+        );
     }
 
     #[test]
