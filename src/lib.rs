@@ -31,3 +31,6 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod loadtool;
+pub mod server;
+
+pub use server::Server;
