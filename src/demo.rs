@@ -2,9 +2,9 @@
 //!
 //! Starts three echo backends on loopback (weights 1, 2 and 3), a balancer in front of them using
 //! weighted round robin from an embedded config (a [`Server`], started as `ringlb run` starts
-//! one), drives a bounded request/response load through
-//! it from client threads, and prints how many connections each backend served, the throughput,
-//! and latency percentiles. Every part stops by itself.
+//! one), drives a bounded request/response load through it from client threads, and prints how
+//! many connections each backend served, the throughput, and latency percentiles. Every part
+//! stops by itself.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

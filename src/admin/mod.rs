@@ -3,10 +3,10 @@
 //!
 //! Owns: the one path for changes to the running config ([`Change`], and [`Instance::apply`]
 //! which applies them in order: reload from the file, weights through the API, backend lists
-//! from service discovery), admin states through the API, the HTTP API ([`AdminServer`], axum on its
-//! own control-plane thread), the metrics exposition, and the command-line client. It sits
-//! above [`crate::control`] and [`crate::dataplane`] and drives both through their handles; the
-//! workers never run any of this code.
+//! from service discovery), admin states through the API, the HTTP API ([`AdminServer`], axum
+//! on its own control-plane thread), the metrics exposition, and the command-line client. It
+//! sits above [`crate::control`] and [`crate::dataplane`] and drives both through their
+//! handles; the workers never run any of this code.
 
 mod api;
 mod change;
