@@ -83,9 +83,9 @@ impl Snapshot {
 
     /// The snapshot that follows this one for `config`: each service and backend of `config`
     /// is built anew (selectors, groups, weights, limits) and takes over the identity and live
-    /// state of the same one in this snapshot. Every change goes through here by way of
-    /// [`crate::admin::Change::next`], whose doc states what is kept and what is dropped; there
-    /// is no other way to make a snapshot but [`Snapshot::from_config`].
+    /// state of the same one in this snapshot. Every snapshot is made here: the first (by
+    /// [`Snapshot::from_config`], from an empty one) and each change's, by way of
+    /// [`crate::admin::Change::next`], whose doc states what is kept and what is dropped.
     pub(crate) fn next(&self, config: &Config) -> Snapshot {
         Snapshot {
             version: self.version + 1,
