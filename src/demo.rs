@@ -1,9 +1,10 @@
 //! `ringlb demo`: a first look with nothing to install.
 //!
 //! Starts three echo backends on loopback (weights 1, 2 and 3), a balancer in front of them using
-//! weighted round robin from an embedded config, drives a bounded request/response load through
-//! it from client threads, and prints how many connections each backend served, the throughput,
-//! and latency percentiles. Every part stops by itself.
+//! weighted round robin from an embedded config (a [`Server`], started as `ringlb run` starts
+//! one), drives a bounded request/response load through it from client threads, and prints how
+//! many connections each backend served, the throughput, and latency percentiles. Every part
+//! stops by itself.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,8 +16,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
 use crate::config::Config;
-use crate::control::{ConnectionBudget, Shutdown, Snapshot};
-use crate::dataplane::DataPlane;
+use crate::server::Server;
 
 /// The embedded configuration; `{backend0}`..`{backend2}` are replaced by the echo servers'
 /// addresses, which the kernel picks.
@@ -78,14 +78,10 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         text = text.replace(&format!("{{backend{i}}}"), &b.address.to_string());
     }
     let config = Config::parse(&text, "<demo>")?;
-    let shutdown = Arc::new(Shutdown::new());
-    let dataplane = DataPlane::start(
-        &config,
-        Snapshot::from_config(&config, &Arc::new(ConnectionBudget::for_config(&config)))
-            .into_shared(),
-        shutdown,
-    )?;
-    let target = dataplane.listening()[0].address;
+    // The same start-up as `ringlb run`; with no file behind the config, nothing to reload.
+    let mut server = Server::start(config, None)?;
+    let config = server.config();
+    let target = server.listening()[0].address;
     println!(
         "ringlb demo: balancer on {target} ({} workers, weighted_round_robin) -> 3 echo backends",
         config.runtime.workers
@@ -96,8 +92,8 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     );
 
     let report = drive_load(target, options)?;
-    let drain_deadline = Instant::now() + config.runtime.drain_timeout;
-    dataplane.drain_until(drain_deadline);
+    server.drain_until(Instant::now() + server.drain_timeout());
+    server.stop();
 
     let served: Vec<u64> = backends
         .iter()

@@ -4,6 +4,10 @@
 //!
 //! The folders follow the three planes of `README.md`'s design section:
 //!
+//! - [`server`]: a running ringlb, [`Server`]: start-up in order (connection budget, alerts,
+//!   first snapshot, health checker, data plane, instance, admin API), the ready line, reload,
+//!   apply a change, drain and stop. `main.rs` only parses the command line and maps signals to
+//!   these calls; `ringlb demo` starts the same `Server`.
 //! - [`balancer`]: pure logic with no I/O and no clock reads: selection algorithms, the Maglev
 //!   table, the per-worker connection-tracking table, the health state machine (rise/fall, admin
 //!   state, slow-start ramp) and the stick table. Tested without sockets.
@@ -15,14 +19,40 @@
 //!   lock-free with the per-backend availability atomics inside it, backend selection over that
 //!   state (primaries and backups, persistence, slow start), health and admin transitions, the
 //!   health checker thread ([`control::health`], a tokio current-thread runtime that probes out
-//!   of band), process-wide counters, and shutdown/drain coordination.
-//! - [`admin`]: the operator's side: hot reload (applying a new config to the running
-//!   instance), the admin HTTP API with `/metrics`, and the `ringlb status` / `ringlb
-//!   connections` commands. Drives `control` and `dataplane` through their handles.
+//!   of band), alerts, process-wide counters, and shutdown/drain coordination.
+//! - [`admin`]: the operator's side: the one path for changes ([`admin::Change`], applied by
+//!   [`admin::Instance::apply`]), the admin HTTP API with `/metrics`, and the `ringlb status` /
+//!   `ringlb connections` commands. Drives `control` and `dataplane` through their handles.
 //! - [`demo`]: `ringlb demo`, a self-contained first look (echo backends, balancer, load).
 //! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
 //!   against other proxies. It runs on its own compio runtimes and shares nothing with the
 //!   balancer.
+//!
+//! # One connection
+//!
+//! The listening sockets are bound by `dataplane::listener` before the workers start, one per
+//! worker and service (`SO_REUSEPORT`). A worker's accept loop (`dataplane::worker`) keeps the
+//! service's state from the current snapshot (one atomic load, refreshed when the version
+//! changes), pauses while the service or the process-wide [`control::ConnectionBudget`] is at
+//! its limit, and hands each client to `dataplane::forward`. There the connection takes its slot
+//! ([`control::ServiceState::try_acquire_slot`]), asks the service for candidates
+//! (`control::pick`: the stick table, then the [`balancer`] selector over the backends that are
+//! up), connects to the first that answers (after `passive_failures` failed connects a backend
+//! is marked down through `control::availability`), is recorded in the worker's tracking table,
+//! and has its bytes copied or spliced both ways until one side ends; the close updates the
+//! counters and frees the slot.
+//!
+//! # One reload
+//!
+//! SIGHUP (`main.rs`) or `POST /reload` (`admin::api`) calls [`admin::Instance::reload`], which
+//! loads and validates the file ([`config::Config::load`]) and applies
+//! [`admin::Change::Replace`] through [`admin::Instance::apply`], the one door every change
+//! takes (an admin weight and a service-discovery backend list too): [`admin::Change::next`]
+//! builds the next config and snapshot, keeping the identity and live state of what stays (its
+//! doc lists what is kept and dropped); the data plane binds the new listeners
+//! ([`dataplane::DataPlaneHandle::prepare`]); the snapshot is published; the workers take the
+//! new listeners and retire the old ones ([`dataplane::DataPlaneHandle::commit`]); the health
+//! checker ([`control::health::HealthChecker::sync`]) and the alert webhooks follow.
 
 pub mod admin;
 pub mod balancer;
@@ -31,3 +61,6 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod loadtool;
+pub mod server;
+
+pub use server::Server;

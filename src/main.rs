@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -11,12 +10,9 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use ringlb::admin::{AdminServer, Instance, client};
+use ringlb::Server;
+use ringlb::admin::client;
 use ringlb::config::Config;
-use ringlb::control::alerts::Alerts;
-use ringlb::control::health::HealthChecker;
-use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
-use ringlb::dataplane::DataPlane;
 
 /// ringlb: a Layer-4 TCP/UDP load balancer on io_uring, one worker thread per core.
 #[derive(Debug, Parser)]
@@ -151,36 +147,19 @@ fn admin_target(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<clien
     Ok(client::Target::new(DEFAULT_ADMIN.parse()?))
 }
 
+/// `ringlb run`: starts the [`Server`], prints its ready line, then maps signals: SIGHUP
+/// reloads, the first SIGTERM or SIGINT drains, a second one closes live connections at once.
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     // Registered before the workers start, so a signal never hits the default handler.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
-    let shutdown = Arc::new(Shutdown::new());
-    let budget = Arc::new(ConnectionBudget::for_config(&config));
-    // Before anything can make a transition, so none goes unannounced.
-    let alerts = Alerts::start(&config.alerts.webhooks).context("cannot start alerts")?;
-    let snapshot = Snapshot::from_config(&config, &budget).into_shared();
-    // Probes run on their own thread (the control plane), never on a worker. Started first, so
-    // the process holds every fd of its own before the "listening" lines.
-    let health = HealthChecker::start(&snapshot).context("cannot start health checks")?;
-    let dataplane = DataPlane::start(&config, snapshot.clone(), shutdown.clone())?;
-    let admin = config.admin.clone();
-    let drain_timeout = config.runtime.drain_timeout;
     let workers = config.runtime.workers;
-    let instance = Arc::new(Instance::new(
-        path,
-        config,
-        snapshot,
-        budget,
-        dataplane.handle(),
-        health,
-        alerts,
-    ));
-    if let Some(admin) = admin {
-        AdminServer::start(admin, instance.clone())?;
-    }
+    let mut server = Server::start(config, Some(path))?;
     tracing::info!(config = %path.display(), workers, "ringlb running");
+    // A closed or full stdout must not stop the balancer: the line is for whoever reads it.
+    let _ = writeln!(std::io::stdout(), "{}", server.ready_line());
+    let _ = std::io::stdout().flush();
 
     // SIGHUP reloads (on this thread: the workers never wait for it); the first SIGTERM or
     // SIGINT drains.
@@ -189,15 +168,17 @@ fn run(path: &Path) -> anyhow::Result<()> {
             Some(SIGHUP) => {
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
                 // Logged by reload() either way.
-                let _ = instance.reload();
+                let _ = server.reload();
             }
             other => break other,
         }
     };
+    let drain_timeout = server.drain_timeout();
     tracing::info!(signal = ?first, drain_timeout = ?drain_timeout,
         "shutting down: listeners closed, draining live connections");
     let deadline = Instant::now() + drain_timeout;
     // A second signal during the drain closes live connections at once.
+    let shutdown = server.shutdown();
     let handle = signals.handle();
     let second = std::thread::spawn(move || {
         for signal in signals.forever() {
@@ -208,10 +189,10 @@ fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
     });
-    dataplane.drain_until(deadline);
+    server.drain_until(deadline);
     // Health checks, then alerts: the last transitions still go out (within the alerts' grace
     // time).
-    instance.stop_control_plane();
+    server.stop();
     handle.close();
     let _ = second.join();
     tracing::info!("ringlb stopped");

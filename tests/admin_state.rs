@@ -1,18 +1,16 @@
 //! The per-backend administrative state (enabled / drain / disabled), set through the library
-//! API on a data plane running in this process (the admin HTTP API is a later issue).
+//! API on a [`Server`] running in this process (`admin_api` drives the same over HTTP).
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::health::{Switchable, greeting};
 use common::runtime;
+use ringlb::Server;
 use ringlb::balancer::health::Admin;
 use ringlb::config::Config;
-use ringlb::control::{ConnectionBudget, Shutdown, Snapshot};
-use ringlb::dataplane::DataPlane;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -57,11 +55,9 @@ fn drain_keeps_live_sessions_disabled_closes_them_and_both_stop_new_ones() {
         a.addr, b.addr
     );
     let config = Config::parse(&text, "test").unwrap();
-    let budget = Arc::new(ConnectionBudget::new(1000));
-    let snapshot = Snapshot::from_config(&config, &budget).into_shared();
-    let dataplane = DataPlane::start(&config, snapshot.clone(), Arc::new(Shutdown::new())).unwrap();
-    let addr = dataplane.listening()[0].address;
-    let svc = snapshot.load().service("svc").unwrap().clone();
+    let mut server = Server::start(config, None).unwrap();
+    let addr = server.listening()[0].address;
+    let svc = server.snapshot().load().service("svc").unwrap().clone();
     let names = |n: usize| -> Vec<String> {
         rt.block_on(async {
             let mut v = Vec::new();
@@ -114,5 +110,6 @@ fn drain_keeps_live_sessions_disabled_closes_them_and_both_stop_new_ones() {
     assert!(!svc.available());
     let r = rt.block_on(greeting(addr, None));
     assert!(r.is_err(), "{r:?}");
-    dataplane.drain_until(Instant::now());
+    server.drain_until(Instant::now());
+    server.stop();
 }

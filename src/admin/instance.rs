@@ -1,15 +1,16 @@
 //! The running balancer as the operator changes it: hot reload and the admin API's changes.
 //!
 //! Owns: the current [`Config`], the order in which a change is applied, and the reload
-//! counters. Every change (a reload from the file, a weight set through the API) goes through
-//! [`Instance::apply`], one at a time:
+//! counters. Every change (a reload from the file, a weight set through the API, a backend list
+//! from service discovery) is a [`Change`] applied by [`Instance::apply`], one at a time:
 //!
-//! 1. the new config is validated (by [`Config::load`], before it gets here);
+//! 1. the change becomes the next config and the next [`Snapshot`] through [`Change::next`],
+//!    whose doc states what is kept (identity, counters, health, admin state, stick entries,
+//!    slow-start ramps) and what is dropped; an invalid change stops here;
 //! 2. listeners the change adds or moves are bound ([`DataPlaneHandle::prepare`]); a bind
 //!    failure stops the change here, with nothing changed;
-//! 3. the next [`Snapshot`] is built and published: services and backends that stay keep their
-//!    counters and live state (see [`Snapshot::next`]), so new connections see the new backends
-//!    and weights at once and live ones keep the state they started with;
+//! 3. the snapshot is published, so new connections see the new backends and weights at once
+//!    and live ones keep the state they started with;
 //! 4. the workers take the new listeners and retire the removed ones
 //!    ([`DataPlaneHandle::commit`]); a retired listener stops accepting, its live connections
 //!    run to their end;
@@ -29,11 +30,13 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::balancer::health::Admin;
-use crate::config::{Backend, Config, ConfigError, defaults};
-use crate::control::alerts::Alerts;
+use crate::config::{Config, ConfigError};
+use crate::control::alerts::{AlertStats, Alerts};
 use crate::control::health::HealthChecker;
 use crate::control::{ConnectionBudget, SharedSnapshot, Snapshot};
 use crate::dataplane::{DataPlaneError, DataPlaneHandle, Listening};
+
+use super::change::{Change, Next, names_backend};
 
 /// Why a reload or a change was not applied; the running config stays.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +94,10 @@ pub struct ListeningReport {
 /// The running balancer, for the control plane.
 #[derive(Debug)]
 pub struct Instance {
-    path: PathBuf,
+    /// The config file, when the config came from one (reload reads it again).
+    file: Option<PathBuf>,
+    /// The file's path, or the name of a config given as text (e.g. `<demo>`).
+    source: PathBuf,
     config: ArcSwap<Config>,
     snapshot: SharedSnapshot,
     budget: Arc<ConnectionBudget>,
@@ -112,18 +118,20 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// The instance running `config` (loaded from `path`).
+    /// The instance running `config` (loaded from `file`, when it came from one), with the
+    /// parts [`crate::Server::start`] started for it.
     pub fn new(
-        path: &Path,
+        file: Option<&Path>,
         config: Config,
         snapshot: SharedSnapshot,
-        budget: Arc<ConnectionBudget>,
         dataplane: DataPlaneHandle,
         health: HealthChecker,
         alerts: Alerts,
     ) -> Instance {
+        let budget = snapshot.load().process().budget.clone();
         Instance {
-            path: path.to_owned(),
+            file: file.map(Path::to_owned),
+            source: file.map_or_else(|| PathBuf::from(&config.source), Path::to_owned),
             config: ArcSwap::from_pointee(config),
             snapshot,
             budget,
@@ -144,9 +152,9 @@ impl Instance {
         self.config.load_full()
     }
 
-    /// The config file's path.
+    /// The config file's path; for a config given as text (the demo's), its name.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.source
     }
 
     /// The published snapshot.
@@ -162,6 +170,11 @@ impl Instance {
     /// The process-wide connection budget.
     pub fn budget(&self) -> &ConnectionBudget {
         &self.budget
+    }
+
+    /// The counters of the alerts (all zero once they are stopped).
+    pub fn alert_stats(&self) -> AlertStats {
+        self.snapshot.load().process().alerts.stats()
     }
 
     /// Time since start.
@@ -192,17 +205,24 @@ impl Instance {
     }
 
     /// Reads the config file again and applies it (SIGHUP, `POST /reload`). Blocking: reads
-    /// the file, may resolve backend host names and binds listeners.
+    /// the file, may resolve backend host names and binds listeners. A config given as text
+    /// has no file to read: refused.
     pub fn reload(&self) -> Result<ChangeReport, ChangeError> {
-        let result = Config::load(&self.path)
-            .map_err(ChangeError::from)
-            .and_then(|config| self.apply(config));
+        let result = match &self.file {
+            Some(file) => Config::load(file)
+                .map_err(ChangeError::from)
+                .and_then(|config| self.apply(Change::Replace(config))),
+            None => Err(ChangeError::Invalid(format!(
+                "{} is not a file: there is nothing to reload",
+                self.source.display()
+            ))),
+        };
         match &result {
             Ok(report) => {
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 *self.loaded_wall.lock() = SystemTime::now();
                 tracing::info!(
-                    config = %self.path.display(),
+                    config = %self.source.display(),
                     version = report.version,
                     services_added = ?report.services_added,
                     services_removed = ?report.services_removed,
@@ -213,7 +233,7 @@ impl Instance {
             }
             Err(e) => {
                 self.reload_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(config = %self.path.display(), error = %e,
+                tracing::error!(config = %self.source.display(), error = %e,
                     "reload refused: the running config stays");
             }
         }
@@ -227,31 +247,22 @@ impl Instance {
         backend: &str,
         weight: u32,
     ) -> Result<ChangeReport, ChangeError> {
-        if !(1..=defaults::MAX_WEIGHT).contains(&weight) {
-            return Err(ChangeError::Invalid(format!(
-                "weight {weight} is out of range: must be between 1 and {}",
-                defaults::MAX_WEIGHT
-            )));
-        }
-        let mut config = Config::clone(&self.config());
-        let s = config
+        let before = self
+            .config()
             .services
-            .iter_mut()
+            .iter()
             .find(|s| s.name == service)
-            .ok_or_else(|| ChangeError::NoService(service.to_owned()))?;
-        let b = s
-            .backends
-            .iter_mut()
-            .find(|b| names_backend(b, backend))
-            .ok_or_else(|| ChangeError::NoBackend {
-                service: service.to_owned(),
-                backend: backend.to_owned(),
-            })?;
-        let before = std::mem::replace(&mut b.weight, weight);
-        let address = b.address;
-        let report = self.apply(config)?;
-        tracing::info!(service, backend = %address, from = before, to = weight,
-            "backend weight changed through the admin API");
+            .and_then(|s| s.backends.iter().find(|b| names_backend(b, backend)))
+            .map(|b| (b.address, b.weight));
+        let report = self.apply(Change::SetWeight {
+            service: service.to_owned(),
+            backend: backend.to_owned(),
+            weight,
+        })?;
+        if let Some((address, from)) = before {
+            tracing::info!(service, backend = %address, from, to = weight,
+                "backend weight changed through the admin API");
+        }
         Ok(report)
     }
 
@@ -280,26 +291,23 @@ impl Instance {
             .ok_or_else(no_backend)
     }
 
-    /// Applies `config` (see the module docs for the steps).
-    fn apply(&self, mut config: Config) -> Result<ChangeReport, ChangeError> {
+    /// Applies `change`: the one way the running config changes (see the module docs for the
+    /// steps, and [`Change::next`] for what is kept and dropped). Blocking: may bind listeners.
+    /// On an error nothing has changed.
+    pub fn apply(&self, change: Change) -> Result<ChangeReport, ChangeError> {
         let _one_at_a_time = self.changing.lock();
-        let old = self.config();
-        let mut needs_restart = Vec::new();
-        if config.runtime != old.runtime {
-            needs_restart.push("[runtime]".to_owned());
-            config.runtime = old.runtime.clone();
-        }
-        if config.admin != old.admin {
-            needs_restart.push("[admin]".to_owned());
-            config.admin = old.admin.clone();
-        }
+        let current = self.snapshot.load_full();
+        let Next {
+            config,
+            snapshot: next,
+            needs_restart,
+        } = change.next(&self.config(), &current)?;
         if !needs_restart.is_empty() {
             tracing::warn!(sections = ?needs_restart,
                 "these settings take effect at the next start; the running ones stay");
         }
         let prepared = self.dataplane.prepare(&config)?;
-        let current = self.snapshot.load_full();
-        let next = Arc::new(current.next(&config, &self.budget));
+        let next = Arc::new(next);
         self.snapshot.store(next.clone());
         let opened = self.dataplane.commit(prepared, &next);
         if let Some(health) = self.health.lock().as_ref() {
@@ -312,12 +320,6 @@ impl Instance {
         self.config.store(Arc::new(config));
         Ok(report)
     }
-}
-
-/// Whether `text` (from an API path) names `backend`: its resolved address, or its address as
-/// written in the config (`host:port`).
-fn names_backend(backend: &Backend, text: &str) -> bool {
-    backend.spec == text || backend.address.to_string() == text
 }
 
 /// What changed between two snapshots.

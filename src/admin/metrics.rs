@@ -479,7 +479,7 @@ impl Collector for Metrics {
             &one(&a.too_large),
         )?;
         // Alerts.
-        let alerts = crate::control::alerts::stats();
+        let alerts = instance.alert_stats();
         let per_hook =
             |get: &dyn Fn(&crate::control::alerts::WebhookStats) -> u64| -> Vec<(Labels, u64)> {
                 alerts

@@ -3,9 +3,9 @@
 //! the service-level state (some backend up or not; primaries or backups serving).
 //!
 //! Owns: applying a decision to the shared state, and publishing each health and service-level
-//! transition as an alert (a non-blocking push; [`super::alerts`] delivers it). Does not own:
-//! deciding (the probe task's `HealthMachine`, the workers' passive failure count, the
-//! operator) or any I/O.
+//! transition as an alert (a non-blocking push through the service's publisher;
+//! [`super::alerts`] delivers it). Does not own: deciding (the probe task's `HealthMachine`, the
+//! workers' passive failure count, the operator) or any I/O.
 //!
 //! Callers: the health checker thread (probe results), workers (passive detection, at most once
 //! per transition thanks to the compare-and-swap in `BackendLive::set_healthy`), and the admin
@@ -32,7 +32,6 @@ use crate::balancer::health::Admin;
 use crate::config::AlertKind::{BackendDown, BackendUp, ServiceDown, ServiceUp};
 use crate::config::OnBackendDown;
 
-use super::alerts;
 use super::snapshot::{Group, ServiceState};
 
 impl ServiceState {
@@ -55,7 +54,7 @@ impl ServiceState {
             reason = %reason,
             "backend down"
         );
-        alerts::publish(
+        self.alerts.publish(
             BackendDown,
             &self.config.name,
             Some(backend.address()),
@@ -93,7 +92,7 @@ impl ServiceState {
             reason = %reason,
             "backend up"
         );
-        alerts::publish(
+        self.alerts.publish(
             BackendUp,
             &self.config.name,
             Some(backend.address()),
@@ -213,11 +212,13 @@ impl ServiceState {
                     service = %name,
                     "service down: no backend is up, new connections are closed at once"
                 );
-                alerts::publish(ServiceDown, name, None, &self.backends_up());
+                self.alerts
+                    .publish(ServiceDown, name, None, &self.backends_up());
             }
             (false, true) => {
                 tracing::info!(service = %name, "service up");
-                alerts::publish(ServiceUp, name, None, &self.backends_up());
+                self.alerts
+                    .publish(ServiceUp, name, None, &self.backends_up());
             }
             _ => {}
         }

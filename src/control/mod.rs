@@ -25,6 +25,7 @@ mod snapshot;
 pub use backend::{BackendLive, BackendState};
 pub use budget::{ConnectionBudget, PIPES_PER_WORKER};
 pub use shutdown::Shutdown;
+pub use snapshot::ProcessWide;
 pub use snapshot::{
     BackendCounters, ConnectFailure, LastCheck, ServiceCounters, ServiceId, ServiceState,
     SharedSnapshot, Snapshot,

@@ -1,8 +1,11 @@
 //! The immutable view of services and backends that workers read for every new connection.
 //!
-//! Owns: [`Snapshot`], [`ServiceState`] and the shared counters they carry. Does not own: how a
-//! snapshot is chosen (config loading, later discovery), backend selection (`pick`), health and
-//! admin transitions (`availability`, `backend`) or any I/O.
+//! Owns: [`Snapshot`], [`ServiceState`], the shared counters they carry, and how one snapshot is
+//! built from the one before ([`Snapshot::next`]). Does not own: which config a change leads to
+//! and the order in which it is applied ([`crate::admin::Change`], the one path for changes),
+//! backend selection (`pick`), health and admin transitions (`availability`, `backend`) or any
+//! I/O. The process-wide values every service shares (the connection budget, the alert
+//! publisher) come in as a [`ProcessWide`] made at start-up, never through a global.
 //!
 //! A snapshot is built off the data path (selector tables included) and published through an
 //! [`ArcSwap`]; a worker loads it with one atomic operation per accepted connection and never
@@ -32,11 +35,22 @@ use crate::balancer::{BackendSpec, BackendView, Selector};
 use crate::config::{Config, Service};
 
 use super::ConnectionBudget;
+use super::alerts::AlertPublisher;
 use super::backend::{BackendState, init_clock};
 use super::histogram::LatencyHistogram;
 
 /// Where workers find the current [`Snapshot`].
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// What every service of one running process shares, whichever snapshot holds it: made once at
+/// start-up and carried from each snapshot to the next.
+#[derive(Clone, Debug)]
+pub struct ProcessWide {
+    /// The process-wide connection budget (from the open-files limit).
+    pub budget: Arc<ConnectionBudget>,
+    /// Where health and service transitions are published as alerts.
+    pub alerts: AlertPublisher,
+}
 
 /// Every service and backend as the data plane must see them now.
 #[derive(Debug)]
@@ -45,34 +59,34 @@ pub struct Snapshot {
     pub version: u64,
     /// In config order; a worker's listeners refer to services by this index.
     pub services: Vec<Arc<ServiceState>>,
+    /// Handed on to the next snapshot.
+    process: ProcessWide,
 }
 
 impl Snapshot {
-    /// Builds the first snapshot of a configuration (selector tables included); every service
-    /// draws its connections from the process-wide `budget` too.
-    pub fn from_config(config: &Config, budget: &Arc<ConnectionBudget>) -> Snapshot {
+    /// Builds the first snapshot of a configuration (selector tables included), as the change
+    /// from no service at all: version 1, every service and backend new.
+    pub fn from_config(config: &Config, process: &ProcessWide) -> Snapshot {
         init_clock();
-        Snapshot {
-            version: 1,
-            services: config
-                .services
-                .iter()
-                .map(|s| Arc::new(ServiceState::new(s.clone(), budget.clone())))
-                .collect(),
-        }
+        let empty = Snapshot {
+            version: 0,
+            services: Vec::new(),
+            process: process.clone(),
+        };
+        empty.next(config)
     }
 
-    /// The snapshot that follows this one for `config` (a reload, or a change through the admin
-    /// API). What stays keeps its identity and live state, so nothing an operator or a live
-    /// session sees resets:
-    ///
-    /// - a service with the same name keeps its [`ServiceId`], counters and session-closing
-    ///   signal, and its stick table while the persistence settings are unchanged;
-    /// - a backend with the same address in such a service keeps its counters and live state
-    ///   (health, admin state, slow-start ramp, close epoch).
-    ///
-    /// Everything else (selectors, groups, weights, limits) is built anew from `config`.
-    pub fn next(&self, config: &Config, budget: &Arc<ConnectionBudget>) -> Snapshot {
+    /// The values shared by every snapshot of this process.
+    pub fn process(&self) -> &ProcessWide {
+        &self.process
+    }
+
+    /// The snapshot that follows this one for `config`: each service and backend of `config`
+    /// is built anew (selectors, groups, weights, limits) and takes over the identity and live
+    /// state of the same one in this snapshot. Every snapshot is made here: the first (by
+    /// [`Snapshot::from_config`], from an empty one) and each change's, by way of
+    /// [`crate::admin::Change::next`], whose doc states what is kept and what is dropped.
+    pub(crate) fn next(&self, config: &Config) -> Snapshot {
         Snapshot {
             version: self.version + 1,
             services: config
@@ -80,9 +94,10 @@ impl Snapshot {
                 .iter()
                 .map(|s| {
                     let before = self.service(&s.name).map(|b| b.as_ref());
-                    Arc::new(ServiceState::build(s.clone(), budget.clone(), before))
+                    Arc::new(ServiceState::build(s.clone(), &self.process, before))
                 })
                 .collect(),
+            process: self.process.clone(),
         }
     }
 
@@ -160,6 +175,8 @@ pub struct ServiceState {
     pub counters: Arc<ServiceCounters>,
     /// The process-wide connection budget (from the open-files limit) shared by all services.
     pub budget: Arc<ConnectionBudget>,
+    /// Where this service's transitions are published (see `availability`).
+    pub(super) alerts: AlertPublisher,
 }
 
 /// Some of a service's backends and the selector built over them.
@@ -191,18 +208,23 @@ impl Group {
 }
 
 impl ServiceState {
-    /// Builds the service state, including its selectors and stick table, from its settings;
-    /// its connections also count against the process-wide `budget`.
+    /// Builds the state of a service on its own, outside any snapshot, from its settings; its
+    /// connections also count against `budget`, and it publishes no alerts (for tests and
+    /// tools; a running ringlb builds its services through [`Snapshot::from_config`]).
     pub fn new(config: Service, budget: Arc<ConnectionBudget>) -> ServiceState {
-        ServiceState::build(config, budget, None)
+        let process = ProcessWide {
+            budget,
+            alerts: AlertPublisher::disabled(),
+        };
+        ServiceState::build(config, &process, None)
     }
 
     /// Builds the service state; with `before` (the same service in the previous snapshot), its
     /// identity, counters, closing signal, stick table (same settings) and the live state of
-    /// backends at the same address are carried over (see [`Snapshot::next`]).
+    /// backends at the same address are carried over (see [`crate::admin::Change::next`]).
     fn build(
         config: Service,
-        budget: Arc<ConnectionBudget>,
+        process: &ProcessWide,
         before: Option<&ServiceState>,
     ) -> ServiceState {
         let (backup, primary): (Vec<usize>, Vec<usize>) =
@@ -247,7 +269,8 @@ impl ServiceState {
             transitions: Mutex::new(()),
             closing: before.map_or_else(Default::default, |b| b.closing.clone()),
             counters: before.map_or_else(Default::default, |b| b.counters.clone()),
-            budget,
+            budget: process.budget.clone(),
+            alerts: process.alerts.clone(),
         }
     }
 

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 
 use crate::balancer::conntrack::{Conn, ConnState};
 use crate::config::{Config, Protocol};
-use crate::control::{ServiceId, SharedSnapshot, Shutdown};
+use crate::control::{ConnectionBudget, ServiceId, SharedSnapshot, Shutdown};
 
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
 pub use reload::PreparedListeners;
@@ -198,10 +198,12 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Binds every service's listeners and starts `config.runtime.workers` workers.
+    /// Binds every service's listeners and starts `config.runtime.workers` workers; no worker
+    /// tracks more connections than `budget` allows the whole process.
     pub fn start(
         config: &Config,
         snapshot: SharedSnapshot,
+        budget: &ConnectionBudget,
         shutdown: Arc<Shutdown>,
     ) -> Result<DataPlane, DataPlaneError> {
         let workers = config.runtime.workers.max(1);
@@ -224,6 +226,7 @@ impl DataPlane {
                 initial,
                 mailbox,
                 snapshot: snapshot.clone(),
+                max_connections: usize::try_from(budget.max()).unwrap_or(usize::MAX),
                 shutdown: shutdown.clone(),
                 stats: worker_stats,
                 exited: exit_tx.clone(),

@@ -38,6 +38,8 @@ pub(super) struct WorkerSetup {
     /// Where later commands (reload, connection listings) arrive.
     pub mailbox: async_channel::Receiver<Command>,
     pub snapshot: SharedSnapshot,
+    /// The process-wide connection budget's maximum, which bounds this worker's table.
+    pub max_connections: usize,
     pub shutdown: Arc<Shutdown>,
     pub stats: Arc<WorkerStats>,
     pub exited: Sender<usize>,
@@ -201,12 +203,7 @@ fn runtime(pin_to: Option<usize>) -> io::Result<compio::runtime::Runtime> {
 async fn serve(setup: WorkerSetup) {
     // Every connection is also bounded by the process-wide budget (from the fd limit), and
     // services may come and go with reloads: the budget bounds this worker's table.
-    let capacity = setup
-        .snapshot
-        .load()
-        .services
-        .first()
-        .map_or(0, |s| s.budget.max() as usize);
+    let capacity = setup.max_connections;
     let worker = Rc::new(Worker {
         index: setup.index,
         snapshot: setup.snapshot,

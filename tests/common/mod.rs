@@ -96,48 +96,54 @@ impl Ringlb {
             .arg(&path)
             .args(["--log-level", log_level])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("ringlb starts");
-        let expected = config.matches("[[service]]").count();
-        let want_admin = config.contains("[admin]");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
-        std::thread::spawn(move || {
+        let logging = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("listening") && line.contains("address=") {
-                    let _ = tx.send(line.clone());
-                }
                 log2.lock().unwrap().push(line);
             }
         });
-        let mut services = HashMap::new();
-        let mut admin = None;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while services.len() < expected || (want_admin && admin.is_none()) {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(wait) {
-                Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "ringlb did not start; log:\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
-                }
-            };
-            let addr = field(&line, "address=").unwrap().parse().unwrap();
-            if line.contains("admin API listening") {
-                admin = Some(addr);
-                continue;
+        // The ready line (README "Running it"): printed once every listener is bound and the
+        // workers run. The rest of stdout is read and dropped so ringlb never blocks on it.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
             }
-            let name = field(&line, "service=").expect("listening line names its service");
-            services.insert(name, addr);
-        }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // Its stderr is closed now: the log is complete.
+                let _ = logging.join();
+                panic!(
+                    "ringlb did not start; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("ready line {line:?} is not JSON: {e}"));
+        let ready = &ready["ready"];
+        assert_eq!(ready["pid"], child.id(), "ready line {line}");
+        let services: HashMap<String, SocketAddr> = ready["services"]
+            .as_object()
+            .unwrap_or_else(|| panic!("ready line without services: {line}"))
+            .iter()
+            .map(|(name, addr)| (name.clone(), addr.as_str().unwrap().parse().unwrap()))
+            .collect();
+        let admin = ready["admin"].as_str().map(|a| a.parse().unwrap());
         Ringlb {
             child,
             services,

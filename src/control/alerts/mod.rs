@@ -1,20 +1,24 @@
 //! Alerts: backend and service transitions POSTed as JSON to the configured webhooks.
 //!
-//! Owns: the process-wide sink that producers [`publish`] into, the `ringlb-alerts` thread (a
-//! tokio current-thread runtime, like the health checker's), one delivery task per webhook with
-//! its own bounded queue, the HTTP client, retries with backoff, and the alert counters
-//! ([`stats`]). Does not own: deciding that something happened or logging the transition itself
-//! (`availability` does both, and calls [`publish`]), or the webhook settings
-//! ([`crate::config::Webhook`]).
+//! Owns: the `ringlb-alerts` thread (a tokio current-thread runtime, like the health
+//! checker's), the [`AlertPublisher`] handles producers publish through, one delivery task per
+//! webhook with its own bounded queue, the HTTP client, retries with backoff, and the alert
+//! counters ([`Alerts::stats`]). Does not own: deciding that something happened or logging the
+//! transition itself (`availability` does both, and publishes through the publisher its
+//! service state was built with), or the webhook settings ([`crate::config::Webhook`]).
+//!
+//! There is no process-wide sink: whoever starts [`Alerts`] (the server, at start-up) hands
+//! [`Alerts::publisher`] to what publishes, and a service state built without one
+//! ([`AlertPublisher::disabled`]) publishes nothing.
 //!
 //! The path of an alert, and why nothing upstream ever waits for a webhook:
 //!
 //! 1. A producer (the health thread, a worker that saw `passive_failures` connect failures, the
-//!    admin API) calls [`publish`]. It loads the sink (one atomic load), returns at once when no
-//!    webhook wants that kind of event, and otherwise makes the event (the time is taken here)
-//!    and does one non-blocking `try_send` into the sink queue of [`SINK_QUEUE`] events. When
-//!    the queue is full the event is dropped and counted ([`AlertStats::dropped`]); a producer
-//!    never blocks, does no I/O and logs nothing here.
+//!    admin API) calls [`AlertPublisher::publish`]. It loads the sink (one atomic load), returns
+//!    at once when no webhook wants that kind of event, and otherwise makes the event (the time
+//!    is taken here) and does one non-blocking `try_send` into the sink queue of [`SINK_QUEUE`]
+//!    events. When the queue is full the event is dropped and counted
+//!    ([`AlertStats::dropped`]); a producer never blocks, does no I/O and logs nothing here.
 //! 2. The dispatcher task on the alerts thread offers each event, again without waiting, to the
 //!    queue ([`WEBHOOK_QUEUE`] events) of every webhook subscribed to its kind; a full queue
 //!    drops it for that webhook only (counted in its [`WebhookStats::dropped`], logged).
@@ -31,12 +35,13 @@
 //! module logs a delivery that failed after all its retries (warn), dropped events (warn), and
 //! each delivery and retry (debug).
 //!
-//! Lifecycle: [`Alerts::start`] spawns the thread and installs the sink; with no webhook the
-//! thread idles and [`publish`] returns after its first check. [`Alerts::reconfigure`] swaps the
-//! webhook list (a reload): unchanged webhooks keep their task, queue and counters; a webhook
-//! whose settings changed restarts with its counters kept (by name); a removed one is cancelled
-//! with what it had queued. [`Alerts::stop`] removes the sink, lets each webhook finish what
-//! it has queued for at most [`STOP_GRACE`], and joins the thread.
+//! Lifecycle: [`Alerts::start`] spawns the thread and connects its publishers to it; with no
+//! webhook the thread idles and a publish returns after its first check.
+//! [`Alerts::reconfigure`] swaps the webhook list (a reload): unchanged webhooks keep their
+//! task, queue and counters; a webhook whose settings changed restarts with its counters kept
+//! (by name); a removed one is cancelled with what it had queued. [`Alerts::stop`] disconnects
+//! every publisher (a publish after it is a no-op, and holds nothing of the thread alive), lets
+//! each webhook finish what it has queued for at most [`STOP_GRACE`], and joins the thread.
 
 mod deliver;
 #[cfg(test)]
@@ -120,7 +125,8 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Er
     s.collect_str(&humantime::format_rfc3339_micros(*time))
 }
 
-/// Counters of the alerts, as read by [`stats`] (for the metrics endpoint). Every counter
+/// Counters of the alerts, as read by [`Alerts::stats`] and [`AlertPublisher::stats`] (for
+/// the metrics endpoint). Every counter
 /// only grows while the process runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AlertStats {
@@ -179,7 +185,7 @@ struct Hook {
 struct Shared {
     /// The sink queue's sending side.
     events: mpsc::Sender<AlertEvent>,
-    /// [`AlertKinds`] bits some webhook subscribes to: [`publish`] checks it first.
+    /// [`AlertKinds`] bits some webhook subscribes to: a publish checks it first.
     wanted: AtomicU8,
     /// Events dropped at the sink.
     dropped: AtomicU64,
@@ -281,44 +287,78 @@ impl Shared {
     }
 }
 
-/// The installed sink; `None` before [`Alerts::start`] and after [`Alerts::stop`].
-static SINK: ArcSwapOption<Shared> = ArcSwapOption::const_empty();
+/// Where producers publish: a cheap clonable handle (one `Arc`) on the sink of one running
+/// [`Alerts`]. Publishing never blocks and never fails (see the module docs). After
+/// [`Alerts::stop`], or for a [`AlertPublisher::disabled`] one, a publish is a no-op.
+#[derive(Clone, Default)]
+pub struct AlertPublisher {
+    /// The sink; emptied by [`Alerts::stop`], so a handle kept by an old snapshot holds nothing
+    /// of the stopped thread.
+    sink: Arc<ArcSwapOption<Shared>>,
+}
 
-/// Publishes an alert to every webhook subscribed to `kind`. Never blocks and never fails: a
-/// no-op when alerts are not running or no webhook wants `kind`; the event is dropped (and
-/// counted) when the queue is full. Callable from any thread, workers included.
-pub fn publish(kind: AlertKind, service: &str, backend: Option<SocketAddr>, reason: &dyn Display) {
-    let sink = SINK.load();
-    if let Some(shared) = sink.as_ref()
-        && shared.wants(kind)
-    {
-        shared.offer(AlertEvent::new(kind, service, backend, reason));
+impl AlertPublisher {
+    /// A publisher connected to nothing: every publish is a no-op (tools and tests that run no
+    /// alerts thread).
+    pub fn disabled() -> AlertPublisher {
+        AlertPublisher::default()
+    }
+
+    /// Publishes an alert to every webhook subscribed to `kind`. Never blocks and never fails:
+    /// a no-op when the alerts are stopped or no webhook wants `kind`; the event is dropped (and
+    /// counted) when the queue is full. Callable from any thread, workers included.
+    pub fn publish(
+        &self,
+        kind: AlertKind,
+        service: &str,
+        backend: Option<SocketAddr>,
+        reason: &dyn Display,
+    ) {
+        let sink = self.sink.load();
+        if let Some(shared) = sink.as_ref()
+            && shared.wants(kind)
+        {
+            shared.offer(AlertEvent::new(kind, service, backend, reason));
+        }
+    }
+
+    /// The counters of the alerts this publisher feeds; all zero and no webhook once they are
+    /// stopped (or for a disabled publisher).
+    pub fn stats(&self) -> AlertStats {
+        self.sink
+            .load()
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default()
     }
 }
 
-/// The counters of the running alerts; all zero and no webhook when none run.
-pub fn stats() -> AlertStats {
-    SINK.load().as_ref().map(|s| s.stats()).unwrap_or_default()
+impl std::fmt::Debug for AlertPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertPublisher")
+            .field("connected", &self.sink.load().is_some())
+            .finish()
+    }
 }
 
 /// The running alerts thread.
 pub struct Alerts {
     shared: Arc<Shared>,
+    /// The slot every [`AlertPublisher`] of these alerts shares.
+    publisher: AlertPublisher,
     thread: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl Alerts {
-    /// Starts the `ringlb-alerts` thread with `webhooks` and installs it as the process-wide
-    /// sink of [`publish`] (replacing one started before, which should have been stopped).
+    /// Starts the `ringlb-alerts` thread with `webhooks`; [`Alerts::publisher`] feeds it.
     pub fn start(webhooks: &[Webhook]) -> io::Result<Alerts> {
         let alerts = Alerts::spawn(webhooks)?;
-        SINK.store(Some(alerts.shared.clone()));
         tracing::info!(webhooks = webhooks.len(), "alerts started");
         Ok(alerts)
     }
 
-    /// Starts the thread without installing the sink (tests publish through [`Alerts::offer`]).
+    /// Starts the thread (without the start-up log line).
     fn spawn(webhooks: &[Webhook]) -> io::Result<Alerts> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -350,8 +390,12 @@ impl Alerts {
                 // host name lookup that may still run on a blocking thread.
                 runtime.shutdown_background();
             })?;
+        let publisher = AlertPublisher {
+            sink: Arc::new(ArcSwapOption::from(Some(shared.clone()))),
+        };
         Ok(Alerts {
             shared,
+            publisher,
             thread: Some(thread),
             stop: Some(stop),
         })
@@ -364,12 +408,17 @@ impl Alerts {
         tracing::info!(webhooks = webhooks.len(), "alert webhooks reconfigured");
     }
 
-    /// The counters of these alerts (the same as [`stats`] while they are installed).
+    /// A handle to publish to these alerts, for whatever makes transitions.
+    pub fn publisher(&self) -> AlertPublisher {
+        self.publisher.clone()
+    }
+
+    /// The counters of these alerts.
     pub fn stats(&self) -> AlertStats {
         self.shared.stats()
     }
 
-    /// Queues `event` as [`publish`] would, whether or not these alerts are the installed sink.
+    /// Queues `event` as [`AlertPublisher::publish`] would.
     #[cfg(test)]
     fn offer(&self, event: AlertEvent) {
         if self.shared.wants(event.event) {
@@ -387,13 +436,8 @@ impl Alerts {
         let Some(stop) = self.stop.take() else {
             return;
         };
-        let installed = SINK.load();
-        if installed
-            .as_ref()
-            .is_some_and(|s| Arc::ptr_eq(s, &self.shared))
-        {
-            SINK.compare_and_swap(&installed, None);
-        }
+        // Publishers still held (by snapshots, the health thread) take nothing more.
+        self.publisher.sink.store(None);
         let _ = stop.send(());
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()

@@ -2,8 +2,8 @@
 //! event, retries and their waits, giving up, isolation of a dead or stuck webhook, dropping
 //! when a queue is full, reconfiguring and stopping.
 //!
-//! Only one test installs the process-wide sink (tests run in parallel); the others start
-//! [`Alerts::spawn`] and queue through [`Alerts::offer`].
+//! Most tests start [`Alerts::spawn`] and queue prepared events through [`Alerts::offer`]; one
+//! publishes through an [`AlertPublisher`], as producers do.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -397,32 +397,38 @@ fn stopping_delivers_what_was_queued_within_the_grace_time() {
 }
 
 #[test]
-fn publish_reaches_the_installed_alerts_until_they_stop() {
+fn publish_reaches_the_alerts_until_they_stop() {
     let rt = runtime();
     let receiver = Receiver::start(&rt, &[], Duration::ZERO);
     let mut hook = webhook("installed", &receiver.url());
     hook.events = AlertKinds::NONE.with(AlertKind::BackendDown);
-    // Before any start: nothing to send to, nothing counted.
-    publish(AlertKind::BackendDown, "redis", None, &"before");
-    assert_eq!(stats(), AlertStats::default());
+    // A publisher of no alerts: nothing to send to, nothing counted.
+    let disabled = AlertPublisher::disabled();
+    disabled.publish(AlertKind::BackendDown, "redis", None, &"before");
+    assert_eq!(disabled.stats(), AlertStats::default());
 
     let alerts = Alerts::start(&[hook]).unwrap();
-    publish(AlertKind::BackendUp, "redis", None, &"not subscribed");
-    publish(
+    let publisher = alerts.publisher();
+    publisher.publish(AlertKind::BackendUp, "redis", None, &"not subscribed");
+    publisher.clone().publish(
         AlertKind::BackendDown,
         "redis",
         Some("127.0.0.1:6379".parse().unwrap()),
         &"3 connect failures in a row",
     );
-    assert!(wait_until(Duration::from_secs(5), || stats().delivered() == 1));
+    assert!(wait_until(Duration::from_secs(5), || publisher
+        .stats()
+        .delivered()
+        == 1));
     assert_eq!(receiver.count(), 1);
     assert_eq!(
         receiver.bodies()[0]["reason"],
         "3 connect failures in a row"
     );
-    assert_eq!(stats().webhooks[0].name, "installed");
+    assert_eq!(publisher.stats().webhooks[0].name, "installed");
+    assert_eq!(disabled.stats(), AlertStats::default(), "not connected");
     alerts.stop();
-    assert_eq!(stats(), AlertStats::default(), "uninstalled");
-    publish(AlertKind::BackendDown, "redis", None, &"after");
+    assert_eq!(publisher.stats(), AlertStats::default(), "disconnected");
+    publisher.publish(AlertKind::BackendDown, "redis", None, &"after");
     assert_eq!(receiver.count(), 1);
 }

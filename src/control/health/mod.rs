@@ -137,7 +137,7 @@ impl HealthChecker {
             stop,
             runtime: handle,
             snapshot: snapshot.clone(),
-            shortages: Arc::new(Shortages::default()),
+            shortages: Arc::new(Shortages::new(snapshot.load().process().alerts.clone())),
             jobs: Mutex::new(HashMap::new()),
         };
         let backends = checker.sync();

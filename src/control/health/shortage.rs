@@ -20,13 +20,15 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::config::AlertKind;
-use crate::control::alerts;
+use crate::control::alerts::AlertPublisher;
 use crate::control::local::LocalShortage;
 
 /// The checker-wide shortage state, shared by its probe tasks.
 #[derive(Debug, Default)]
 pub struct Shortages {
     state: Mutex<State>,
+    /// Where the transitions are alerted.
+    alerts: AlertPublisher,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +49,14 @@ pub enum Change {
 }
 
 impl Shortages {
+    /// No shortage yet; transitions are alerted through `alerts`.
+    pub fn new(alerts: AlertPublisher) -> Shortages {
+        Shortages {
+            state: Mutex::default(),
+            alerts,
+        }
+    }
+
     /// Takes one mark; `Some(Began)` when it is the first.
     fn enter(&self, now: Instant) -> Option<Change> {
         let mut s = self.state.lock();
@@ -99,7 +109,7 @@ impl Mark {
             tracing::warn!(service, %backend, reason = %what,
                 "local shortage: health probes cannot run; backends keep their health until \
                  they can");
-            alerts::publish(
+            shortages.alerts.publish(
                 AlertKind::LocalExhaustion,
                 service,
                 Some(backend),
@@ -120,7 +130,7 @@ impl Drop for Mark {
             let lasted_ms = lasted.as_millis() as u64;
             tracing::info!(service = %self.service, backend = %self.backend, lasted_ms,
                 "local shortage over: health probes run again");
-            alerts::publish(
+            self.shortages.alerts.publish(
                 AlertKind::LocalRecovery,
                 &self.service,
                 Some(self.backend),
