@@ -29,6 +29,7 @@ mod alert;
 pub mod defaults;
 mod error;
 mod file;
+mod names;
 mod policy;
 mod validate;
 mod validate_alert;
@@ -52,8 +53,9 @@ pub use policy::{
 };
 
 use crate::balancer::Algorithm;
+use crate::units::{format_bytes, format_duration};
 use error::Doc;
-use values::{format_bytes, format_duration};
+pub use names::serde_name;
 
 /// A loaded and validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +95,7 @@ pub struct Runtime {
 }
 
 /// Transport protocol of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// TCP: connections are accepted and forwarded to a backend connection.
@@ -103,12 +105,9 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// The name used in config files: "tcp" or "udp".
+    /// The name used in config files (its serde name): "tcp" or "udp".
     pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
+        serde_name(&self)
     }
 }
 
@@ -119,7 +118,7 @@ impl fmt::Display for Protocol {
 }
 
 /// How a UDP service spreads datagrams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UdpMode {
     /// All datagrams of a flow (one client address) go to the backend its first datagram chose.
@@ -129,12 +128,9 @@ pub enum UdpMode {
 }
 
 impl UdpMode {
-    /// The name used in config files: "flow" or "per_packet".
+    /// The name used in config files (its serde name): "flow" or "per_packet".
     pub fn name(self) -> &'static str {
-        match self {
-            UdpMode::Flow => "flow",
-            UdpMode::PerPacket => "per_packet",
-        }
+        serde_name(&self)
     }
 }
 
@@ -289,7 +285,7 @@ impl Config {
                         s.max_connections,
                         s.retries,
                         if s.retries == 1 { "y" } else { "ies" },
-                        format_bytes(s.buffer_size),
+                        format_bytes(s.buffer_size as u64),
                         s.backlog,
                     );
                     if !s.splice {
@@ -389,7 +385,7 @@ fn summarize_policy(out: &mut String, s: &Service) {
             Probe::Tcp => {}
             Probe::Redis { role, user, .. } => {
                 if *role != RedisRole::Any {
-                    let _ = write!(out, " (role {})", redis_role_name(*role));
+                    let _ = write!(out, " (role {})", role.name());
                 }
                 if let Some(user) = user {
                     let _ = write!(out, " as {user:?}");
@@ -402,7 +398,7 @@ fn summarize_policy(out: &mut String, s: &Service) {
                 ..
             } => {
                 if *role != PostgresRole::Any {
-                    let _ = write!(out, " (role {})", postgres_role_name(*role));
+                    let _ = write!(out, " (role {})", role.name());
                 }
                 let _ = write!(out, " as {user:?} on {database:?}");
             }
@@ -443,22 +439,6 @@ fn summarize_policy(out: &mut String, s: &Service) {
             format_duration(p.ttl),
             p.max_entries
         );
-    }
-}
-
-fn redis_role_name(role: RedisRole) -> &'static str {
-    match role {
-        RedisRole::Any => "any",
-        RedisRole::Master => "master",
-        RedisRole::Replica => "replica",
-    }
-}
-
-fn postgres_role_name(role: PostgresRole) -> &'static str {
-    match role {
-        PostgresRole::Any => "any",
-        PostgresRole::Primary => "primary",
-        PostgresRole::Standby => "standby",
     }
 }
 

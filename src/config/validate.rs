@@ -13,10 +13,11 @@ use super::error::{ConfigError, Doc};
 use super::file::{
     AdminFile, BackendFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile,
 };
-use super::values::{AddrProblem, parse_byte_size, parse_duration, resolve_backend};
+use super::values::{AddrProblem, resolve_backend};
 use super::{AdminSettings, Backend, Config, Protocol, Runtime, Secret, Service, UdpSettings};
 use crate::balancer::Algorithm;
 use crate::balancer::maglev::is_prime;
+use crate::units::{parse_byte_size, parse_duration};
 
 /// Builds the typed config from the file structs.
 pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigError> {

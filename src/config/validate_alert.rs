@@ -9,8 +9,9 @@ use super::defaults::*;
 use super::error::{ConfigError, Doc};
 use super::file::{AlertFile, DurationText, WebhookFile};
 use super::validate::{duration, in_range, is_service_name};
-use super::values::{format_duration, parse_webhook_url};
+use super::values::parse_webhook_url;
 use super::{AlertKinds, AlertSettings, Webhook};
+use crate::units::format_duration;
 
 /// The typed `[alert]` settings; no webhook when the table is absent.
 pub(super) fn settings(

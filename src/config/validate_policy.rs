@@ -8,10 +8,10 @@ use super::defaults::*;
 use super::error::ConfigError;
 use super::file::{HealthFile, PersistenceFile};
 use super::validate::{ServiceCheck, duration, given, in_range};
-use super::values::format_duration;
 use super::{
     HealthCheck, HealthKind, Persistence, PostgresRole, Probe, RedisRole, RoleName, Secret,
 };
+use crate::units::format_duration;
 
 /// Byte offset of a key's value, when the key is present.
 fn offset<T>(value: &Option<Spanned<T>>) -> Option<usize> {
