@@ -10,14 +10,18 @@
 //! 1. `file`: serde structs that mirror the TOML, unknown keys denied; values that later checks
 //!    look at keep their byte span.
 //! 2. `validate`: per-value and cross-field checks (ranges, durations, duplicate names and listen
-//!    addresses, options of the other protocol), defaults from [`defaults`]. Value formats
-//!    (durations, byte sizes, backend addresses, webhook URLs) are parsed in `values`; the
-//!    `[service.health]` and `[service.persistence]` tables are checked in `validate_policy`,
-//!    the `[alert]` table in `validate_alert`.
+//!    addresses, options of the other protocol), defaults from [`defaults`]. Durations and byte
+//!    sizes are parsed by [`crate::units`] (the grammar `ringlb bench` shares), backend
+//!    addresses and webhook URLs in `values`; the `[service.health]` and
+//!    `[service.persistence]` tables are checked in `validate_policy`, the `[alert]` table in
+//!    `validate_alert`.
 //! 3. The typed [`Config`] below, which the rest of ringlb uses.
 //!
-//! Every error is a [`ConfigError`] that names file, line, column and key path, and says what is
-//! wrong with the value, e.g.
+//! The names of the config's enumeration values (`"per_packet"`, `"backend_down"`) are those
+//! of their serde derive; [`serde_name`] reads them back for summaries, logs and metrics.
+//!
+//! Every error is a [`ConfigError`]: a [`Location`] (file, line, column and key path) and a
+//! [`Problem`] that says what is wrong with the value, e.g.
 //! `config/x.toml:12:10: service[1].listen: "127.0.0.1:99999" is not a socket address (IP:port)`.
 //!
 //! Guarantee: a `Config` returned by [`Config::load`] or [`Config::parse`] has at least one service,
@@ -46,7 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
-pub use error::{ConfigError, Location};
+pub use error::{ConfigError, Location, Problem};
 pub use policy::{
     HealthCheck, HealthKind, OnBackendDown, Persistence, PersistenceKind, PostgresRole, Probe,
     RedisRole, RoleName, Secret,
@@ -226,13 +230,16 @@ pub struct Backend {
 }
 
 impl Config {
-    /// Reads, parses and validates the config file at `path`.
+    /// Reads, parses and validates the config file at `path`. A file that is not UTF-8 is
+    /// refused with the line and column of its first invalid byte.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
             path: path.to_path_buf(),
             source: Arc::new(e),
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let source = path.display().to_string();
+        let text = std::str::from_utf8(&bytes).map_err(|e| error::not_utf8(&source, &bytes, e))?;
+        Config::parse(text, &source)
     }
 
     /// Parses and validates config text; `source` names it in errors and in [`Config::source`]
