@@ -13,8 +13,8 @@
 //!    addresses, options of the other protocol), defaults from [`defaults`]. Durations and byte
 //!    sizes are parsed by [`crate::units`] (the grammar `ringlb bench` shares), backend
 //!    addresses and webhook URLs in `values`; the `[service.health]` and
-//!    `[service.persistence]` tables are checked in `validate_policy`, the `[alert]` table in
-//!    `validate_alert`.
+//!    `[service.persistence]` tables are checked in `validate_policy`, the backends in
+//!    `validate_backend`, the `[alert]` table in `validate_alert`.
 //! 3. The typed [`Config`] below, which the rest of ringlb uses.
 //!
 //! The names of the config's enumeration values (`"per_packet"`, `"backend_down"`) are those
@@ -35,8 +35,10 @@ mod error;
 mod file;
 mod names;
 mod policy;
+mod problem;
 mod validate;
 mod validate_alert;
+mod validate_backend;
 mod validate_policy;
 mod values;
 

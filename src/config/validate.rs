@@ -10,11 +10,8 @@ use toml::Spanned;
 
 use super::defaults::*;
 use super::error::{ConfigError, Doc, Problem};
-use super::file::{
-    AdminFile, BackendFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile,
-};
-use super::values::{AddrProblem, resolve_backend};
-use super::{AdminSettings, Backend, Config, Protocol, Runtime, Secret, Service, UdpSettings};
+use super::file::{AdminFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile};
+use super::{AdminSettings, Config, Protocol, Runtime, Secret, Service, UdpSettings};
 use crate::balancer::Algorithm;
 use crate::balancer::maglev::is_prime;
 use crate::units::{parse_byte_size, parse_duration};
@@ -144,7 +141,7 @@ pub(super) struct ServiceCheck<'a, 'd> {
     pub(super) doc: &'a Doc<'d>,
     pub(super) index: usize,
     /// Byte offset of the service's table (its `[[service]]` header).
-    header: usize,
+    pub(super) header: usize,
     seen: &'a [Seen],
     protocol: Protocol,
 }
@@ -155,7 +152,7 @@ impl ServiceCheck<'_, '_> {
     }
 
     /// Refuses `value` (present) when the service's protocol is not `needs`.
-    fn only_for<T>(
+    pub(super) fn only_for<T>(
         &self,
         needs: Protocol,
         value: &Option<Spanned<T>>,
@@ -465,92 +462,6 @@ impl ServiceCheck<'_, '_> {
                 },
             )),
         }
-    }
-
-    fn backends(
-        &self,
-        list: Option<Spanned<Vec<Spanned<BackendFile>>>>,
-    ) -> Result<Vec<Backend>, ConfigError> {
-        let doc = self.doc;
-        let offset = list.as_ref().map_or(self.header, |l| l.span().start);
-        let list = list.map(Spanned::into_inner).unwrap_or_default();
-        if list.is_empty() {
-            return Err(ConfigError::new(
-                doc.at(offset, self.key("backend")),
-                Problem::NoBackends,
-            ));
-        }
-        let mut backends: Vec<Backend> = Vec::with_capacity(list.len());
-        let mut lines: Vec<usize> = Vec::with_capacity(list.len());
-        let mut last_backup = None;
-        for (j, entry) in list.into_iter().enumerate() {
-            let b = entry.into_inner();
-            let key = |k: &str| format!("service[{}].backend[{j}].{k}", self.index);
-            let spec = b.address.get_ref();
-            let at = || doc.at(b.address.span().start, key("address"));
-            let address = resolve_backend(spec).map_err(|problem| match problem {
-                AddrProblem::NotAddress => ConfigError::new(
-                    at(),
-                    Problem::NotBackendAddr {
-                        value: spec.clone(),
-                    },
-                ),
-                AddrProblem::PortZero => ConfigError::new(
-                    at(),
-                    Problem::BackendPortZero {
-                        value: spec.clone(),
-                    },
-                ),
-                AddrProblem::Unresolvable(reason) => ConfigError::new(
-                    at(),
-                    Problem::Unresolvable {
-                        value: spec.clone(),
-                        reason,
-                    },
-                ),
-            })?;
-            if let Some(first_index) = backends.iter().position(|o| o.address == address) {
-                return Err(ConfigError::new(
-                    at(),
-                    Problem::DuplicateBackend {
-                        value: spec.clone(),
-                        addr: address,
-                        first_index,
-                        first_line: lines[first_index],
-                    },
-                ));
-            }
-            let weight = match &b.weight {
-                Some(w) => in_range(doc, w, key("weight"), 1, Some(MAX_WEIGHT))?,
-                None => DEFAULT_WEIGHT,
-            };
-            self.only_for(Protocol::Tcp, &b.max_connections, || key("max_connections"))?;
-            let max_connections = match &b.max_connections {
-                Some(m) => Some(in_range(doc, m, key("max_connections"), 1, None)?),
-                None => None,
-            };
-            let backup = given(&b.backup, DEFAULT_BACKUP);
-            if let Some(v) = &b.backup {
-                last_backup = Some((v.span().start, key("backup")));
-            }
-            lines.push(doc.line(b.address.span().start));
-            backends.push(Backend {
-                address,
-                spec: b.address.into_inner(),
-                weight,
-                max_connections,
-                backup,
-            });
-        }
-        if backends.iter().all(|b| b.backup)
-            && let Some((offset, key)) = last_backup
-        {
-            return Err(ConfigError::new(
-                doc.at(offset, key),
-                Problem::NoPrimaryBackend,
-            ));
-        }
-        Ok(backends)
     }
 }
 
