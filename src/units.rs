@@ -113,6 +113,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
 /// [`parse_duration`] reads back: `"10m"`, `"1500ms"`, `"250us"`.
 pub fn format_duration(d: Duration) -> String {
     let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".to_owned();
+    }
     let (per_unit, unit) = [
         (3_600 * NANOS_PER_SEC, "h"),
         (60 * NANOS_PER_SEC, "m"),
@@ -123,9 +126,6 @@ pub fn format_duration(d: Duration) -> String {
     .into_iter()
     .find(|(per_unit, _)| ns.is_multiple_of(*per_unit))
     .unwrap_or((1, "ns"));
-    if ns == 0 {
-        return "0s".to_owned();
-    }
     format!("{}{unit}", ns / per_unit)
 }
 

@@ -94,7 +94,7 @@ pub enum Problem {
         /// Line of the other service's listen address.
         other_line: usize,
     },
-    /// A duration is not written as a whole number and a unit.
+    /// A duration is not written in the grammar of [`crate::units`] (a number and a unit).
     #[error("{value:?} is not a duration: {reason}")]
     BadDuration {
         /// The value as written.
@@ -102,7 +102,8 @@ pub enum Problem {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A byte size is not a number of bytes or a number with `B`, `KiB`, `MiB` or `GiB`.
+    /// A byte size is not written in the grammar of [`crate::units`] (a whole number and an
+    /// optional unit).
     #[error("{value:?} is not a byte size: {reason}")]
     BadByteSize {
         /// The value as written.
