@@ -27,6 +27,8 @@
 //! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
 //!   against other proxies. It runs on its own compio runtimes and shares nothing with the
 //!   balancer.
+//! - [`units`]: the one grammar for durations (`"1.5s"`) and byte sizes (`"64KiB"`), shared by
+//!   the config file and `ringlb bench`.
 //!
 //! # One connection
 //!
@@ -62,5 +64,6 @@ pub mod dataplane;
 pub mod demo;
 pub mod loadtool;
 pub mod server;
+pub mod units;
 
 pub use server::Server;

@@ -1,6 +1,7 @@
 //! `ringlb check --config FILE` end to end: every example under `config/` passes and its summary
 //! names each service; every file under `tests/fixtures/broken/` fails, and the error on stderr
-//! names the file, the line (and column) and says what is wrong.
+//! names the file, the line (and column) and says what is wrong; so does a file that is not
+//! UTF-8, at its first invalid byte.
 //!
 //! A broken fixture starts with comment lines `# expect: <part of the message>`, `# line: <N>`
 //! and, optionally, `# column: <N>`.
@@ -100,4 +101,39 @@ fn check_rejects_every_broken_fixture_naming_file_line_and_problem() {
             "{name}: stderr lacks {expect:?}:\n{stderr}"
         );
     }
+}
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn check_locates_the_first_byte_of_a_file_that_is_not_utf8() {
+    let file = TempFile(std::env::temp_dir().join(format!(
+        "ringlb-config-check-{}-latin1.toml",
+        std::process::id()
+    )));
+    // A valid config but for one Latin-1 "é" (0xE9) in a comment on line 3, after "# caf".
+    let mut bytes = b"[[service]]\nname = \"redis\"\n# caf".to_vec();
+    bytes.push(0xE9);
+    bytes.extend_from_slice(
+        b"\nlisten = \"127.0.0.1:0\"\nbackend = [{ address = \"127.0.0.1:6379\" }]\n",
+    );
+    std::fs::write(&file.0, &bytes).expect("writing the file");
+    let out = check(&file.0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "`check` succeeded");
+    let expected = format!(
+        "{}:3:6: the file is not UTF-8: invalid byte 0xE9 at byte offset 32; save it as UTF-8",
+        file.0.display()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "stderr lacks {expected:?}:\n{stderr}"
+    );
 }

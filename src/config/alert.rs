@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::names::serde_name;
+
 /// The `[alert]` table. Empty (no webhook) when the table is absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AlertSettings {
@@ -44,16 +46,9 @@ impl AlertKind {
         AlertKind::LocalRecovery,
     ];
 
-    /// The name used in config files and in the alert's JSON `event` field.
+    /// The name used in config files and in the alert's JSON `event` field (its serde name).
     pub fn name(self) -> &'static str {
-        match self {
-            AlertKind::BackendDown => "backend_down",
-            AlertKind::BackendUp => "backend_up",
-            AlertKind::ServiceDown => "service_down",
-            AlertKind::ServiceUp => "service_up",
-            AlertKind::LocalExhaustion => "local_exhaustion",
-            AlertKind::LocalRecovery => "local_recovery",
-        }
+        serde_name(&self)
     }
 
     /// This kind's bit in an [`AlertKinds`] set.

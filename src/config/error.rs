@@ -1,17 +1,16 @@
-//! The config layer's one error type, and turning byte offsets into lines and columns.
+//! The config layer's one error type, its [`Location`] half, and turning byte offsets into lines
+//! and columns. The [`Problem`] half is in `problem`.
 //!
-//! Every variant but [`ConfigError::Read`] carries a [`Location`] (file, line, column, key path)
-//! and the bad value as written or as parsed, so a message can be acted on without opening the
-//! file.
+//! An error is either [`ConfigError::Read`] (the file could not be read at all) or
+//! [`ConfigError::Invalid`]: one [`Location`] (file, line, column, key path) and one [`Problem`]
+//! that says what is wrong and carries the bad value as written or as parsed, so a message can
+//! be acted on without opening the file.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::defaults::{DEFAULT_HASH_TABLE_SIZE, MAX_SERVICE_NAME_LEN, MIN_HASH_SLOTS_PER_BACKEND};
-use super::{AlertKind, HealthKind, Protocol, RoleName};
-use crate::balancer::Algorithm;
+pub use super::problem::Problem;
 
 /// Where in a config file an error is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,10 +36,11 @@ impl fmt::Display for Location {
     }
 }
 
-/// Why a config could not be loaded. Displayed as `FILE:LINE:COLUMN: KEY: what is wrong`.
+/// Why a config could not be loaded. Displayed as `FILE:LINE:COLUMN: KEY: what is wrong`, or
+/// `FILE: cannot read config file: ...` when the file could not be read at all.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read (missing, unreadable, not UTF-8).
+    /// The file could not be read (missing, unreadable).
     #[error("{}: cannot read config file: {source}", path.display())]
     Read {
         /// The path as given.
@@ -48,371 +48,35 @@ pub enum ConfigError {
         /// The I/O error (shared so that the error stays `Clone`).
         source: Arc<std::io::Error>,
     },
-    /// The text is not valid TOML.
-    #[error("{at}: TOML syntax error: {message}")]
-    Syntax {
-        /// Where the parser stopped.
+    /// Something in the file is wrong: where, and what.
+    #[error("{at}: {problem}")]
+    Invalid {
+        /// Where: file, line, column and key path.
         at: Box<Location>,
-        /// The parser's description.
-        message: String,
-    },
-    /// Valid TOML that does not fit the config's shape: unknown key, wrong type, unknown
-    /// enumeration value, missing required key. The message comes from the deserializer.
-    #[error("{at}: {message}")]
-    Schema {
-        /// The offending key or value.
-        at: Box<Location>,
-        /// The deserializer's description, e.g. "unknown field `bogus`, expected ...".
-        message: String,
-    },
-    /// The file defines no `[[service]]`.
-    #[error("{at}: the config defines no service (add a [[service]] table)")]
-    NoServices {
-        /// Start of the file, or the empty `service` array.
-        at: Box<Location>,
-    },
-    /// A service name is empty, too long or has characters other than letters, digits, `-_.`.
-    #[error(
-        "{at}: {value:?} is not a valid service name (use 1 to {MAX_SERVICE_NAME_LEN} letters, \
-         digits, '-', '_' or '.')"
-    )]
-    BadServiceName {
-        /// The name value.
-        at: Box<Location>,
-        /// The name as written.
-        value: String,
-    },
-    /// Two services have the same name.
-    #[error("{at}: {value:?} is already the name of service[{first_index}] (line {first_line})")]
-    DuplicateServiceName {
-        /// The second name.
-        at: Box<Location>,
-        /// The name.
-        value: String,
-        /// Index of the service that has it first.
-        first_index: usize,
-        /// Line of the first service's name.
-        first_line: usize,
-    },
-    /// A listen address is not `IP:port`.
-    #[error("{at}: {value:?} is not a socket address (IP:port)")]
-    NotSocketAddr {
-        /// The listen value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-    },
-    /// Two services of the same protocol listen on the same address.
-    #[error("{at}: {addr} is already the listen address of service {other:?} (line {other_line})")]
-    DuplicateListen {
-        /// The second listen value.
-        at: Box<Location>,
-        /// The address.
-        addr: SocketAddr,
-        /// Name of the service that listens there first.
-        other: String,
-        /// Line of that service's listen address.
-        other_line: usize,
-    },
-    /// A wildcard and a specific address of the same family, port and protocol: both would bind
-    /// (SO_REUSEPORT) and the kernel would split the traffic between two services.
-    #[error(
-        "{at}: {addr} overlaps {other_addr}, the listen address of service {other:?} \
-         (line {other_line}); use distinct ports"
-    )]
-    OverlappingListen {
-        /// The second listen value.
-        at: Box<Location>,
-        /// This service's address.
-        addr: SocketAddr,
-        /// The other service's address.
-        other_addr: SocketAddr,
-        /// The other service's name.
-        other: String,
-        /// Line of the other service's listen address.
-        other_line: usize,
-    },
-    /// A duration is not written as a whole number and a unit.
-    #[error("{at}: {value:?} is not a duration: {reason}")]
-    BadDuration {
-        /// The duration value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A byte size is not a number of bytes or a number with `B`, `KiB`, `MiB` or `GiB`.
-    #[error("{at}: {value:?} is not a byte size: {reason}")]
-    BadByteSize {
-        /// The size value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A number, duration or size outside its allowed range.
-    #[error("{at}: {value} is out of range: must be {allowed}")]
-    OutOfRange {
-        /// The value.
-        at: Box<Location>,
-        /// The value as written (strings quoted).
-        value: String,
-        /// The allowed range in words, e.g. "between 1 and 1000".
-        allowed: String,
-    },
-    /// `hash_table_size` is not prime.
-    #[error(
-        "{at}: {value} is not a prime number; the Maglev table size must be prime \
-         (e.g. the default {DEFAULT_HASH_TABLE_SIZE})"
-    )]
-    NotPrime {
-        /// The size value.
-        at: Box<Location>,
-        /// The size.
-        value: usize,
-    },
-    /// `hash_table_size` (given or default) has too few slots for the number of backends.
-    #[error(
-        "{at}: {value} is too small for {backends} backends: Maglev needs \
-         {MIN_HASH_SLOTS_PER_BACKEND} slots per backend, so set hash_table_size to a prime of at \
-         least {minimum}"
-    )]
-    HashTableTooSmall {
-        /// The size value (or the algorithm, when the size is the default).
-        at: Box<Location>,
-        /// The size.
-        value: usize,
-        /// Number of backends of the service.
-        backends: usize,
-        /// Smallest acceptable size.
-        minimum: usize,
-    },
-    /// An option that only the `source_hash` algorithm uses is set for another algorithm.
-    #[error("{at}: applies only to algorithm = \"source_hash\", and this service uses {:?}", algorithm.name())]
-    NotForAlgorithm {
-        /// The option.
-        at: Box<Location>,
-        /// The service's algorithm.
-        algorithm: Algorithm,
-    },
-    /// An option of one protocol is set on a service of the other.
-    #[error(
-        "{at}: applies only to protocol = \"{needs}\" services, and this service's protocol is \
-         \"{protocol}\""
-    )]
-    WrongProtocol {
-        /// The option.
-        at: Box<Location>,
-        /// The protocol the option belongs to.
-        needs: Protocol,
-        /// The service's protocol.
-        protocol: Protocol,
-    },
-    /// A `[service.health]` key set for a check kind that does not use it.
-    #[error("{at}: applies only to {applies_to}, and this check's kind is \"{kind}\"")]
-    NotForHealthKind {
-        /// The key.
-        at: Box<Location>,
-        /// The check's kind.
-        kind: HealthKind,
-        /// The kinds that take the key, in words.
-        applies_to: &'static str,
-    },
-    /// A `role` that the check's kind cannot report.
-    #[error("{at}: role \"{}\" does not apply to kind = \"{kind}\" (use {allowed})", role.name())]
-    RoleNotForKind {
-        /// The role value.
-        at: Box<Location>,
-        /// The role as written.
-        role: RoleName,
-        /// The check's kind.
-        kind: HealthKind,
-        /// The roles the kind takes, in words.
-        allowed: &'static str,
-    },
-    /// A probe timeout longer than the probe interval.
-    #[error(
-        "{at}: {timeout} is longer than the interval ({interval}): a probe must end before the \
-         next one starts"
-    )]
-    TimeoutOverInterval {
-        /// The timeout value.
-        at: Box<Location>,
-        /// The timeout as written.
-        timeout: String,
-        /// The interval, as written or its default.
-        interval: String,
-    },
-    /// The admin API's listen address is a TCP service's.
-    #[error("{at}: {addr} is already the listen address of service {service:?}")]
-    AdminListenTaken {
-        /// The admin listen value.
-        at: Box<Location>,
-        /// The address.
-        addr: SocketAddr,
-        /// The service listening there.
-        service: String,
-    },
-    /// A string option that must not be empty is.
-    #[error("{at}: must not be empty")]
-    Empty {
-        /// The empty value.
-        at: Box<Location>,
-    },
-    /// Every backend of a service is a backup.
-    #[error(
-        "{at}: every backend of this service is a backup; at least one must be a primary \
-         (backup = false)"
-    )]
-    NoPrimaryBackend {
-        /// The last backend's `backup` value.
-        at: Box<Location>,
-    },
-    /// A service has no backend.
-    #[error("{at}: a service needs at least one backend")]
-    NoBackends {
-        /// The empty `backend` array, or the service's header when there is none.
-        at: Box<Location>,
-    },
-    /// A backend address is not `IP:port`, `[IPv6]:port` or `host:port`.
-    #[error("{at}: {value:?} is not a backend address (IP:port, [IPv6]:port or host:port)")]
-    NotBackendAddr {
-        /// The address value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-    },
-    /// A backend address has port 0.
-    #[error("{at}: {value:?} has port 0, which cannot be connected to")]
-    BackendPortZero {
-        /// The address value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-    },
-    /// A backend host name did not resolve.
-    #[error("{at}: cannot resolve {value:?}: {reason}")]
-    Unresolvable {
-        /// The address value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-        /// The resolver's answer.
-        reason: String,
-    },
-    /// Two backends of one service are the same address.
-    #[error(
-        "{at}: {value:?} duplicates backend[{first_index}] (line {first_line}): both are {addr}"
-    )]
-    DuplicateBackend {
-        /// The second address value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-        /// The resolved address both have.
-        addr: SocketAddr,
-        /// Index of the first backend with it.
-        first_index: usize,
-        /// Line of the first backend's address.
-        first_line: usize,
-    },
-    /// A webhook URL that does not parse, or that ringlb cannot POST to.
-    #[error("{at}: {value:?} is not a usable webhook URL: {reason}")]
-    BadWebhookUrl {
-        /// The url value.
-        at: Box<Location>,
-        /// The value as written.
-        value: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A webhook name is empty, too long or has characters other than letters, digits, `-_.`.
-    #[error(
-        "{at}: {value:?} is not a valid webhook name (use 1 to {MAX_SERVICE_NAME_LEN} letters, \
-         digits, '-', '_' or '.')"
-    )]
-    BadWebhookName {
-        /// The name value.
-        at: Box<Location>,
-        /// The name as written.
-        value: String,
-    },
-    /// Two webhooks have the same name, given or taken from their URLs' origin.
-    #[error(
-        "{at}: {value:?} is already the name of alert.webhook[{first_index}] (line \
-         {first_line}){}",
-        if *from_url { "; webhooks to the same host and port need a `name` each" } else { "" }
-    )]
-    DuplicateWebhookName {
-        /// The second name, or the second URL when its name is the default.
-        at: Box<Location>,
-        /// The name.
-        value: String,
-        /// Index of the webhook that has it first.
-        first_index: usize,
-        /// Line of the first webhook's name or URL.
-        first_line: usize,
-        /// Whether this name is the default one (the URL's origin).
-        from_url: bool,
-    },
-    /// A webhook lists an event twice.
-    #[error("{at}: \"{event}\" is listed twice")]
-    DuplicateEvent {
-        /// The second entry.
-        at: Box<Location>,
-        /// The event.
-        event: AlertKind,
-    },
-    /// A webhook's `events` is an empty list.
-    #[error(
-        "{at}: an empty list sends nothing; leave `events` out to send every event, or remove \
-         the webhook"
-    )]
-    NoEvents {
-        /// The empty list.
-        at: Box<Location>,
+        /// What is wrong, with the value as written or as parsed.
+        problem: Problem,
     },
 }
 
 impl ConfigError {
+    /// An error at `at`.
+    pub(crate) fn new(at: Box<Location>, problem: Problem) -> ConfigError {
+        ConfigError::Invalid { at, problem }
+    }
+
     /// Where in the file the error is; `None` for [`ConfigError::Read`].
     pub fn location(&self) -> Option<&Location> {
-        use ConfigError::*;
         match self {
-            Read { .. } => None,
-            Syntax { at, .. }
-            | Schema { at, .. }
-            | NoServices { at }
-            | BadServiceName { at, .. }
-            | DuplicateServiceName { at, .. }
-            | NotSocketAddr { at, .. }
-            | DuplicateListen { at, .. }
-            | OverlappingListen { at, .. }
-            | BadDuration { at, .. }
-            | BadByteSize { at, .. }
-            | OutOfRange { at, .. }
-            | NotPrime { at, .. }
-            | HashTableTooSmall { at, .. }
-            | NotForAlgorithm { at, .. }
-            | WrongProtocol { at, .. }
-            | NotForHealthKind { at, .. }
-            | RoleNotForKind { at, .. }
-            | TimeoutOverInterval { at, .. }
-            | AdminListenTaken { at, .. }
-            | Empty { at }
-            | NoPrimaryBackend { at }
-            | NoBackends { at }
-            | NotBackendAddr { at, .. }
-            | BackendPortZero { at, .. }
-            | Unresolvable { at, .. }
-            | DuplicateBackend { at, .. }
-            | BadWebhookUrl { at, .. }
-            | BadWebhookName { at, .. }
-            | DuplicateWebhookName { at, .. }
-            | DuplicateEvent { at, .. }
-            | NoEvents { at } => Some(at),
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { at, .. } => Some(at),
+        }
+    }
+
+    /// What is wrong; `None` for [`ConfigError::Read`].
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { problem, .. } => Some(problem),
         }
     }
 }
@@ -451,23 +115,44 @@ impl Doc<'_> {
         if message == "duplicate key" && !snippet.is_empty() && !snippet.contains('\n') {
             message = format!("duplicate key `{snippet}`");
         }
-        ConfigError::Syntax {
-            // The parser always reports a span; offset 0 is only a fallback.
-            at: self.at(span.start, ""),
-            message,
-        }
+        // The parser always reports a span; offset 0 is only a fallback.
+        ConfigError::new(self.at(span.start, ""), Problem::Syntax { message })
     }
 
     /// An error from deserializing into the file structs, with its key path.
     pub(crate) fn schema(&self, err: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
         let key = key_path(err.path());
         let inner = err.into_inner();
-        ConfigError::Schema {
-            // The deserializer reports a span for every error it raises; 0 is only a fallback.
-            at: self.at(inner.span().map_or(0, |s| s.start), key),
-            message: plain_words(inner.message()),
-        }
+        // The deserializer reports a span for every error it raises; 0 is only a fallback.
+        let at = self.at(inner.span().map_or(0, |s| s.start), key);
+        ConfigError::new(
+            at,
+            Problem::Schema {
+                message: plain_words(inner.message()),
+            },
+        )
     }
+}
+
+/// The error for a file that is not UTF-8: where its first invalid byte is, and which bytes.
+pub(crate) fn not_utf8(source: &str, bytes: &[u8], err: std::str::Utf8Error) -> ConfigError {
+    let offset = err.valid_up_to();
+    // The bytes before `offset` are valid UTF-8, so lines and columns count as for a text file.
+    let valid = std::str::from_utf8(&bytes[..offset]).unwrap_or_default();
+    let (line, column) = line_col(valid, offset);
+    let sequence = match err.error_len() {
+        Some(len) => bytes[offset..offset + len].to_vec(),
+        None => Vec::new(),
+    };
+    ConfigError::new(
+        Box::new(Location {
+            source: source.to_owned(),
+            line,
+            column,
+            key: String::new(),
+        }),
+        Problem::NotUtf8 { offset, sequence },
+    )
 }
 
 /// Replaces Rust type names at the end of serde's messages ("expected u32") with words.
@@ -588,6 +273,71 @@ mod tests {
         );
     }
 
+    fn utf8_error(bytes: &[u8]) -> ConfigError {
+        let err = std::str::from_utf8(bytes).expect_err("not UTF-8");
+        not_utf8("x.toml", bytes, err)
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_located_at_its_first_invalid_byte() {
+        // "é" is two bytes: the column counts characters, the offset bytes.
+        let err = utf8_error(b"a = 1\nname = \"\xC3\xA9\xFF\"\n");
+        assert_eq!(
+            err.to_string(),
+            "x.toml:2:10: the file is not UTF-8: invalid byte 0xFF at byte offset 16; save it as \
+             UTF-8"
+        );
+        let at = err.location().expect("a location");
+        assert_eq!((at.line, at.column, at.key.as_str()), (2, 10, ""));
+        assert!(matches!(
+            err.problem(),
+            Some(Problem::NotUtf8 { offset: 16, sequence }) if sequence == &[0xFF]
+        ));
+    }
+
+    #[test]
+    fn a_broken_character_and_a_cut_one_are_told_apart() {
+        // A three-byte lead followed by a byte that does not continue it.
+        assert_eq!(
+            utf8_error(b"\xE2\x28\xA1").to_string(),
+            "x.toml:1:1: the file is not UTF-8: invalid byte 0xE2 at byte offset 0; save it as \
+             UTF-8"
+        );
+        // Two valid bytes of a four-byte character, then a byte that breaks it.
+        assert_eq!(
+            utf8_error(b"x\r\n\xF0\x9F\x41").to_string(),
+            "x.toml:2:1: the file is not UTF-8: invalid bytes 0xF0 0x9F at byte offset 3; save it \
+             as UTF-8"
+        );
+        assert_eq!(
+            utf8_error(b"# caf\xC3").to_string(),
+            "x.toml:1:6: the file is not UTF-8: it ends inside a character at byte offset 5; save \
+             it as UTF-8"
+        );
+    }
+
+    #[test]
+    fn a_located_message_is_the_location_then_the_problem() {
+        let doc = Doc {
+            source: "x.toml",
+            text: "a\nbc",
+        };
+        let problem = Problem::BadServiceName {
+            value: "my service".to_owned(),
+        };
+        let err = ConfigError::new(doc.at(3, "service[0].name"), problem.clone());
+        assert_eq!(
+            err.to_string(),
+            format!("x.toml:2:2: service[0].name: {problem}")
+        );
+        assert!(
+            problem
+                .to_string()
+                .starts_with("\"my service\" is not a valid service name")
+        );
+        assert_eq!(err.location().map(|l| l.line), Some(2));
+    }
+
     #[test]
     fn read_errors_name_the_path() {
         let err = ConfigError::Read {
@@ -599,5 +349,6 @@ mod tests {
             "/etc/ringlb/missing.toml: cannot read config file: entity not found"
         );
         assert!(err.location().is_none());
+        assert!(err.problem().is_none());
     }
 }

@@ -10,14 +10,18 @@
 //! 1. `file`: serde structs that mirror the TOML, unknown keys denied; values that later checks
 //!    look at keep their byte span.
 //! 2. `validate`: per-value and cross-field checks (ranges, durations, duplicate names and listen
-//!    addresses, options of the other protocol), defaults from [`defaults`]. Value formats
-//!    (durations, byte sizes, backend addresses, webhook URLs) are parsed in `values`; the
-//!    `[service.health]` and `[service.persistence]` tables are checked in `validate_policy`,
-//!    the `[alert]` table in `validate_alert`.
+//!    addresses, options of the other protocol), defaults from [`defaults`]. Durations and byte
+//!    sizes are parsed by [`crate::units`] (the grammar `ringlb bench` shares), backend
+//!    addresses and webhook URLs in `values`; the `[service.health]` and
+//!    `[service.persistence]` tables are checked in `validate_policy`, the backends in
+//!    `validate_backend`, the `[alert]` table in `validate_alert`.
 //! 3. The typed [`Config`] below, which the rest of ringlb uses.
 //!
-//! Every error is a [`ConfigError`] that names file, line, column and key path, and says what is
-//! wrong with the value, e.g.
+//! The names of the config's enumeration values (`"per_packet"`, `"backend_down"`) are those
+//! of their serde derive; [`serde_name`] reads them back for summaries, logs and metrics.
+//!
+//! Every error is a [`ConfigError`]: a [`Location`] (file, line, column and key path) and a
+//! [`Problem`] that says what is wrong with the value, e.g.
 //! `config/x.toml:12:10: service[1].listen: "127.0.0.1:99999" is not a socket address (IP:port)`.
 //!
 //! Guarantee: a `Config` returned by [`Config::load`] or [`Config::parse`] has at least one service,
@@ -29,9 +33,12 @@ mod alert;
 pub mod defaults;
 mod error;
 mod file;
+mod names;
 mod policy;
+mod problem;
 mod validate;
 mod validate_alert;
+mod validate_backend;
 mod validate_policy;
 mod values;
 
@@ -45,15 +52,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
-pub use error::{ConfigError, Location};
+pub use error::{ConfigError, Location, Problem};
 pub use policy::{
     HealthCheck, HealthKind, OnBackendDown, Persistence, PersistenceKind, PostgresRole, Probe,
     RedisRole, RoleName, Secret,
 };
 
 use crate::balancer::Algorithm;
+use crate::units::{format_bytes, format_duration};
 use error::Doc;
-use values::{format_bytes, format_duration};
+pub use names::serde_name;
 
 /// A loaded and validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +109,7 @@ pub struct Runtime {
 }
 
 /// Transport protocol of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// TCP: connections are accepted and forwarded to a backend connection.
@@ -111,12 +119,9 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// The name used in config files: "tcp" or "udp".
+    /// The name used in config files (its serde name): "tcp" or "udp".
     pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
+        serde_name(&self)
     }
 }
 
@@ -127,7 +132,7 @@ impl fmt::Display for Protocol {
 }
 
 /// How a UDP service spreads datagrams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UdpMode {
     /// All datagrams of a flow (one client address) go to the backend its first datagram chose.
@@ -137,12 +142,9 @@ pub enum UdpMode {
 }
 
 impl UdpMode {
-    /// The name used in config files: "flow" or "per_packet".
+    /// The name used in config files (its serde name): "flow" or "per_packet".
     pub fn name(self) -> &'static str {
-        match self {
-            UdpMode::Flow => "flow",
-            UdpMode::PerPacket => "per_packet",
-        }
+        serde_name(&self)
     }
 }
 
@@ -238,13 +240,16 @@ pub struct Backend {
 }
 
 impl Config {
-    /// Reads, parses and validates the config file at `path`.
+    /// Reads, parses and validates the config file at `path`. A file that is not UTF-8 is
+    /// refused with the line and column of its first invalid byte.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
             path: path.to_path_buf(),
             source: Arc::new(e),
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let source = path.display().to_string();
+        let text = std::str::from_utf8(&bytes).map_err(|e| error::not_utf8(&source, &bytes, e))?;
+        Config::parse(text, &source)
     }
 
     /// Parses and validates config text; `source` names it in errors and in [`Config::source`]
@@ -297,7 +302,7 @@ impl Config {
                         s.max_connections,
                         s.retries,
                         if s.retries == 1 { "y" } else { "ies" },
-                        format_bytes(s.buffer_size),
+                        format_bytes(s.buffer_size as u64),
                         s.backlog,
                     );
                     if !s.splice {
@@ -397,7 +402,7 @@ fn summarize_policy(out: &mut String, s: &Service) {
             Probe::Tcp => {}
             Probe::Redis { role, user, .. } => {
                 if *role != RedisRole::Any {
-                    let _ = write!(out, " (role {})", redis_role_name(*role));
+                    let _ = write!(out, " (role {})", role.name());
                 }
                 if let Some(user) = user {
                     let _ = write!(out, " as {user:?}");
@@ -410,7 +415,7 @@ fn summarize_policy(out: &mut String, s: &Service) {
                 ..
             } => {
                 if *role != PostgresRole::Any {
-                    let _ = write!(out, " (role {})", postgres_role_name(*role));
+                    let _ = write!(out, " (role {})", role.name());
                 }
                 let _ = write!(out, " as {user:?} on {database:?}");
             }
@@ -451,22 +456,6 @@ fn summarize_policy(out: &mut String, s: &Service) {
             format_duration(p.ttl),
             p.max_entries
         );
-    }
-}
-
-fn redis_role_name(role: RedisRole) -> &'static str {
-    match role {
-        RedisRole::Any => "any",
-        RedisRole::Master => "master",
-        RedisRole::Replica => "replica",
-    }
-}
-
-fn postgres_role_name(role: PostgresRole) -> &'static str {
-    match role {
-        PostgresRole::Any => "any",
-        PostgresRole::Primary => "primary",
-        PostgresRole::Standby => "standby",
     }
 }
 

@@ -7,8 +7,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::names::serde_name;
+
 /// What kind of check `[service.health]` runs, as written in `kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthKind {
     /// A TCP connect: the backend accepts connections.
@@ -22,14 +24,9 @@ pub enum HealthKind {
 }
 
 impl HealthKind {
-    /// The name used in config files.
+    /// The name used in config files (its serde name).
     pub fn name(self) -> &'static str {
-        match self {
-            HealthKind::Tcp => "tcp",
-            HealthKind::Redis => "redis",
-            HealthKind::Postgres => "postgres",
-            HealthKind::None => "none",
-        }
+        serde_name(&self)
     }
 }
 
@@ -40,7 +37,7 @@ impl fmt::Display for HealthKind {
 }
 
 /// `role` as written; which values a kind takes is checked in validation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoleName {
     /// Any role (the default).
@@ -56,15 +53,9 @@ pub enum RoleName {
 }
 
 impl RoleName {
-    /// The name used in config files.
+    /// The name used in config files (its serde name).
     pub fn name(self) -> &'static str {
-        match self {
-            RoleName::Any => "any",
-            RoleName::Master => "master",
-            RoleName::Replica => "replica",
-            RoleName::Primary => "primary",
-            RoleName::Standby => "standby",
-        }
+        serde_name(&self)
     }
 }
 
@@ -91,7 +82,8 @@ impl fmt::Debug for Secret {
 }
 
 /// Which replication role a Redis backend must report to pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RedisRole {
     /// PING is enough.
     Any,
@@ -102,7 +94,8 @@ pub enum RedisRole {
 }
 
 /// Which recovery state a PostgreSQL backend must report to pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PostgresRole {
     /// The query succeeding is enough.
     Any,
@@ -110,6 +103,20 @@ pub enum PostgresRole {
     Primary,
     /// `pg_is_in_recovery()` is true: a hot standby.
     Standby,
+}
+
+impl RedisRole {
+    /// The `role` value that asks for it, as in config files.
+    pub fn name(self) -> &'static str {
+        serde_name(&self)
+    }
+}
+
+impl PostgresRole {
+    /// The `role` value that asks for it, as in config files.
+    pub fn name(self) -> &'static str {
+        serde_name(&self)
+    }
 }
 
 /// The probe an active check runs.
@@ -171,7 +178,7 @@ pub struct HealthCheck {
 }
 
 /// What happens to live sessions when their backend is marked down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBackendDown {
     /// They run on (the backend may still answer them).
@@ -181,17 +188,14 @@ pub enum OnBackendDown {
 }
 
 impl OnBackendDown {
-    /// The name used in config files.
+    /// The name used in config files (its serde name).
     pub fn name(self) -> &'static str {
-        match self {
-            OnBackendDown::Keep => "keep",
-            OnBackendDown::Shutdown => "shutdown",
-        }
+        serde_name(&self)
     }
 }
 
 /// What a persistence entry is keyed by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PersistenceKind {
     /// The client's IP address.
@@ -199,11 +203,9 @@ pub enum PersistenceKind {
 }
 
 impl PersistenceKind {
-    /// The name used in config files.
+    /// The name used in config files (its serde name).
     pub fn name(self) -> &'static str {
-        match self {
-            PersistenceKind::SourceIp => "source_ip",
-        }
+        serde_name(&self)
     }
 }
 

@@ -309,13 +309,16 @@ fn retries_beyond_the_number_of_backends_are_fine() {
 }
 
 #[test]
-fn buffer_size_takes_bytes_or_binary_units() {
+fn buffer_size_takes_bytes_or_the_units_of_the_shared_grammar() {
     for (written, bytes) in [
         ("16384", 16384),
         ("\"16KiB\"", 16384),
         ("\"1MiB\"", 1 << 20),
         ("\"16MiB\"", 16 << 20),
         ("1024", 1024),
+        ("\"64k\"", 64 << 10),
+        ("\"64KB\"", 64_000),
+        ("\"2M\"", 2 << 20),
     ] {
         let config = parse(&MINIMAL.replace("listen", &format!("buffer_size = {written}\nlisten")));
         assert_eq!(config.services[0].buffer_size, bytes, "{written}");
@@ -394,8 +397,8 @@ fn messages_name_file_line_column_key_and_value() {
     );
     assert_eq!(
         error(&MINIMAL.replace("listen", "connect_timeout = \"3 seconds\"\nlisten")),
-        "x.toml:4:19: service[0].connect_timeout: \"3 seconds\" is not a duration: write a whole \
-         number and a unit (ms, s, m or h) with no space, e.g. \"250ms\", \"3s\", \"10m\""
+        "x.toml:4:19: service[0].connect_timeout: \"3 seconds\" is not a duration: write a number \
+         and a unit (ns, us, ms, s, m or h) with no space, e.g. \"250ms\", \"1.5s\", \"10m\""
     );
     assert_eq!(
         error(&MINIMAL.replace("listen", "udp_mode = \"flow\"\nlisten")),
@@ -727,4 +730,28 @@ fn admin_limits_default_and_refuse_zero() {
             "{keys}: {message}"
         );
     }
+}
+
+#[test]
+fn durations_take_decimals_and_the_summary_prints_them_exactly() {
+    let text = MINIMAL.replace(
+        "listen",
+        "connect_timeout = \"1.5s\"\nidle_timeout = \"0.5m\"\nlisten",
+    );
+    let config = parse(&text);
+    assert_eq!(
+        config.services[0].connect_timeout,
+        Duration::from_millis(1500)
+    );
+    assert_eq!(config.services[0].idle_timeout, Duration::from_secs(30));
+    let summary = config.summary();
+    assert!(
+        summary.contains("connect timeout 1500ms, idle timeout 30s"),
+        "{summary}"
+    );
+    let text = MINIMAL.replace("listen", "connect_timeout = \"250us\"\nlisten");
+    assert_eq!(
+        parse(&text).services[0].connect_timeout,
+        Duration::from_micros(250)
+    );
 }

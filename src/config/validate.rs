@@ -9,27 +9,24 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::defaults::*;
-use super::error::{ConfigError, Doc};
-use super::file::{
-    AdminFile, BackendFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile,
-};
-use super::values::{AddrProblem, parse_byte_size, parse_duration, resolve_backend};
-use super::{AdminSettings, Backend, Config, Protocol, Runtime, Secret, Service, UdpSettings};
+use super::error::{ConfigError, Doc, Problem};
+use super::file::{AdminFile, ByteSize, ConfigFile, DurationText, RuntimeFile, ServiceFile};
+use super::{AdminSettings, Config, Protocol, Runtime, Secret, Service, UdpSettings};
 use crate::balancer::Algorithm;
 use crate::balancer::maglev::is_prime;
+use crate::units::{parse_byte_size, parse_duration};
 
 /// Builds the typed config from the file structs.
 pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigError> {
     let runtime = runtime(file.runtime, doc)?;
     let Some(list) = file.service else {
-        return Err(ConfigError::NoServices {
-            at: doc.at(0, "service"),
-        });
+        return Err(ConfigError::new(doc.at(0, "service"), Problem::NoServices));
     };
     if list.get_ref().is_empty() {
-        return Err(ConfigError::NoServices {
-            at: doc.at(list.span().start, "service"),
-        });
+        return Err(ConfigError::new(
+            doc.at(list.span().start, "service"),
+            Problem::NoServices,
+        ));
     }
     let mut services: Vec<Service> = Vec::with_capacity(list.get_ref().len());
     let mut seen: Vec<Seen> = Vec::with_capacity(services.capacity());
@@ -67,29 +64,32 @@ fn admin(
     doc: &Doc<'_>,
 ) -> Result<AdminSettings, ConfigError> {
     let at = || doc.at(file.listen.span().start, "admin.listen");
-    let listen: SocketAddr =
-        file.listen
-            .get_ref()
-            .parse()
-            .map_err(|_| ConfigError::NotSocketAddr {
-                at: at(),
+    let listen: SocketAddr = file.listen.get_ref().parse().map_err(|_| {
+        ConfigError::new(
+            at(),
+            Problem::NotSocketAddr {
                 value: file.listen.get_ref().clone(),
-            })?;
+            },
+        )
+    })?;
     let taken = services
         .iter()
         .find(|s| s.protocol == Protocol::Tcp && listen_clash(listen, s.listen).is_some());
     if let Some(s) = taken {
-        return Err(ConfigError::AdminListenTaken {
-            at: at(),
-            addr: listen,
-            service: s.name.clone(),
-        });
+        return Err(ConfigError::new(
+            at(),
+            Problem::AdminListenTaken {
+                addr: listen,
+                service: s.name.clone(),
+            },
+        ));
     }
     let token = match file.token {
         Some(t) if t.get_ref().trim().is_empty() => {
-            return Err(ConfigError::Empty {
-                at: doc.at(t.span().start, "admin.token"),
-            });
+            return Err(ConfigError::new(
+                doc.at(t.span().start, "admin.token"),
+                Problem::Empty,
+            ));
         }
         Some(t) => Some(Secret::new(t.into_inner())),
         None => None,
@@ -170,7 +170,7 @@ pub(super) struct ServiceCheck<'a, 'd> {
     pub(super) doc: &'a Doc<'d>,
     pub(super) index: usize,
     /// Byte offset of the service's table (its `[[service]]` header).
-    header: usize,
+    pub(super) header: usize,
     seen: &'a [Seen],
     protocol: Protocol,
 }
@@ -181,18 +181,20 @@ impl ServiceCheck<'_, '_> {
     }
 
     /// Refuses `value` (present) when the service's protocol is not `needs`.
-    fn only_for<T>(
+    pub(super) fn only_for<T>(
         &self,
         needs: Protocol,
         value: &Option<Spanned<T>>,
         key: impl FnOnce() -> String,
     ) -> Result<(), ConfigError> {
         match value {
-            Some(v) if self.protocol != needs => Err(ConfigError::WrongProtocol {
-                at: self.doc.at(v.span().start, key()),
-                needs,
-                protocol: self.protocol,
-            }),
+            Some(v) if self.protocol != needs => Err(ConfigError::new(
+                self.doc.at(v.span().start, key()),
+                Problem::WrongProtocol {
+                    needs,
+                    protocol: self.protocol,
+                },
+            )),
             _ => Ok(()),
         }
     }
@@ -238,18 +240,22 @@ impl ServiceCheck<'_, '_> {
         let name = value.get_ref();
         let at = || self.doc.at(value.span().start, self.key("name"));
         if !is_service_name(name) {
-            return Err(ConfigError::BadServiceName {
-                at: at(),
-                value: name.clone(),
-            });
+            return Err(ConfigError::new(
+                at(),
+                Problem::BadServiceName {
+                    value: name.clone(),
+                },
+            ));
         }
         match self.seen.iter().enumerate().find(|(_, o)| o.name == *name) {
-            Some((first_index, first)) => Err(ConfigError::DuplicateServiceName {
-                at: at(),
-                value: name.clone(),
-                first_index,
-                first_line: first.name_line,
-            }),
+            Some((first_index, first)) => Err(ConfigError::new(
+                at(),
+                Problem::DuplicateServiceName {
+                    value: name.clone(),
+                    first_index,
+                    first_line: first.name_line,
+                },
+            )),
             None => Ok(()),
         }
     }
@@ -257,32 +263,36 @@ impl ServiceCheck<'_, '_> {
     /// An `IP:port` that collides with no earlier service of the same protocol.
     fn listen(&self, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         let at = || self.doc.at(value.span().start, self.key("listen"));
-        let listen: SocketAddr =
-            value
-                .get_ref()
-                .parse()
-                .map_err(|_| ConfigError::NotSocketAddr {
-                    at: at(),
+        let listen: SocketAddr = value.get_ref().parse().map_err(|_| {
+            ConfigError::new(
+                at(),
+                Problem::NotSocketAddr {
                     value: value.get_ref().clone(),
-                })?;
+                },
+            )
+        })?;
         for other in self.seen.iter().filter(|o| o.protocol == self.protocol) {
             match listen_clash(listen, other.listen) {
                 Some(Clash::Same) => {
-                    return Err(ConfigError::DuplicateListen {
-                        at: at(),
-                        addr: listen,
-                        other: other.name.clone(),
-                        other_line: other.listen_line,
-                    });
+                    return Err(ConfigError::new(
+                        at(),
+                        Problem::DuplicateListen {
+                            addr: listen,
+                            other: other.name.clone(),
+                            other_line: other.listen_line,
+                        },
+                    ));
                 }
                 Some(Clash::Overlap) => {
-                    return Err(ConfigError::OverlappingListen {
-                        at: at(),
-                        addr: listen,
-                        other_addr: other.listen,
-                        other: other.name.clone(),
-                        other_line: other.listen_line,
-                    });
+                    return Err(ConfigError::new(
+                        at(),
+                        Problem::OverlappingListen {
+                            addr: listen,
+                            other_addr: other.listen,
+                            other: other.name.clone(),
+                            other_line: other.listen_line,
+                        },
+                    ));
                 }
                 None => {}
             }
@@ -302,10 +312,10 @@ impl ServiceCheck<'_, '_> {
         };
         let at = || self.doc.at(size.span().start, self.key("hash_table_size"));
         if algorithm != Algorithm::SourceHash {
-            return Err(ConfigError::NotForAlgorithm {
-                at: at(),
-                algorithm,
-            });
+            return Err(ConfigError::new(
+                at(),
+                Problem::NotForAlgorithm { algorithm },
+            ));
         }
         // The range first: it keeps the primality test's trial division short.
         let n = in_range(
@@ -316,7 +326,7 @@ impl ServiceCheck<'_, '_> {
             Some(MAX_HASH_TABLE_SIZE),
         )?;
         if !is_prime(n) {
-            return Err(ConfigError::NotPrime { at: at(), value: n });
+            return Err(ConfigError::new(at(), Problem::NotPrime { value: n }));
         }
         Ok(n)
     }
@@ -410,12 +420,14 @@ impl ServiceCheck<'_, '_> {
                     (None, Some(a)) => a.span().start,
                     (None, None) => self.header,
                 };
-                return Err(ConfigError::HashTableTooSmall {
-                    at: doc.at(offset, self.key("hash_table_size")),
-                    value: hash_table_size,
-                    backends: backends.len(),
-                    minimum,
-                });
+                return Err(ConfigError::new(
+                    doc.at(offset, self.key("hash_table_size")),
+                    Problem::HashTableTooSmall {
+                        value: hash_table_size,
+                        backends: backends.len(),
+                        minimum,
+                    },
+                ));
             }
         }
 
@@ -455,100 +467,30 @@ impl ServiceCheck<'_, '_> {
         let (bytes, written) = match value.get_ref() {
             ByteSize::Bytes(n) => (u64::try_from(*n).ok(), n.to_string()),
             ByteSize::Text(text) => {
-                let bytes = parse_byte_size(text).map_err(|reason| ConfigError::BadByteSize {
-                    at: at(),
-                    value: text.clone(),
-                    reason,
+                let bytes = parse_byte_size(text).map_err(|reason| {
+                    ConfigError::new(
+                        at(),
+                        Problem::BadByteSize {
+                            value: text.clone(),
+                            reason,
+                        },
+                    )
                 })?;
                 (Some(bytes), format!("{text:?}"))
             }
         };
         match bytes.and_then(|b| usize::try_from(b).ok()) {
             Some(b) if (MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&b) => Ok(b),
-            _ => Err(ConfigError::OutOfRange {
-                at: at(),
-                value: written,
-                allowed: format!(
-                    "between 1KiB and 16MiB ({MIN_BUFFER_SIZE} and {MAX_BUFFER_SIZE} bytes)"
-                ),
-            }),
-        }
-    }
-
-    fn backends(
-        &self,
-        list: Option<Spanned<Vec<Spanned<BackendFile>>>>,
-    ) -> Result<Vec<Backend>, ConfigError> {
-        let doc = self.doc;
-        let offset = list.as_ref().map_or(self.header, |l| l.span().start);
-        let list = list.map(Spanned::into_inner).unwrap_or_default();
-        if list.is_empty() {
-            return Err(ConfigError::NoBackends {
-                at: doc.at(offset, self.key("backend")),
-            });
-        }
-        let mut backends: Vec<Backend> = Vec::with_capacity(list.len());
-        let mut lines: Vec<usize> = Vec::with_capacity(list.len());
-        let mut last_backup = None;
-        for (j, entry) in list.into_iter().enumerate() {
-            let b = entry.into_inner();
-            let key = |k: &str| format!("service[{}].backend[{j}].{k}", self.index);
-            let spec = b.address.get_ref();
-            let at = || doc.at(b.address.span().start, key("address"));
-            let address = resolve_backend(spec).map_err(|problem| match problem {
-                AddrProblem::NotAddress => ConfigError::NotBackendAddr {
-                    at: at(),
-                    value: spec.clone(),
+            _ => Err(ConfigError::new(
+                at(),
+                Problem::OutOfRange {
+                    value: written,
+                    allowed: format!(
+                        "between 1KiB and 16MiB ({MIN_BUFFER_SIZE} and {MAX_BUFFER_SIZE} bytes)"
+                    ),
                 },
-                AddrProblem::PortZero => ConfigError::BackendPortZero {
-                    at: at(),
-                    value: spec.clone(),
-                },
-                AddrProblem::Unresolvable(reason) => ConfigError::Unresolvable {
-                    at: at(),
-                    value: spec.clone(),
-                    reason,
-                },
-            })?;
-            if let Some(first_index) = backends.iter().position(|o| o.address == address) {
-                return Err(ConfigError::DuplicateBackend {
-                    at: at(),
-                    value: spec.clone(),
-                    addr: address,
-                    first_index,
-                    first_line: lines[first_index],
-                });
-            }
-            let weight = match &b.weight {
-                Some(w) => in_range(doc, w, key("weight"), 1, Some(MAX_WEIGHT))?,
-                None => DEFAULT_WEIGHT,
-            };
-            self.only_for(Protocol::Tcp, &b.max_connections, || key("max_connections"))?;
-            let max_connections = match &b.max_connections {
-                Some(m) => Some(in_range(doc, m, key("max_connections"), 1, None)?),
-                None => None,
-            };
-            let backup = given(&b.backup, DEFAULT_BACKUP);
-            if let Some(v) = &b.backup {
-                last_backup = Some((v.span().start, key("backup")));
-            }
-            lines.push(doc.line(b.address.span().start));
-            backends.push(Backend {
-                address,
-                spec: b.address.into_inner(),
-                weight,
-                max_connections,
-                backup,
-            });
+            )),
         }
-        if backends.iter().all(|b| b.backup)
-            && let Some((offset, key)) = last_backup
-        {
-            return Err(ConfigError::NoPrimaryBackend {
-                at: doc.at(offset, key),
-            });
-        }
-        Ok(backends)
     }
 }
 
@@ -566,17 +508,23 @@ pub(super) fn duration(
 ) -> Result<Duration, ConfigError> {
     let text = &value.get_ref().0;
     let at = |key| doc.at(value.span().start, key);
-    let d = parse_duration(text).map_err(|reason| ConfigError::BadDuration {
-        at: at(key.clone()),
-        value: text.clone(),
-        reason,
+    let d = parse_duration(text).map_err(|reason| {
+        ConfigError::new(
+            at(key.clone()),
+            Problem::BadDuration {
+                value: text.clone(),
+                reason,
+            },
+        )
     })?;
     if d.is_zero() && !allow_zero {
-        return Err(ConfigError::OutOfRange {
-            at: at(key),
-            value: format!("{text:?}"),
-            allowed: "longer than zero".to_owned(),
-        });
+        return Err(ConfigError::new(
+            at(key),
+            Problem::OutOfRange {
+                value: format!("{text:?}"),
+                allowed: "longer than zero".to_owned(),
+            },
+        ));
     }
     Ok(d)
 }
@@ -593,14 +541,16 @@ pub(super) fn in_range<T: Copy + PartialOrd + Display>(
     if v >= min && max.is_none_or(|max| v <= max) {
         return Ok(v);
     }
-    Err(ConfigError::OutOfRange {
-        at: doc.at(value.span().start, key),
-        value: v.to_string(),
-        allowed: match max {
-            Some(max) => format!("between {min} and {max}"),
-            None => format!("at least {min}"),
+    Err(ConfigError::new(
+        doc.at(value.span().start, key),
+        Problem::OutOfRange {
+            value: v.to_string(),
+            allowed: match max {
+                Some(max) => format!("between {min} and {max}"),
+                None => format!("at least {min}"),
+            },
         },
-    })
+    ))
 }
 
 /// Letters, digits, `-`, `_` and `.`; 1 to [`MAX_SERVICE_NAME_LEN`] of them.

@@ -6,11 +6,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::defaults::*;
-use super::error::{ConfigError, Doc};
+use super::error::{ConfigError, Doc, Problem};
 use super::file::{AlertFile, DurationText, WebhookFile};
 use super::validate::{duration, in_range, is_service_name};
-use super::values::{format_duration, parse_webhook_url};
+use super::values::parse_webhook_url;
 use super::{AlertKinds, AlertSettings, Webhook};
+use crate::units::format_duration;
 
 /// The typed `[alert]` settings; no webhook when the table is absent.
 pub(super) fn settings(
@@ -24,19 +25,24 @@ pub(super) fn settings(
     for (index, entry) in list.into_iter().enumerate() {
         let w = entry.into_inner();
         let key = |k: &str| format!("alert.webhook[{index}].{k}");
-        let url =
-            parse_webhook_url(w.url.get_ref()).map_err(|reason| ConfigError::BadWebhookUrl {
-                at: doc.at(w.url.span().start, key("url")),
-                value: w.url.get_ref().clone(),
-                reason,
-            })?;
+        let url = parse_webhook_url(w.url.get_ref()).map_err(|reason| {
+            ConfigError::new(
+                doc.at(w.url.span().start, key("url")),
+                Problem::BadWebhookUrl {
+                    value: w.url.get_ref().clone(),
+                    reason,
+                },
+            )
+        })?;
         let (name, name_at, from_url) = match &w.name {
             Some(n) => {
                 if !is_service_name(n.get_ref()) {
-                    return Err(ConfigError::BadWebhookName {
-                        at: doc.at(n.span().start, key("name")),
-                        value: n.get_ref().clone(),
-                    });
+                    return Err(ConfigError::new(
+                        doc.at(n.span().start, key("name")),
+                        Problem::BadWebhookName {
+                            value: n.get_ref().clone(),
+                        },
+                    ));
                 }
                 (
                     n.get_ref().clone(),
@@ -51,13 +57,15 @@ pub(super) fn settings(
             ),
         };
         if let Some(first_index) = webhooks.iter().position(|o| o.name == name) {
-            return Err(ConfigError::DuplicateWebhookName {
-                at: name_at,
-                value: name,
-                first_index,
-                first_line: name_lines[first_index],
-                from_url,
-            });
+            return Err(ConfigError::new(
+                name_at,
+                Problem::DuplicateWebhookName {
+                    value: name,
+                    first_index,
+                    first_line: name_lines[first_index],
+                    from_url,
+                },
+            ));
         }
         name_lines.push(name_at.line);
         let events = events(&w, doc, &key)?;
@@ -101,18 +109,19 @@ fn events(
         return Ok(DEFAULT_WEBHOOK_EVENTS);
     };
     if list.get_ref().is_empty() {
-        return Err(ConfigError::NoEvents {
-            at: doc.at(list.span().start, key("events")),
-        });
+        return Err(ConfigError::new(
+            doc.at(list.span().start, key("events")),
+            Problem::NoEvents,
+        ));
     }
     let mut set = AlertKinds::NONE;
     for (i, entry) in list.get_ref().iter().enumerate() {
         let kind = *entry.get_ref();
         if set.contains(kind) {
-            return Err(ConfigError::DuplicateEvent {
-                at: doc.at(entry.span().start, key(&format!("events[{i}]"))),
-                event: kind,
-            });
+            return Err(ConfigError::new(
+                doc.at(entry.span().start, key(&format!("events[{i}]"))),
+                Problem::DuplicateEvent { event: kind },
+            ));
         }
         set = set.with(kind);
     }
@@ -132,11 +141,13 @@ fn bounded(
     };
     let d = duration(doc, v, key.clone(), false)?;
     if d > max {
-        return Err(ConfigError::OutOfRange {
-            at: doc.at(v.span().start, key),
-            value: format!("{:?}", v.get_ref().0),
-            allowed: format!("longer than zero and at most {}", format_duration(max)),
-        });
+        return Err(ConfigError::new(
+            doc.at(v.span().start, key),
+            Problem::OutOfRange {
+                value: format!("{:?}", v.get_ref().0),
+                allowed: format!("longer than zero and at most {}", format_duration(max)),
+            },
+        ));
     }
     Ok(d)
 }

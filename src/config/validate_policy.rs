@@ -5,13 +5,13 @@
 use toml::Spanned;
 
 use super::defaults::*;
-use super::error::ConfigError;
+use super::error::{ConfigError, Problem};
 use super::file::{HealthFile, PersistenceFile};
 use super::validate::{ServiceCheck, duration, given, in_range};
-use super::values::format_duration;
 use super::{
     HealthCheck, HealthKind, Persistence, PostgresRole, Probe, RedisRole, RoleName, Secret,
 };
+use crate::units::format_duration;
 
 /// Byte offset of a key's value, when the key is present.
 fn offset<T>(value: &Option<Spanned<T>>) -> Option<usize> {
@@ -35,11 +35,10 @@ impl ServiceCheck<'_, '_> {
             .filter_map(|(offset, key)| offset.map(|o| (o, *key)))
             .min_by_key(|(o, _)| *o);
         match first {
-            Some((offset, key)) => Err(ConfigError::NotForHealthKind {
-                at: self.doc.at(offset, self.health_key(key)),
-                kind,
-                applies_to,
-            }),
+            Some((offset, key)) => Err(ConfigError::new(
+                self.doc.at(offset, self.health_key(key)),
+                Problem::NotForHealthKind { kind, applies_to },
+            )),
             None => Ok(()),
         }
     }
@@ -47,9 +46,10 @@ impl ServiceCheck<'_, '_> {
     /// A string that must not be empty.
     fn non_empty(&self, value: Spanned<String>, key: &str) -> Result<String, ConfigError> {
         if value.get_ref().is_empty() {
-            return Err(ConfigError::Empty {
-                at: self.doc.at(value.span().start, self.health_key(key)),
-            });
+            return Err(ConfigError::new(
+                self.doc.at(value.span().start, self.health_key(key)),
+                Problem::Empty,
+            ));
         }
         Ok(value.into_inner())
     }
@@ -104,12 +104,14 @@ impl ServiceCheck<'_, '_> {
                         RoleName::Master => RedisRole::Master,
                         RoleName::Replica => RedisRole::Replica,
                         other => {
-                            return Err(ConfigError::RoleNotForKind {
-                                at: doc.at(r.span().start, self.health_key("role")),
-                                role: *other,
-                                kind,
-                                allowed: "\"master\", \"replica\" or \"any\"",
-                            });
+                            return Err(ConfigError::new(
+                                doc.at(r.span().start, self.health_key("role")),
+                                Problem::RoleNotForKind {
+                                    role: *other,
+                                    kind,
+                                    allowed: "\"master\", \"replica\" or \"any\"",
+                                },
+                            ));
                         }
                     },
                 };
@@ -127,12 +129,14 @@ impl ServiceCheck<'_, '_> {
                         RoleName::Primary => PostgresRole::Primary,
                         RoleName::Standby => PostgresRole::Standby,
                         other => {
-                            return Err(ConfigError::RoleNotForKind {
-                                at: doc.at(r.span().start, self.health_key("role")),
-                                role: *other,
-                                kind,
-                                allowed: "\"primary\", \"standby\" or \"any\"",
-                            });
+                            return Err(ConfigError::new(
+                                doc.at(r.span().start, self.health_key("role")),
+                                Problem::RoleNotForKind {
+                                    role: *other,
+                                    kind,
+                                    allowed: "\"primary\", \"standby\" or \"any\"",
+                                },
+                            ));
                         }
                     },
                 };
@@ -161,11 +165,13 @@ impl ServiceCheck<'_, '_> {
             Some(d) => {
                 let timeout = duration(doc, d, self.health_key("timeout"), false)?;
                 if timeout > interval {
-                    return Err(ConfigError::TimeoutOverInterval {
-                        at: doc.at(d.span().start, self.health_key("timeout")),
-                        timeout: format!("{:?}", d.get_ref().0),
-                        interval: format_duration(interval),
-                    });
+                    return Err(ConfigError::new(
+                        doc.at(d.span().start, self.health_key("timeout")),
+                        Problem::TimeoutOverInterval {
+                            timeout: format!("{:?}", d.get_ref().0),
+                            interval: format_duration(interval),
+                        },
+                    ));
                 }
                 timeout
             }

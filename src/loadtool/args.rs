@@ -1,13 +1,17 @@
 //! Command-line options of `ringlb bench` and the validated [`Plan`] a load runs from.
 //!
-//! Owns: parsing durations and byte sizes as the operator writes them ("10s", "250ms", "64KiB"),
-//! the defaults of every option (named constants, with why), and the checks that make every
-//! load bounded in count and time. Does not own any I/O.
+//! Owns: the options, the defaults of every option (named constants, with why), and the checks
+//! that make every load bounded in count and time. Durations and byte sizes are read in the
+//! grammar of [`crate::units`], the same as in the config file ("10s", "1.5s", "64KiB", "64k").
+//! Does not own any I/O.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::config::serde_name;
+use crate::units;
 
 /// `--connections` default: enough concurrent requests to keep a two-core proxy busy, the
 /// concurrency of the `redis-benchmark -c 50` runs it is compared with.
@@ -30,67 +34,40 @@ pub const MAX_SIZE: usize = 16 * 1024 * 1024;
 /// Largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
 
-/// Parses "10s", "250ms", "2m", "1h", "500us" or a bare number of seconds ("1.5").
+/// Longest `--duration` or `--timeout`: far beyond any real load, and small enough that adding
+/// it to the current time cannot overflow.
+pub const MAX_DURATION_ARG: Duration = Duration::from_secs(1_000_000_000);
+
+/// A `--duration` or `--timeout`: a duration in the grammar of [`crate::units`] (the config
+/// file's), longer than zero and shorter than [`MAX_DURATION_ARG`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. \"10s\", \"250ms\")"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use us, ms, s, m or h)"
-            ));
-        }
-    };
-    if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e9) {
-        return Err(format!("{text:?}: must be more than zero"));
+    let d = units::parse_duration(text)
+        .map_err(|reason| format!("{text:?} is not a duration: {reason}"))?;
+    if d.is_zero() || d >= MAX_DURATION_ARG {
+        return Err(format!(
+            "{text:?}: must be longer than zero and shorter than {}",
+            units::format_duration(MAX_DURATION_ARG)
+        ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(d)
 }
 
-/// Parses a byte count: "512", "64KiB", "1MiB", "2GiB", or SI "10MB", "1GB", "64k".
+/// A `--bytes` count: a byte size in the grammar of [`crate::units`] (the config file's).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a byte size (e.g. \"512\", \"64KiB\")"))?;
-    let scale: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" | "k" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
-            ));
-        }
-    };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    units::parse_byte_size(text).map_err(|reason| format!("{text:?} is not a byte size: {reason}"))
 }
 
+/// A `--size` or `--reply-size`: a byte size from 1 byte to [`MAX_SIZE`].
 fn parse_size(text: &str) -> Result<usize, String> {
-    let n = parse_bytes(text)?;
-    match usize::try_from(n) {
-        Ok(n) if (1..=MAX_SIZE).contains(&n) => Ok(n),
+    match parse_byte_count(text)? {
+        n @ 1..=MAX_SIZE => Ok(n),
         _ => Err(format!("{text:?}: must be 1 byte to 16MiB")),
     }
+}
+
+/// A byte size that fits in memory (`idle`'s `--size`, checked against [`MAX_SIZE`] later).
+fn parse_byte_count(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(text)?).map_err(|_| format!("{text:?} is too large"))
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -110,13 +87,15 @@ pub struct CommonArgs {
     /// Concurrent connections (UDP: sockets), spread over the threads.
     #[arg(long, default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
-    /// How long the load runs ("10s", "500ms"). Default 10s, or a 60s cap with --requests/--bytes.
+    /// How long the load runs: a duration as in the config file ("10s", "1.5s", "500ms"; README
+    /// "Configuration"). Default 10s, or a 60s cap with --requests/--bytes.
     #[arg(short = 'd', long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Client threads, each with its own io_uring runtime. Default: the CPUs this process may use.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// How long a connect or a reply may take before it counts as a "timeout" error [default: 3s].
+    /// How long a connect or a reply may take before it counts as a "timeout" error: a duration
+    /// as in the config file ("3s", "250ms") [default: 3s].
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Print one JSON object instead of the table.
@@ -132,7 +111,8 @@ pub struct MessageArgs {
     /// Stop after this many requests in all (each failed attempt counts as one).
     #[arg(short = 'n', long)]
     pub requests: Option<u64>,
-    /// Request size in bytes ("64", "1KiB"). The reply is expected to be as long (an echo).
+    /// Request size: a byte size as in the config file ("64", "1KiB", "1k"; README
+    /// "Configuration"). The reply is expected to be as long (an echo).
     #[arg(short = 's', long, value_parser = parse_size)]
     pub size: Option<usize>,
     /// Open loop: send this many requests per second in all, each at its scheduled time, and
@@ -142,7 +122,8 @@ pub struct MessageArgs {
     /// Send this text as the request instead of --size bytes ("\r\n", "\n", "\t", "\\" escapes).
     #[arg(long)]
     pub payload: Option<String>,
-    /// Expected reply size in bytes when the server is not an echo (default: the request size).
+    /// Expected reply size when the server is not an echo, a byte size as in the config file
+    /// (default: the request size).
     #[arg(long, value_parser = parse_size)]
     pub reply_size: Option<usize>,
     /// Check that every reply equals its request (echo servers); a difference is a "mismatch".
@@ -155,11 +136,12 @@ pub struct MessageArgs {
 pub struct StreamArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Bytes to send in all, split over the connections ("1GiB"); then each connection
-    /// half-closes and reads what comes back until the server closes.
+    /// Bytes to send in all, split over the connections: a byte size as in the config file
+    /// ("1GiB", "10GB"; README "Configuration"); then each connection half-closes and reads
+    /// what comes back until the server closes.
     #[arg(short = 'b', long, value_parser = parse_bytes)]
     pub bytes: Option<u64>,
-    /// Bytes written per call ("64KiB").
+    /// Bytes written per call: a byte size as in the config file ("64KiB", "64k").
     #[arg(short = 's', long, value_parser = parse_size)]
     pub size: Option<usize>,
 }
@@ -172,17 +154,18 @@ pub struct IdleArgs {
     /// Connections to open and hold.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
-    /// How long to hold them once open (the whole run is bounded by this plus --timeout).
+    /// How long to hold them once open, a duration as in the config file ("30s", "2m"; README
+    /// "Configuration"). The whole run is bounded by this plus --timeout.
     #[arg(short = 'd', long, value_parser = parse_duration, default_value = "30s")]
     pub duration: Duration,
     /// Bytes each connection sends (and reads back) once open, so that a proxy has connected
-    /// its backend side too. 0 sends nothing.
-    #[arg(short = 's', long, default_value_t = 1)]
+    /// its backend side too: a byte size as in the config file. 0 sends nothing.
+    #[arg(short = 's', long, value_parser = parse_byte_count, default_value = "1")]
     pub size: usize,
     /// Client threads.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// How long a connect or the first reply may take.
+    /// How long a connect or the first reply may take: a duration as in the config file.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// Print one JSON object instead of the table.
@@ -207,15 +190,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The subcommand's name.
+    /// The subcommand's name (its serde name, as in the JSON report).
     pub fn name(self) -> &'static str {
-        match self {
-            Mode::Connect => "connect",
-            Mode::Rr => "rr",
-            Mode::Stream => "stream",
-            Mode::Udp => "udp",
-            Mode::Idle => "idle",
-        }
+        serde_name(&self)
     }
 }
 
@@ -427,24 +404,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_take_units_and_bare_seconds() {
+    fn durations_take_the_config_grammar_and_must_be_positive() {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(
+            parse_duration("1.5").unwrap_err(),
+            "\"1.5\" is not a duration: a unit is missing: write ms, s, m or h after the number, \
+             e.g. \"3s\""
+        );
+        assert_eq!(
+            parse_duration("0s").unwrap_err(),
+            "\"0s\": must be longer than zero and shorter than 1000000000s"
+        );
+        assert!(parse_duration("1000000000s").is_err());
+        assert!(parse_duration("999999999s").is_ok());
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration(" 3s").is_err());
     }
 
     #[test]
     fn byte_sizes_take_binary_and_decimal_units() {
         assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("64k"), Ok(65536));
         assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
+        assert_eq!(parse_bytes("64KB"), Ok(64_000));
         assert_eq!(parse_bytes("512"), Ok(512));
-        assert!(parse_bytes("1.5MiB").is_err());
+        assert!(
+            parse_bytes("1.5MiB")
+                .unwrap_err()
+                .starts_with("\"1.5MiB\" is not a byte size: ")
+        );
         assert!(parse_size("0").is_err());
         assert!(parse_size("17MiB").is_err());
+        assert_eq!(parse_size("16MiB"), Ok(MAX_SIZE));
+        assert_eq!(parse_byte_count("0"), Ok(0));
     }
 
     #[test]

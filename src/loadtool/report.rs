@@ -12,9 +12,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::args::{Mode, Plan};
+use crate::config::serde_name;
 
 /// Why a request, connection or transfer failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ErrorKind {
     /// The target refused the connection (TCP RST to SYN, or ICMP port unreachable for UDP).
     Refused,
@@ -50,19 +52,9 @@ impl ErrorKind {
         ErrorKind::Other,
     ];
 
-    /// The name in reports and JSON.
+    /// The name in reports and JSON (its serde name).
     pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::Refused => "refused",
-            ErrorKind::Reset => "reset",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Closed => "closed",
-            ErrorKind::Mismatch => "mismatch",
-            ErrorKind::Ports => "ports",
-            ErrorKind::Fds => "fds",
-            ErrorKind::Unreachable => "unreachable",
-            ErrorKind::Other => "other",
-        }
+        serde_name(&self)
     }
 
     /// The kind of an operating-system error.
@@ -385,6 +377,32 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names reports and JSON have always used.
+    #[test]
+    fn kinds_and_modes_keep_their_names() {
+        let names: Vec<_> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "refused",
+                "reset",
+                "timeout",
+                "closed",
+                "mismatch",
+                "ports",
+                "fds",
+                "unreachable",
+                "other"
+            ]
+        );
+        let modes = [Mode::Connect, Mode::Rr, Mode::Stream, Mode::Udp, Mode::Idle];
+        let names: Vec<_> = modes.iter().map(|m| m.name()).collect();
+        assert_eq!(names, ["connect", "rr", "stream", "udp", "idle"]);
+        for m in modes {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+        }
+    }
 
     #[test]
     fn os_errors_map_to_kinds() {

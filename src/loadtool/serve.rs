@@ -49,16 +49,19 @@ pub struct ServeArgs {
     /// Read and discard everything instead of echoing it.
     #[arg(long)]
     pub sink: bool,
-    /// Wait this long before echoing each read (a slow server, to observe queueing).
+    /// Wait this long before echoing each read (a slow server, to observe queueing): a duration
+    /// as in the config file ("1ms", "0.5ms").
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
     /// Server threads, each with its own io_uring runtime. Default: the CPUs this process may use.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// Stop after this long (default: run until stopped by a signal).
+    /// Stop after this long, a duration as in the config file ("30s") (default: run until
+    /// stopped by a signal).
     #[arg(short = 'd', long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Read buffer per TCP connection (and largest UDP datagram).
+    /// Read buffer per TCP connection (and largest UDP datagram): a byte size as in the config
+    /// file ("64KiB", "64k").
     #[arg(long, value_parser = parse_buffer, default_value = "64KiB")]
     pub buffer: usize,
 }
