@@ -171,7 +171,9 @@ bench() {
   loads+=($!)
 }
 summary() {
-  jq -r '"\(.mode) \(.requests)/\(.errors_total)"' "$work/$1.json" 2>/dev/null || echo "$1 ?"
+  jq -r 'if .mode == "stream" then "stream \(.bytes_received / 1048576 | floor) MiB"
+    else "\(.mode) \(.requests) req" end + " \(.errors_total) err"' "$work/$1.json" 2>/dev/null \
+    || echo "$1 ?"
 }
 
 start=$(date +%s)
@@ -208,7 +210,7 @@ while (( $(date +%s) - start + CYCLE <= TOTAL )); do
     tail -20 "$work/ringlb.log" >&2
     exit 1
   fi
-  echo "cycle $cycle ($(( $(date +%s) - start )) s): requests/errors $(summary rr), $(summary connect)," \
+  echo "cycle $cycle ($(( $(date +%s) - start )) s): $(summary rr), $(summary connect)," \
     "$(summary stream), $(summary udp), flood $(summary flood); fds $(fds), rss $(rss_kib) KiB"
 done
 
