@@ -56,11 +56,14 @@ impl Target {
                 .get(&url)
                 .send()
                 .await
+                // The context names the URL already.
+                .map_err(reqwest::Error::without_url)
                 .with_context(|| format!("cannot reach the admin API at {url}"))?;
             let code = response.status();
             let body = response
                 .text()
                 .await
+                .map_err(reqwest::Error::without_url)
                 .with_context(|| format!("cannot read the answer of {url}"))?;
             anyhow::Ok((code, body))
         })?;
