@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Ringlb, TempDir, config, wait_for};
+use common::{Ringlb, TempDir, config, temp_dir, wait_for};
 
 /// How long a test waits for one reply that must come.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -796,7 +796,7 @@ impl Dnsmasq {
                 "dnsmasq is not installed: this test needs it (Debian: apt-get install dnsmasq; \
                  .ci/run installs it)",
             );
-        let dir = TempDir::new();
+        let dir = temp_dir();
         // A port free for both UDP and TCP (dnsmasq listens on both).
         let port = loop {
             let u = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -819,7 +819,7 @@ impl Dnsmasq {
         .arg(format!("--port={port}"))
         .arg(format!(
             "--pid-file={}",
-            dir.path.join("dnsmasq.pid").display()
+            dir.path().join("dnsmasq.pid").display()
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
