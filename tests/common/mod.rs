@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod udp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
