@@ -17,13 +17,16 @@
 #   udp       ringlb bench udp, 50 sockets, 64-byte and 1400-byte datagrams      requests/s
 #             (against a `ringlb bench serve --udp` echo; NGINX: stream `listen ... udp`)
 #
-# and prints medians and the ratios ringlb/HAProxy and ringlb/NGINX as a markdown table. Then
-# memory (unless IDLE_CONNS=0): each proxy holds IDLE_CONNS idle proxied connections (`ringlb bench idle` as the client,
-# `bench serve` as the backend, each its own process, so that no process passes the 20,000 fd
-# limit), and the proxy's memory (PSS, summed over its processes) is compared with its baseline.
+# and prints medians and the ratios ringlb/HAProxy and ringlb/NGINX as a markdown table (the rows
+# of the workloads run). Then
+# memory (unless IDLE_CONNS=0): each proxy holds IDLE_CONNS idle proxied connections (`ringlb
+# bench idle` as the client, `bench serve` as the backend, each its own process, so that no
+# process passes the 20,000 fd limit), and the proxy's memory (PSS, summed over its processes) is
+# compared with its baseline.
 #
-# UDP: HAProxy (community) has no UDP proxy, so its UDP cells say n/a. ringlb's UDP row is measured when this build serves
-# `protocol = "udp"` (detected by starting it on a UDP config and loading it); otherwise it says so.
+# UDP: HAProxy (community) has no UDP proxy, so its UDP cells say n/a. ringlb's UDP rows are
+# measured when this build serves `protocol = "udp"` (detected by starting it on a UDP config and
+# loading it); otherwise they say so.
 #
 # Usage: tools/compare.sh [rounds]      (default 3 rounds; every load is bounded in time)
 # Shortest run, e.g. the UDP rows only: DURATION=1 IDLE_CONNS=0 WORKLOADS=udp tools/compare.sh 1
@@ -237,9 +240,10 @@ for w in "${SELECTED[@]}"; do
   esac
 done
 
-if [[ " ${WORKLOADS[*]} " != *" p99 "* ]]; then
-  RATE=${RATE:-n/a}   # only the p99 row uses it
-elif [ -z "${RATE:-}" ]; then
+# ran WORKLOAD: whether WORKLOAD is among those run.
+ran() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
+
+if ran p99 && [ -z "${RATE:-}" ]; then
   # A quarter of the slowest proxy's closed-loop rate: well below saturation for every proxy,
   # also when neighbours take CPU during the run.
   slowest=$(for t in ringlb haproxy nginx; do
@@ -248,7 +252,7 @@ elif [ -z "${RATE:-}" ]; then
   done | sort -g | head -1)
   RATE=$(python3 -c "print(max(1000, int($slowest * 0.25) // 1000 * 1000))")
 fi
-echo "p99 row at $RATE requests/s" >&2
+if ran p99; then echo "p99 row at $RATE requests/s" >&2; fi
 
 TARGETS=(ringlb haproxy nginx direct)
 declare -A R
@@ -297,7 +301,8 @@ a, b = '$1', '$2'
 try: print(f'{float(a)/float(b):.2f}')
 except Exception: print('n/a')"; }
 m() { printf '%s' "${R[$1]:-}" | median; }
-row() { # label workload
+row() { # label workload: nothing when the workload (for a CPU row, its own) was not run
+  ran "${2%cpu}" || return 0
   local r h n d
   r=$(m "$2_ringlb") h=$(m "$2_haproxy") n=$(m "$2_nginx") d=$(m "$2_direct")
   echo "| $1 | $r | $h | $n | $d | $(ratio "$r" "$h") | $(ratio "$r" "$n") |"
@@ -325,14 +330,14 @@ else
   echo "HAProxy (community) has no UDP proxy."
 fi
 if [ "$IDLE_CONNS" -gt 0 ]; then
-echo
-echo "| memory, $IDLE_CONNS idle proxied connections | ringlb | HAProxy | NGINX |"
-echo "|---|---|---|---|"
-echo "| PSS before (MiB) | $((MEM_BASE[ringlb] / 1024)) | $((MEM_BASE[haproxy] / 1024)) | $((MEM_BASE[nginx] / 1024)) |"
-echo "| PSS holding them (MiB) | $((MEM_LOADED[ringlb] / 1024)) | $((MEM_LOADED[haproxy] / 1024)) | $((MEM_LOADED[nginx] / 1024)) |"
-per() { python3 -c "print(f'{($2 - $1) / max(1, $3):.1f}')"; }
-echo "| KiB per connection | $(per "${MEM_BASE[ringlb]}" "${MEM_LOADED[ringlb]}" "${MEM_OPEN[ringlb]:-0}") | $(per "${MEM_BASE[haproxy]}" "${MEM_LOADED[haproxy]}" "${MEM_OPEN[haproxy]:-0}") | $(per "${MEM_BASE[nginx]}" "${MEM_LOADED[nginx]}" "${MEM_OPEN[nginx]:-0}") |"
-echo "| connections held | ${MEM_OPEN[ringlb]:-0} | ${MEM_OPEN[haproxy]:-0} | ${MEM_OPEN[nginx]:-0} |"
+  echo
+  echo "| memory, $IDLE_CONNS idle proxied connections | ringlb | HAProxy | NGINX |"
+  echo "|---|---|---|---|"
+  echo "| PSS before (MiB) | $((MEM_BASE[ringlb] / 1024)) | $((MEM_BASE[haproxy] / 1024)) | $((MEM_BASE[nginx] / 1024)) |"
+  echo "| PSS holding them (MiB) | $((MEM_LOADED[ringlb] / 1024)) | $((MEM_LOADED[haproxy] / 1024)) | $((MEM_LOADED[nginx] / 1024)) |"
+  per() { python3 -c "print(f'{($2 - $1) / max(1, $3):.1f}')"; }
+  echo "| KiB per connection | $(per "${MEM_BASE[ringlb]}" "${MEM_LOADED[ringlb]}" "${MEM_OPEN[ringlb]:-0}") | $(per "${MEM_BASE[haproxy]}" "${MEM_LOADED[haproxy]}" "${MEM_OPEN[haproxy]:-0}") | $(per "${MEM_BASE[nginx]}" "${MEM_LOADED[nginx]}" "${MEM_OPEN[nginx]:-0}") |"
+  echo "| connections held | ${MEM_OPEN[ringlb]:-0} | ${MEM_OPEN[haproxy]:-0} | ${MEM_OPEN[nginx]:-0} |"
 fi
 } | tee "$OUT/table.md"
 echo >&2
