@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::health::{LogEvent, events, free_port, health};
-use common::{Ringlb, TempDir, config, runtime, service_config, wait_for};
+use common::{Ringlb, TempDir, config, runtime, service_config, temp_dir, wait_for};
 
 const INTERVAL: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -84,29 +84,29 @@ impl Postgres {
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.dir.path.join("log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
         );
     }
 
     fn data(&self) -> String {
-        self.dir.path.join("data").display().to_string()
+        self.dir.path().join("data").display().to_string()
     }
 
     fn init() -> Postgres {
         let pg = Postgres {
             bin: pg_bin(),
-            dir: TempDir::new(),
+            dir: temp_dir(),
             port: free_port(),
         };
-        let pwfile = pg.dir.path.join("pw");
+        let pwfile = pg.dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();
         if running_as_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
-                .arg(&pg.dir.path)
+                .arg(pg.dir.path())
                 .status()
                 .expect("chown");
-            assert!(status.success(), "chown of {}", pg.dir.path.display());
+            assert!(status.success(), "chown of {}", pg.dir.path().display());
         }
         pg.run_ok(
             "initdb",
@@ -130,9 +130,9 @@ impl Postgres {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
-            self.dir.path.display()
+            self.dir.path().display()
         );
-        let log = self.dir.path.join("log").display().to_string();
+        let log = self.dir.path().join("log").display().to_string();
         self.run_ok(
             "pg_ctl",
             &[

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::health::{events, free_port, health, wait_event};
-use common::{Ringlb, TempDir, config, service_config, wait_for};
+use common::{Ringlb, TempDir, config, service_config, temp_dir, wait_for};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -42,7 +42,7 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let dir = TempDir::new();
+        let dir = temp_dir();
         let port = free_port();
         let child = Command::new(redis_server_binary())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -51,7 +51,7 @@ impl RedisServer {
             // Replicas sync at once instead of after Redis 7's default 5 s diskless delay.
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
-            .arg(&dir.path)
+            .arg(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -14,21 +14,27 @@
 #   p99       ringlb bench rr --rate R (open loop, below saturation)            p99 latency, us
 #   redis     redis-benchmark -t get -c 50                                      requests/s
 #   iperf3    one stream                                                        Gbit/s
-#   udp       ringlb bench udp, 50 sockets, 64-byte datagrams                   requests/s
+#   udp       ringlb bench udp, 50 sockets, 64-byte and 1400-byte datagrams      requests/s
+#             (against a `ringlb bench serve --udp` echo; NGINX: stream `listen ... udp`)
 #
-# and prints medians and the ratios ringlb/HAProxy and ringlb/NGINX as a markdown table. Then
-# memory: each proxy holds IDLE_CONNS idle proxied connections (`ringlb bench idle` as the client,
-# `bench serve` as the backend, each its own process, so that no process passes the 20,000 fd
-# limit), and the proxy's memory (PSS, summed over its processes) is compared with its baseline.
+# and prints medians and the ratios ringlb/HAProxy and ringlb/NGINX as a markdown table (the rows
+# of the workloads run). Then
+# memory (unless IDLE_CONNS=0): each proxy holds IDLE_CONNS idle proxied connections (`ringlb
+# bench idle` as the client, `bench serve` as the backend, each its own process, so that no
+# process passes the 20,000 fd limit), and the proxy's memory (PSS, summed over its processes) is
+# compared with its baseline.
 #
-# UDP: HAProxy (community) has no UDP proxy. ringlb's UDP row is measured when this build serves
-# `protocol = "udp"` (detected by starting it on a UDP config and loading it); otherwise it says so.
+# UDP: HAProxy (community) has no UDP proxy, so its UDP cells say n/a. ringlb's UDP rows are
+# measured when this build serves `protocol = "udp"` (detected by starting it on a UDP config and
+# loading it); otherwise they say so.
 #
 # Usage: tools/compare.sh [rounds]      (default 3 rounds; every load is bounded in time)
+# Shortest run, e.g. the UDP rows only: DURATION=1 IDLE_CONNS=0 WORKLOADS=udp tools/compare.sh 1
 # Environment: WORKERS (2), DURATION seconds per bench run (5), CLIENT_THREADS (2), RATE (req/s
 # of the p99 row; default a quarter of the slowest proxy's rr rate, measured first), REQUESTS per
-# redis-benchmark run (200000), SECONDS_IPERF (5), IDLE_CONNS (5000), OUT (results directory),
-# WORKLOADS (a space-separated subset of "rr connect stream p99 redis iperf udp"; default all).
+# redis-benchmark run (200000), SECONDS_IPERF (5), IDLE_CONNS (5000; 0 skips the memory part),
+# OUT (results directory), WORKLOADS (a space-separated subset of "rr connect stream p99 redis
+# iperf udp"; default all; "udp" is both datagram sizes, "udp64" or "udp1400" one of them).
 # Needs: haproxy, nginx + libnginx-mod-stream, redis-server, redis-tools, iperf3, jq (installed
 # with apt-get when absent).
 set -euo pipefail
@@ -209,10 +215,12 @@ w_rr()      { measure "$1" .requests_per_s .requests 1e6 rr "$(port "$1" $ECHO)"
 w_connect() { measure "$1" .connections_per_s .connections_opened 1e6 connect "$(port "$1" $ECHO)" --connections 50 --size 64; }
 w_stream()  { measure "$1" .sent_gbit_per_s "(.bytes_sent / 1e9)" 1e3 stream "$(port "$1" $SINK)" --connections 1; }
 w_p99()     { bench rr "$(port "$1" $ECHO)" --connections 50 --size 64 --rate "$RATE" | tee -a "$OUT/raw.jsonl" | jq -r '.latency_us.p99 // "nan"'; }
-w_udp() {
+udp_load() { # target size
   if [ "$1" = haproxy ] || { [ "$1" = ringlb ] && [ -z "$RINGLB_UDP" ]; }; then echo nan; return; fi
-  bench udp "$(port "$1" $UDP)" --connections 50 --size 64 --timeout 1s | tee -a "$OUT/raw.jsonl" | jq -r '.requests_per_s // "nan"'
+  bench udp "$(port "$1" $UDP)" --connections 50 --size "$2" --timeout 1s | tee -a "$OUT/raw.jsonl" | jq -r '.requests_per_s // "nan"'
 }
+w_udp64()   { udp_load "$1" 64; }
+w_udp1400() { udp_load "$1" 1400; }
 w_redis() {
   timeout 120 redis-benchmark -h 127.0.0.1 -p "$(port "$1" $REDIS)" -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
     | tr '\r' '\n' | awk '/GET:/ {print $2}' | tail -1 | grep . || echo nan
@@ -222,7 +230,20 @@ w_iperf() {
     | jq -r '.end.sum_received.bits_per_second / 1e9 * 100 | round / 100' 2>/dev/null || echo nan
 }
 
-if [ -z "${RATE:-}" ]; then
+read -ra SELECTED <<<"${WORKLOADS:-rr connect stream p99 redis iperf udp}"
+WORKLOADS=()
+for w in "${SELECTED[@]}"; do
+  case $w in
+    udp) WORKLOADS+=(udp64 udp1400) ;;
+    rr|connect|stream|p99|redis|iperf|udp64|udp1400) WORKLOADS+=("$w") ;;
+    *) echo "unknown workload $w (rr connect stream p99 redis iperf udp udp64 udp1400)" >&2; exit 2 ;;
+  esac
+done
+
+# ran WORKLOAD: whether WORKLOAD is among those run.
+ran() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
+
+if ran p99 && [ -z "${RATE:-}" ]; then
   # A quarter of the slowest proxy's closed-loop rate: well below saturation for every proxy,
   # also when neighbours take CPU during the run.
   slowest=$(for t in ringlb haproxy nginx; do
@@ -231,9 +252,8 @@ if [ -z "${RATE:-}" ]; then
   done | sort -g | head -1)
   RATE=$(python3 -c "print(max(1000, int($slowest * 0.25) // 1000 * 1000))")
 fi
-echo "p99 row at $RATE requests/s" >&2
+if ran p99; then echo "p99 row at $RATE requests/s" >&2; fi
 
-read -ra WORKLOADS <<<"${WORKLOADS:-rr connect stream p99 redis iperf udp}"
 TARGETS=(ringlb haproxy nginx direct)
 declare -A R
 for round in $(seq "$ROUNDS"); do
@@ -256,7 +276,9 @@ pss_kib() { # pid -> PSS in KiB of the process and its children
   echo $total
 }
 declare -A MEM_BASE MEM_LOADED MEM_OPEN
-for t in ringlb haproxy nginx; do
+MEMORY_TARGETS=(ringlb haproxy nginx)
+[ "$IDLE_CONNS" -gt 0 ] || MEMORY_TARGETS=()
+for t in "${MEMORY_TARGETS[@]}"; do
   case $t in ringlb) pid=$RINGLB_PID ;; haproxy) pid=$HAPROXY_PID ;; nginx) pid=$NGINX_PID ;; esac
   sleep 1
   MEM_BASE[$t]=$(pss_kib $pid)
@@ -279,7 +301,8 @@ a, b = '$1', '$2'
 try: print(f'{float(a)/float(b):.2f}')
 except Exception: print('n/a')"; }
 m() { printf '%s' "${R[$1]:-}" | median; }
-row() { # label workload
+row() { # label workload: nothing when the workload (for a CPU row, its own) was not run
+  ran "${2%cpu}" || return 0
   local r h n d
   r=$(m "$2_ringlb") h=$(m "$2_haproxy") n=$(m "$2_nginx") d=$(m "$2_direct")
   echo "| $1 | $r | $h | $n | $d | $(ratio "$r" "$h") | $(ratio "$r" "$n") |"
@@ -295,7 +318,8 @@ row "stream: 1 conn to sink (Gbit/s)" stream
 row "p99 at $RATE req/s, 50 conns (us, lower is better)" p99
 row "redis-benchmark -t get -c 50 (req/s)" redis
 row "iperf3 single stream (Gbit/s)" iperf
-row "udp: 50 sockets, 64 B (req/s)" udp
+row "udp: 50 sockets, 64 B (req/s)" udp64
+row "udp: 50 sockets, 1400 B (req/s)" udp1400
 row "proxy CPU per rr request (us, lower is better)" rrcpu
 row "proxy CPU per connect-mode connection (us, lower is better)" connectcpu
 row "proxy CPU per GB streamed (ms, lower is better)" streamcpu
@@ -305,14 +329,16 @@ if [ -z "$RINGLB_UDP" ]; then
 else
   echo "HAProxy (community) has no UDP proxy."
 fi
-echo
-echo "| memory, $IDLE_CONNS idle proxied connections | ringlb | HAProxy | NGINX |"
-echo "|---|---|---|---|"
-echo "| PSS before (MiB) | $((MEM_BASE[ringlb] / 1024)) | $((MEM_BASE[haproxy] / 1024)) | $((MEM_BASE[nginx] / 1024)) |"
-echo "| PSS holding them (MiB) | $((MEM_LOADED[ringlb] / 1024)) | $((MEM_LOADED[haproxy] / 1024)) | $((MEM_LOADED[nginx] / 1024)) |"
-per() { python3 -c "print(f'{($2 - $1) / max(1, $3):.1f}')"; }
-echo "| KiB per connection | $(per "${MEM_BASE[ringlb]}" "${MEM_LOADED[ringlb]}" "${MEM_OPEN[ringlb]:-0}") | $(per "${MEM_BASE[haproxy]}" "${MEM_LOADED[haproxy]}" "${MEM_OPEN[haproxy]:-0}") | $(per "${MEM_BASE[nginx]}" "${MEM_LOADED[nginx]}" "${MEM_OPEN[nginx]:-0}") |"
-echo "| connections held | ${MEM_OPEN[ringlb]:-0} | ${MEM_OPEN[haproxy]:-0} | ${MEM_OPEN[nginx]:-0} |"
+if [ "$IDLE_CONNS" -gt 0 ]; then
+  echo
+  echo "| memory, $IDLE_CONNS idle proxied connections | ringlb | HAProxy | NGINX |"
+  echo "|---|---|---|---|"
+  echo "| PSS before (MiB) | $((MEM_BASE[ringlb] / 1024)) | $((MEM_BASE[haproxy] / 1024)) | $((MEM_BASE[nginx] / 1024)) |"
+  echo "| PSS holding them (MiB) | $((MEM_LOADED[ringlb] / 1024)) | $((MEM_LOADED[haproxy] / 1024)) | $((MEM_LOADED[nginx] / 1024)) |"
+  per() { python3 -c "print(f'{($2 - $1) / max(1, $3):.1f}')"; }
+  echo "| KiB per connection | $(per "${MEM_BASE[ringlb]}" "${MEM_LOADED[ringlb]}" "${MEM_OPEN[ringlb]:-0}") | $(per "${MEM_BASE[haproxy]}" "${MEM_LOADED[haproxy]}" "${MEM_OPEN[haproxy]:-0}") | $(per "${MEM_BASE[nginx]}" "${MEM_LOADED[nginx]}" "${MEM_OPEN[nginx]:-0}") |"
+  echo "| connections held | ${MEM_OPEN[ringlb]:-0} | ${MEM_OPEN[haproxy]:-0} | ${MEM_OPEN[nginx]:-0} |"
+fi
 } | tee "$OUT/table.md"
 echo >&2
 echo "raw values and table in $OUT" >&2

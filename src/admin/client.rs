@@ -1,5 +1,8 @@
 //! `ringlb status` and `ringlb connections`: read the admin API of a running ringlb and print
-//! it as tables. A plain blocking HTTP client (ureq); one request per command.
+//! it as tables. One GET per command, with reqwest (the HTTP client the alert webhooks use).
+//!
+//! This module owns the CLI side of the admin API (the request, its errors, the tables); the
+//! API itself is in `super::api`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -27,22 +30,43 @@ impl Target {
         }
     }
 
+    /// GETs `path_and_query` and returns the body of a 2xx answer; any other answer is an error
+    /// carrying the API's `error` message.
+    ///
+    /// The request runs on a current-thread tokio runtime made for it, rather than through
+    /// reqwest's `blocking` feature: that feature runs its own runtime on a background thread
+    /// per client (and is one more feature to build), where a command that makes one request
+    /// only needs to block on it here.
     fn get(&self, path_and_query: &str) -> anyhow::Result<String> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(TIMEOUT))
-            .build()
-            .into();
         let url = format!("{}{path_and_query}", self.base);
-        let mut response = agent
-            .get(&url)
-            .call()
-            .with_context(|| format!("cannot reach the admin API at {url}"))?;
-        let code = response.status();
-        let body = response
-            .body_mut()
-            .read_to_string()
-            .with_context(|| format!("cannot read the answer of {url}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the HTTP client's runtime")?;
+        let (code, body) = runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .user_agent(concat!("ringlb/", env!("CARGO_PKG_VERSION")))
+                // The admin API is at the address given, not behind the environment's HTTP_PROXY.
+                .no_proxy()
+                // Covers connecting, sending and reading the whole answer.
+                .timeout(TIMEOUT)
+                .build()
+                .context("cannot set up the HTTP client")?;
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                // The context names the URL already.
+                .map_err(reqwest::Error::without_url)
+                .with_context(|| format!("cannot reach the admin API at {url}"))?;
+            let code = response.status();
+            let body = response
+                .text()
+                .await
+                .map_err(reqwest::Error::without_url)
+                .with_context(|| format!("cannot read the answer of {url}"))?;
+            anyhow::Ok((code, body))
+        })?;
         if !code.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()

@@ -1,5 +1,6 @@
-//! Talking to ringlb's admin API from tests: plain HTTP requests (ureq) and `/metrics` parsed
-//! with a Prometheus text parser (prometheus-parse), as a Prometheus server would read it.
+//! Talking to ringlb's admin API from tests: plain HTTP requests (reqwest, the client ringlb
+//! itself uses) and `/metrics` parsed with a Prometheus text parser (prometheus-parse), as a
+//! Prometheus server would read it.
 
 #![allow(dead_code)]
 
@@ -21,6 +22,9 @@ impl Answer {
 }
 
 /// Sends `method path` to the admin API at `admin`, with `body` and a bearer `token`.
+///
+/// Blocks on a current-thread runtime of its own, so it is called from synchronous test code
+/// (including `wait_for` conditions), not from inside another runtime.
 pub fn http(
     admin: SocketAddr,
     method: &str,
@@ -28,38 +32,39 @@ pub fn http(
     body: Option<&str>,
     token: Option<&str>,
 ) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let url = format!("http://{admin}{path}");
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut response = match method {
-        "GET" => {
-            let mut r = agent.get(&url);
-            if let Some(a) = &auth {
-                r = r.header("Authorization", a);
-            }
-            r.call()
-        }
-        "POST" | "PUT" => {
-            let mut r = if method == "POST" {
-                agent.post(&url)
-            } else {
-                agent.put(&url)
-            };
-            if let Some(a) = &auth {
-                r = r.header("Authorization", a);
-            }
-            r.send(body.unwrap_or(""))
-        }
+    let method = match method {
+        "GET" | "POST" | "PUT" => reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
         other => panic!("method {other}"),
-    }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let code = response.status().as_u16();
-    let body = response.body_mut().read_to_string().unwrap();
-    Answer { code, body }
+    };
+    let url = format!("http://{admin}{path}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut request = client.request(method.clone(), &url);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if method != reqwest::Method::GET {
+            request = request.body(body.unwrap_or("").to_owned());
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let code = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: reading the answer: {e}"));
+        Answer { code, body }
+    })
 }
 
 /// `GET path`, expecting 200.

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod udp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -70,8 +71,8 @@ impl Ringlb {
     }
 
     fn start_with(config: &str, nofile: Option<u64>, log_level: &str) -> Ringlb {
-        let dir = TempDir::new();
-        let path = dir.path.join("ringlb.toml");
+        let dir = temp_dir();
+        let path = dir.path().join("ringlb.toml");
         std::fs::write(&path, config).unwrap();
         let mut command = match nofile {
             Some(n) => {
@@ -264,28 +265,15 @@ pub fn field(line: &str, key: &str) -> Option<String> {
     Some(rest[..end].trim_matches('"').to_string())
 }
 
-/// A directory removed on drop.
-pub struct TempDir {
-    pub path: std::path::PathBuf,
-}
+/// A directory removed on drop (tempfile's), so a test's files go with it.
+pub use tempfile::TempDir;
 
-impl TempDir {
-    pub fn new() -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ringlb-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// A new directory `ringlb-test-*` under the system's temporary directory, removed on drop.
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("ringlb-test-")
+        .tempdir()
+        .expect("a temporary directory")
 }
 
 /// A multi-threaded tokio runtime for test clients and backends.
