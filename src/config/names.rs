@@ -248,7 +248,14 @@ mod tests {
         let names: Vec<_> = AlertKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(
             names,
-            ["backend_down", "backend_up", "service_down", "service_up"]
+            [
+                "backend_down",
+                "backend_up",
+                "service_down",
+                "service_up",
+                "local_exhaustion",
+                "local_recovery"
+            ]
         );
     }
 
