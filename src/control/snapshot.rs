@@ -1,8 +1,10 @@
 //! The immutable view of services and backends that workers read for every new connection.
 //!
-//! Owns: [`Snapshot`], [`ServiceState`] and the shared counters they carry. Does not own: how a
-//! snapshot is chosen (config loading, later discovery), backend selection (`pick`), health and
-//! admin transitions (`availability`, `backend`) or any I/O.
+//! Owns: [`Snapshot`], [`ServiceState`] and the shared counters they carry, and handing out
+//! [`ServiceId`]s (the type is the balancer core's). Does not own: how a snapshot is chosen
+//! (config loading, later discovery), backend selection (the policy is
+//! `balancer::policy`; `pick` adapts it to this state), health and admin transitions
+//! (`availability`, `backend`) or any I/O.
 //!
 //! A snapshot is built off the data path (selector tables included) and published through an
 //! [`ArcSwap`]; a worker loads it with one atomic operation per accepted connection and never
@@ -11,10 +13,10 @@
 //! of [`super::BackendLive`] (read; written only on transitions), and, with persistence, one
 //! short lock of a stick-table shard.
 //!
-//! Backends are split into two groups, primaries and backups, each with its own [`Selector`]
+//! Backends are split into two [`Group`]s, primaries and backups, each with its own selector
 //! over its members (a selector's indices are positions in its group, mapped back to the
 //! service's backend list when candidates are made). Backups get new connections only while no
-//! primary is up; see `pick`.
+//! primary is up; see `balancer::policy`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +30,9 @@ use event_listener::Event;
 use parking_lot::Mutex;
 
 use crate::balancer::stick::StickTable;
-use crate::balancer::{BackendSpec, BackendView, Selector};
+use crate::balancer::{BackendSpec, BackendView, ServiceId};
+
+pub(super) use crate::balancer::Group;
 use crate::config::{Config, Service};
 
 use super::ConnectionBudget;
@@ -102,22 +106,11 @@ impl Snapshot {
     }
 }
 
-/// A service's identity, kept across reloads while its name stays; workers and tracked
-/// connections refer to services by it (positions in the snapshot change with reloads).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceId(pub u64);
-
-impl ServiceId {
-    fn fresh() -> ServiceId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        ServiceId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-impl std::fmt::Display for ServiceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "#{}", self.0)
-    }
+/// A fresh [`ServiceId`] for a service new in this process (one that keeps its name across a
+/// reload keeps its identity instead).
+fn fresh_service_id() -> ServiceId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    ServiceId(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Wakes the workers' watchers when some backend's live sessions must close; shared by every
@@ -162,34 +155,6 @@ pub struct ServiceState {
     pub budget: Arc<ConnectionBudget>,
 }
 
-/// Some of a service's backends and the selector built over them.
-#[derive(Debug)]
-pub(super) struct Group {
-    /// Indices into the service's backend list; the selector's index `i` is `members[i]`.
-    pub(super) members: Box<[usize]>,
-    pub(super) selector: Selector,
-}
-
-impl Group {
-    fn new(service: &Service, members: Vec<usize>) -> Group {
-        let specs: Vec<BackendSpec<'_>> = members
-            .iter()
-            .map(|&i| {
-                let b = &service.backends[i];
-                BackendSpec {
-                    key: &b.spec,
-                    weight: b.weight,
-                }
-            })
-            .collect();
-        let selector = Selector::new(service.algorithm, &specs, service.hash_table_size);
-        Group {
-            members: members.into_boxed_slice(),
-            selector,
-        }
-    }
-}
-
 impl ServiceState {
     /// Builds the service state, including its selectors and stick table, from its settings;
     /// its connections also count against the process-wide `budget`.
@@ -207,8 +172,17 @@ impl ServiceState {
     ) -> ServiceState {
         let (backup, primary): (Vec<usize>, Vec<usize>) =
             (0..config.backends.len()).partition(|&i| config.backends[i].backup);
-        let primaries = Group::new(&config, primary);
-        let backups = (!backup.is_empty()).then(|| Group::new(&config, backup));
+        let specs: Vec<BackendSpec<'_>> = config
+            .backends
+            .iter()
+            .map(|b| BackendSpec {
+                key: &b.spec,
+                weight: b.weight,
+            })
+            .collect();
+        let group = |members| Group::new(config.algorithm, &specs, members, config.hash_table_size);
+        let primaries = group(primary);
+        let backups = (!backup.is_empty()).then(|| group(backup));
         let stick = match (config.persistence.as_ref(), before) {
             (Some(p), Some(b)) if b.config.persistence.as_ref() == Some(p) => b.stick.clone(),
             (Some(p), _) => Some(Arc::new(StickTable::new(p.ttl, p.max_entries))),
@@ -232,10 +206,10 @@ impl ServiceState {
             })
             .collect();
         let up = |members: &[usize]| members.iter().any(|&i| backends[i].live.up());
-        let primary_up = up(&primaries.members);
-        let backup_up = backups.as_ref().is_some_and(|g| up(&g.members));
+        let primary_up = up(primaries.members());
+        let backup_up = backups.as_ref().is_some_and(|g| up(g.members()));
         ServiceState {
-            id: before.map_or_else(ServiceId::fresh, |b| b.id),
+            id: before.map_or_else(fresh_service_id, |b| b.id),
             primary_up: AtomicBool::new(primary_up),
             backup_up: AtomicBool::new(backup_up),
             config,
