@@ -31,13 +31,14 @@ use parking_lot::Mutex;
 
 use crate::balancer::stick::StickTable;
 use crate::balancer::{BackendSpec, BackendView, ServiceId};
-
-pub(super) use crate::balancer::Group;
 use crate::config::{Config, Service};
 
 use super::ConnectionBudget;
 use super::backend::{BackendState, init_clock};
 use super::histogram::LatencyHistogram;
+
+/// Some of a service's backends and their selector (the balancer core's type).
+pub(super) use crate::balancer::Group;
 
 /// Where workers find the current [`Snapshot`].
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
