@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ringlb::balancer::ServiceId;
 use ringlb::balancer::conntrack::{Conn, ConnId, ConnTable};
 
 /// Entries inserted or removed per measured batch.
@@ -29,7 +30,11 @@ fn client(i: usize) -> SocketAddr {
 fn filled(n: usize, now: Instant) -> (ConnTable, Vec<ConnId>) {
     let mut table = ConnTable::new(FILLS[2] + 2 * BATCH);
     let ids = (0..n)
-        .map(|i| table.insert(Conn::accepted(0, client(i), now)).unwrap())
+        .map(|i| {
+            table
+                .insert(Conn::accepted(ServiceId(0), client(i), now))
+                .unwrap()
+        })
         .collect();
     (table, ids)
 }
@@ -44,7 +49,11 @@ fn insert(c: &mut Criterion) {
                 || filled(fill, now).0,
                 |table| {
                     for i in 0..BATCH {
-                        black_box(table.insert(Conn::accepted(0, client(i), now)).unwrap());
+                        black_box(
+                            table
+                                .insert(Conn::accepted(ServiceId(0), client(i), now))
+                                .unwrap(),
+                        );
                     }
                 },
                 BatchSize::LargeInput,
@@ -64,7 +73,11 @@ fn remove(c: &mut Criterion) {
                 || {
                     let (mut table, _) = filled(fill, now);
                     let ids: Vec<ConnId> = (0..BATCH)
-                        .map(|i| table.insert(Conn::accepted(0, client(i), now)).unwrap())
+                        .map(|i| {
+                            table
+                                .insert(Conn::accepted(ServiceId(0), client(i), now))
+                                .unwrap()
+                        })
                         .collect();
                     (table, ids)
                 },
@@ -88,7 +101,9 @@ fn lifecycle(c: &mut Criterion) {
     c.bench_function("conntrack_lifecycle_10000_live", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            let id = table.insert(Conn::accepted(0, client(i), now)).unwrap();
+            let id = table
+                .insert(Conn::accepted(ServiceId(0), client(i), now))
+                .unwrap();
             table.established(id, client(1), now);
             table.record_up(id, 64, now);
             table.record_down(id, 64, now);

@@ -8,16 +8,18 @@
 //!   first snapshot, health checker, data plane, instance, admin API), the ready line, reload,
 //!   apply a change, drain and stop. `main.rs` only parses the command line and maps signals to
 //!   these calls; `ringlb demo` starts the same `Server`.
-//! - [`balancer`]: pure logic with no I/O and no clock reads: selection algorithms, the Maglev
-//!   table, the per-worker connection-tracking table, the health state machine (rise/fall, admin
-//!   state, slow-start ramp) and the stick table. Tested without sockets.
+//! - [`balancer`]: pure logic with no I/O, no clock reads and no config types: selection
+//!   algorithms, the selection policy for a new connection over a view of live state (primaries
+//!   and backups, persistence, slow-start demotion), the Maglev table, the per-worker
+//!   connection-tracking and UDP flow tables, the health state machine (rise/fall, admin
+//!   state, slow-start ramp), the stick table and the service identity. Tested without sockets.
 //! - [`config`]: the TOML file, its validation and the typed configuration. No sockets.
 //! - [`dataplane`]: the worker threads. Each owns a compio (io_uring) runtime, its own
 //!   `SO_REUSEPORT` listening sockets, its slice of connection tracking and its UDP flows, and
 //!   forwards bytes and datagrams. compio types never leave this module.
 //! - [`control`]: what runs beside the workers: the published [`control::Snapshot`] they read
-//!   lock-free with the per-backend availability atomics inside it, backend selection over that
-//!   state (primaries and backups, persistence, slow start), health and admin transitions, the
+//!   lock-free with the per-backend availability atomics inside it (which the balancer's policy
+//!   reads through a thin adapter), health and admin transitions, the
 //!   health checker thread ([`control::health`], a tokio current-thread runtime that probes out
 //!   of band), alerts, process-wide counters, and shutdown/drain coordination.
 //! - [`admin`]: the operator's side: the one path for changes ([`admin::Change`], applied by

@@ -6,12 +6,14 @@
 //!
 //! Each worker has its own table (no sharing, no locks). It is the source of truth for the
 //! worker's live connections: the idle timeout reads `last_activity`, the drain waits for the
-//! table to empty, and later the admin view lists it.
+//! table to empty, and the admin API (`ringlb connections`) lists it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
+
+use super::ServiceId;
 
 /// Where a tracked connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +31,8 @@ pub enum ConnState {
 /// One tracked connection.
 #[derive(Clone, Debug)]
 pub struct Conn {
-    /// The service's identity (`control::ServiceId`), stable across reloads.
-    pub service: u64,
+    /// The service's identity, stable across reloads.
+    pub service: ServiceId,
     /// The backend's address, once chosen.
     pub backend: Option<SocketAddr>,
     /// The client's address.
@@ -49,7 +51,7 @@ pub struct Conn {
 
 impl Conn {
     /// A connection just accepted from `client` for `service`.
-    pub fn accepted(service: u64, client: SocketAddr, now: Instant) -> Conn {
+    pub fn accepted(service: ServiceId, client: SocketAddr, now: Instant) -> Conn {
         Conn {
             service,
             backend: None,
@@ -194,15 +196,21 @@ mod tests {
     fn full_table_refuses_and_counts() {
         let now = Instant::now();
         let mut t = ConnTable::new(2);
-        let a = t.insert(Conn::accepted(0, client(1), now)).unwrap();
-        t.insert(Conn::accepted(0, client(2), now)).unwrap();
+        let a = t
+            .insert(Conn::accepted(ServiceId(0), client(1), now))
+            .unwrap();
+        t.insert(Conn::accepted(ServiceId(0), client(2), now))
+            .unwrap();
         assert_eq!(
-            t.insert(Conn::accepted(0, client(3), now)),
+            t.insert(Conn::accepted(ServiceId(0), client(3), now)),
             Err(TableFull(2))
         );
         assert_eq!(t.rejected(), 1);
         t.remove(a).unwrap();
-        assert!(t.insert(Conn::accepted(0, client(3), now)).is_ok());
+        assert!(
+            t.insert(Conn::accepted(ServiceId(0), client(3), now))
+                .is_ok()
+        );
         assert_eq!(t.len(), 2);
     }
 
@@ -210,7 +218,9 @@ mod tests {
     fn bytes_and_activity_are_recorded_per_direction() {
         let t0 = Instant::now();
         let mut t = ConnTable::new(4);
-        let id = t.insert(Conn::accepted(1, client(1), t0)).unwrap();
+        let id = t
+            .insert(Conn::accepted(ServiceId(1), client(1), t0))
+            .unwrap();
         t.established(id, client(2), t0);
         t.record_up(id, 10, t0 + Duration::from_secs(1));
         t.record_down(id, 7, t0 + Duration::from_secs(2));
@@ -228,7 +238,9 @@ mod tests {
         let t0 = Instant::now();
         let idle = Duration::from_secs(10);
         let mut t = ConnTable::new(1);
-        let id = t.insert(Conn::accepted(0, client(1), t0)).unwrap();
+        let id = t
+            .insert(Conn::accepted(ServiceId(0), client(1), t0))
+            .unwrap();
         assert_eq!(
             t.idle_remaining(id, idle, t0 + Duration::from_secs(4)),
             Some(Duration::from_secs(6))
@@ -248,7 +260,9 @@ mod tests {
     fn removed_connection_is_gone() {
         let now = Instant::now();
         let mut t = ConnTable::new(1);
-        let id = t.insert(Conn::accepted(0, client(1), now)).unwrap();
+        let id = t
+            .insert(Conn::accepted(ServiceId(0), client(1), now))
+            .unwrap();
         assert!(t.remove(id).is_some());
         assert!(t.remove(id).is_none());
         assert!(t.is_empty());

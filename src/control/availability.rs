@@ -200,7 +200,7 @@ impl ServiceState {
     /// when a primary is back.
     pub(super) fn refresh_availability(&self) {
         let _serial = self.transitions.lock();
-        let any_up = |g: &Group| g.members.iter().any(|&i| self.backends[i].live.up());
+        let any_up = |g: &Group| g.members().iter().any(|&i| self.backends[i].live.up());
         let primary = any_up(&self.primaries);
         let backup = self.backups.as_ref().is_some_and(any_up);
         let was_primary = self.primary_up.swap(primary, Ordering::AcqRel);

@@ -1,8 +1,9 @@
 //! What runs beside the workers and what they share with it.
 //!
 //! Owns: the published [`Snapshot`] of services and backends, the shared counters and live
-//! availability state inside it, backend selection over that state (`pick`: primaries and
-//! backups, stickiness, slow start), health and admin transitions (`availability`), the health
+//! availability state inside it, the adapter through which the balancer core's selection policy
+//! reads that state (`pick`; the policy itself, primaries and backups, stickiness and slow
+//! start, is `balancer::policy`), health and admin transitions (`availability`), the health
 //! checker thread ([`health`]), alerts to webhooks about those transitions ([`alerts`], on
 //! their own thread), the classification and counts of ringlb's own shortages of ports,
 //! descriptors and memory, which never count against a backend ([`local`]), and shutdown
@@ -27,6 +28,9 @@ pub use budget::{ConnectionBudget, PIPES_PER_WORKER};
 pub use shutdown::Shutdown;
 pub use snapshot::ProcessWide;
 pub use snapshot::{
-    BackendCounters, ConnectFailure, LastCheck, ServiceCounters, ServiceId, ServiceState,
-    SharedSnapshot, Snapshot,
+    BackendCounters, ConnectFailure, LastCheck, ServiceCounters, ServiceState, SharedSnapshot,
+    Snapshot,
 };
+
+/// The balancer core's service identity, handed out here (kept across reloads by name).
+pub use crate::balancer::ServiceId;

@@ -1,85 +1,51 @@
-//! Candidates for a new connection: which backends, in which order, taking health, admin
-//! state, backups, session persistence and slow start into account.
+//! The balancer core's selection policy (`balancer::policy`) over this plane's live state.
 //!
-//! Owns: combining the selection algorithms (`balancer::select`, whose API is unchanged) with
-//! the service's live state. Runs on the data path, on every new connection: no allocation when
-//! `out` has room for `max + 1`, no lock except one stick-table shard when persistence is on.
+//! Owns: reading [`ServiceState`] and its backends' atomics for the policy
+//! ([`ServiceView`]: which group is up, readiness, active counts, backup flags, slow-start
+//! ramps), looking a client up in the stick table, and writing entries once a connection is
+//! made ([`ServiceState::stick`]). Does not own the policy itself (groups, persistence, slow
+//! start: `balancer::policy`) nor the transitions that set the flags it reads (`availability`).
 //!
-//! - Groups: candidates come from the primaries while some primary is up (healthy and enabled);
-//!   from the backups only while none is. Each group has its own selector over its members, so
-//!   rotations, weights and Maglev tables are those of the group.
-//! - Persistence: a client's stick-table entry is honoured while its backend is ready and in the
-//!   serving group (a client stuck to a backup returns to the primaries when one is back). The
-//!   entry is written or refreshed once a connection is made ([`ServiceState::stick`]).
-//! - Slow start: a backend ramping up after coming back is demoted behind the other candidates
-//!   with probability `1 - p`, where `p` is its ramp share (`balancer::health::
-//!   slow_start_permille`), so every algorithm gives it about `p` of its normal share without
-//!   rebuilding selectors. `least_conn` and `power_of_two`, which would otherwise fill it up to
-//!   the others' active counts, also count its active connections as `active / p` (that is,
-//!   against `weight * p`).
+//! Runs on the data path, on every new connection: no allocation when `out` has room for
+//! `max + 1`, no lock except one stick-table shard when persistence is on.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::balancer::{Algorithm, BackendView};
+use crate::balancer::{Pick, ServiceView, policy};
 
-use super::snapshot::{Group, ServiceState};
+use super::snapshot::ServiceState;
 
-/// The view one group's selector sees: positions in the group mapped to service indices.
-struct GroupView<'a> {
-    state: &'a ServiceState,
-    members: &'a [usize],
-    /// Set for load-based algorithms while slow start is configured.
-    ramp: Option<(Instant, Duration)>,
-}
-
-impl BackendView for GroupView<'_> {
-    fn len(&self) -> usize {
-        self.members.len()
+impl ServiceView for ServiceState {
+    fn primaries_up(&self) -> bool {
+        self.primary_up.load(Ordering::Acquire)
     }
 
-    fn active(&self, i: usize) -> u64 {
-        let index = self.members[i];
-        let active = self.state.active(index);
-        match self.ramp {
-            Some((now, slow_start)) => {
-                let permille = self.state.backends[index]
-                    .live
-                    .ramp_permille(now, slow_start);
-                if permille >= 1000 {
-                    active
-                } else {
-                    // active / p, rounded up; permille >= 1, so no division by zero.
-                    (active * 1000).div_ceil(u64::from(permille))
-                }
-            }
-            None => active,
-        }
+    fn backups_up(&self) -> bool {
+        self.backup_up.load(Ordering::Acquire)
     }
 
-    fn ready(&self, i: usize) -> bool {
-        self.state.ready(self.members[i])
+    fn is_backup(&self, i: usize) -> bool {
+        self.backends[i].config.backup
+    }
+
+    fn slow_start(&self) -> bool {
+        !self.config.slow_start.is_zero()
+    }
+
+    fn ramp_permille(&self, i: usize, now: Instant) -> u32 {
+        self.backends[i]
+            .live
+            .ramp_permille(now, self.config.slow_start)
     }
 }
 
 impl ServiceState {
-    /// The group new connections go to now: primaries while one is up, else backups (if any are
-    /// up), else the primaries again (nothing is ready then).
-    fn serving_group(&self) -> &Group {
-        if self.primary_up.load(Ordering::Acquire) {
-            return &self.primaries;
-        }
-        match &self.backups {
-            Some(backups) if self.backup_up.load(Ordering::Acquire) => backups,
-            _ => &self.primaries,
-        }
-    }
-
     /// Fills `out` (cleared first) with up to `max` distinct ready backends (indices into
-    /// [`ServiceState::backends`]), best first, for a new connection from `client` at `now`.
-    /// The data plane connects to `out[0]` and falls back to the next on failure. Empty when no
-    /// backend is ready.
+    /// [`ServiceState::backends`]), best first, for a new connection from `client` at `now`,
+    /// as `balancer::policy::candidates` orders them. The data plane connects to `out[0]` and
+    /// falls back to the next on failure. Empty when no backend is ready.
     pub fn candidates(
         &self,
         client: IpAddr,
@@ -88,61 +54,19 @@ impl ServiceState {
         now: Instant,
         out: &mut Vec<usize>,
     ) {
-        out.clear();
-        if max == 0 {
-            return;
-        }
-        let group = self.serving_group();
-        let slow_start = self.config.slow_start;
-        let ramping = !slow_start.is_zero();
-        let load_based = matches!(
-            self.config.algorithm,
-            Algorithm::LeastConn | Algorithm::PowerOfTwo
-        );
-        let view = GroupView {
-            state: self,
-            members: &group.members,
-            ramp: (ramping && load_based).then_some((now, slow_start)),
+        let sticky = match &self.stick {
+            Some(table) if max > 0 => table
+                .lookup(client, now)
+                .and_then(|address| self.backend_index(address)),
+            _ => None,
         };
-        // One more than asked while ramping, so a demoted backend has someone to yield to.
-        let want = if ramping { max + 1 } else { max };
-        group.selector.candidates(&view, client, rng, want, out);
-        for c in out.iter_mut() {
-            *c = group.members[*c];
-        }
-        if ramping {
-            self.demote_ramping(out, rng, now);
-        }
-        if let Some(sticky) = self.sticky_backend(client, group, now) {
-            if let Some(pos) = out.iter().position(|&i| i == sticky) {
-                out.remove(pos);
-            }
-            out.insert(0, sticky);
-        }
-        out.truncate(max);
-    }
-
-    /// Moves a ramping first candidate behind the others with probability `1 - p`; repeats for
-    /// the next first candidate, at most once per candidate.
-    fn demote_ramping(&self, out: &mut [usize], rng: &mut fastrand::Rng, now: Instant) {
-        for _ in 0..out.len().saturating_sub(1) {
-            let permille = self.backends[out[0]]
-                .live
-                .ramp_permille(now, self.config.slow_start);
-            if permille >= 1000 || rng.u32(0..1000) < permille {
-                return;
-            }
-            out.rotate_left(1);
-        }
-    }
-
-    /// The backend `client` sticks to, if that entry may be honoured now.
-    fn sticky_backend(&self, client: IpAddr, group: &Group, now: Instant) -> Option<usize> {
-        let table = self.stick.as_ref()?;
-        let address = table.lookup(client, now)?;
-        let &index = self.by_address.get(&address)?;
-        let in_group = std::ptr::eq(group, &self.primaries) != self.backends[index].config.backup;
-        (in_group && self.ready(index)).then_some(index)
+        let pick = Pick {
+            client,
+            now,
+            max,
+            sticky,
+        };
+        policy::candidates(self, &self.primaries, self.backups.as_ref(), pick, rng, out);
     }
 
     /// Records that `client` was sent to backend `index` at `now` (persistence only): the entry
@@ -164,7 +88,10 @@ mod tests {
     use std::collections::HashMap;
     use std::net::Ipv4Addr;
 
+    use std::time::Duration;
+
     use super::*;
+    use crate::balancer::BackendView;
     use crate::balancer::health::Admin;
     use crate::config::Config;
 
@@ -340,24 +267,26 @@ mod tests {
     }
 
     #[test]
-    fn least_conn_counts_a_ramping_backends_connections_against_its_share() {
+    fn the_view_reads_a_ramping_backends_share_and_connections() {
+        // What the policy's least_conn test starts from: at 10% with 2 active against 10.
         let s = service(
             "algorithm = \"least_conn\"\nslow_start = \"10s\"",
-            &["", ""],
+            &["", "backup = true"],
         );
         let start = Instant::now();
         s.mark_down(0, &"test");
         s.mark_up(0, &"test", start);
         s.backends[0].counters.active.store(2, Ordering::Relaxed);
         s.backends[1].counters.active.store(10, Ordering::Relaxed);
-        // At 10%: 2 active count as 20, more than the other's 10.
-        let view = GroupView {
-            state: &s,
-            members: &s.primaries.members,
-            ramp: Some((start + Duration::from_secs(1), s.config.slow_start)),
-        };
-        assert_eq!(view.active(0), 20);
-        assert_eq!(view.active(1), 10);
+        let at = start + Duration::from_secs(1);
+        assert!(ServiceView::slow_start(&s));
+        assert_eq!(s.ramp_permille(0, at), 100);
+        assert_eq!(s.ramp_permille(1, at), 1000, "never down: no ramp");
+        assert_eq!((s.active(0), s.active(1)), (2, 10));
+        assert_eq!((s.is_backup(0), s.is_backup(1)), (false, true));
+        assert!(s.primaries_up() && s.backups_up());
+        s.mark_down(1, &"test");
+        assert!(s.primaries_up() && !s.backups_up());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The immutable view of services and backends that workers read for every new connection.
 //!
-//! Owns: [`Snapshot`], [`ServiceState`], the shared counters they carry, and how one snapshot is
-//! built from the one before ([`Snapshot::next`]). Does not own: which config a change leads to
-//! and the order in which it is applied ([`crate::admin::Change`], the one path for changes),
-//! backend selection (`pick`), health and admin transitions (`availability`, `backend`) or any
-//! I/O. The process-wide values every service shares (the connection budget, the alert
-//! publisher) come in as a [`ProcessWide`] made at start-up, never through a global.
+//! Owns: [`Snapshot`], [`ServiceState`], the shared counters they carry, how one snapshot is
+//! built from the one before ([`Snapshot::next`]), and handing out [`ServiceId`]s (the type is
+//! the balancer core's). Does not own: which config a change leads to and the order in which it
+//! is applied ([`crate::admin::Change`], the one path for changes), backend selection (the
+//! policy is `balancer::policy`; `pick` adapts it to this state), health and admin transitions
+//! (`availability`, `backend`) or any I/O. The process-wide values every service shares (the
+//! connection budget, the alert publisher) come in as a [`ProcessWide`] made at start-up,
+//! never through a global.
 //!
 //! A snapshot is built off the data path (selector tables included) and published through an
 //! [`ArcSwap`]; a worker loads it with one atomic operation per accepted connection and never
@@ -14,10 +16,10 @@
 //! of [`super::BackendLive`] (read; written only on transitions), and, with persistence, one
 //! short lock of a stick-table shard.
 //!
-//! Backends are split into two groups, primaries and backups, each with its own [`Selector`]
+//! Backends are split into two [`Group`]s, primaries and backups, each with its own selector
 //! over its members (a selector's indices are positions in its group, mapped back to the
 //! service's backend list when candidates are made). Backups get new connections only while no
-//! primary is up; see `pick`.
+//! primary is up; see `balancer::policy`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,13 +33,16 @@ use event_listener::Event;
 use parking_lot::Mutex;
 
 use crate::balancer::stick::StickTable;
-use crate::balancer::{BackendSpec, BackendView, Selector};
+use crate::balancer::{BackendSpec, BackendView, ServiceId};
 use crate::config::{Config, Service};
 
 use super::ConnectionBudget;
 use super::alerts::AlertPublisher;
 use super::backend::{BackendState, init_clock};
 use super::histogram::LatencyHistogram;
+
+/// Some of a service's backends and their selector (the balancer core's type).
+pub(super) use crate::balancer::Group;
 
 /// Where workers find the current [`Snapshot`].
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -117,22 +122,11 @@ impl Snapshot {
     }
 }
 
-/// A service's identity, kept across reloads while its name stays; workers and tracked
-/// connections refer to services by it (positions in the snapshot change with reloads).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceId(pub u64);
-
-impl ServiceId {
-    fn fresh() -> ServiceId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        ServiceId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-impl std::fmt::Display for ServiceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "#{}", self.0)
-    }
+/// A fresh [`ServiceId`] for a service new in this process (one that keeps its name across a
+/// reload keeps its identity instead).
+fn fresh_service_id() -> ServiceId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    ServiceId(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Wakes the workers' watchers when some backend's live sessions must close; shared by every
@@ -179,34 +173,6 @@ pub struct ServiceState {
     pub(super) alerts: AlertPublisher,
 }
 
-/// Some of a service's backends and the selector built over them.
-#[derive(Debug)]
-pub(super) struct Group {
-    /// Indices into the service's backend list; the selector's index `i` is `members[i]`.
-    pub(super) members: Box<[usize]>,
-    pub(super) selector: Selector,
-}
-
-impl Group {
-    fn new(service: &Service, members: Vec<usize>) -> Group {
-        let specs: Vec<BackendSpec<'_>> = members
-            .iter()
-            .map(|&i| {
-                let b = &service.backends[i];
-                BackendSpec {
-                    key: &b.spec,
-                    weight: b.weight,
-                }
-            })
-            .collect();
-        let selector = Selector::new(service.algorithm, &specs, service.hash_table_size);
-        Group {
-            members: members.into_boxed_slice(),
-            selector,
-        }
-    }
-}
-
 impl ServiceState {
     /// Builds the state of a service on its own, outside any snapshot, from its settings; its
     /// connections also count against `budget`, and it publishes no alerts (for tests and
@@ -229,8 +195,17 @@ impl ServiceState {
     ) -> ServiceState {
         let (backup, primary): (Vec<usize>, Vec<usize>) =
             (0..config.backends.len()).partition(|&i| config.backends[i].backup);
-        let primaries = Group::new(&config, primary);
-        let backups = (!backup.is_empty()).then(|| Group::new(&config, backup));
+        let specs: Vec<BackendSpec<'_>> = config
+            .backends
+            .iter()
+            .map(|b| BackendSpec {
+                key: &b.spec,
+                weight: b.weight,
+            })
+            .collect();
+        let group = |members| Group::new(config.algorithm, &specs, members, config.hash_table_size);
+        let primaries = group(primary);
+        let backups = (!backup.is_empty()).then(|| group(backup));
         let stick = match (config.persistence.as_ref(), before) {
             (Some(p), Some(b)) if b.config.persistence.as_ref() == Some(p) => b.stick.clone(),
             (Some(p), _) => Some(Arc::new(StickTable::new(p.ttl, p.max_entries))),
@@ -254,10 +229,10 @@ impl ServiceState {
             })
             .collect();
         let up = |members: &[usize]| members.iter().any(|&i| backends[i].live.up());
-        let primary_up = up(&primaries.members);
-        let backup_up = backups.as_ref().is_some_and(|g| up(&g.members));
+        let primary_up = up(primaries.members());
+        let backup_up = backups.as_ref().is_some_and(|g| up(g.members()));
         ServiceState {
-            id: before.map_or_else(ServiceId::fresh, |b| b.id),
+            id: before.map_or_else(fresh_service_id, |b| b.id),
             primary_up: AtomicBool::new(primary_up),
             backup_up: AtomicBool::new(backup_up),
             config,

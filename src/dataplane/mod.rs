@@ -153,7 +153,7 @@ pub struct ConnInfo {
 impl ConnInfo {
     fn of(c: &Conn, worker: usize, now: Instant) -> ConnInfo {
         ConnInfo {
-            service_id: c.service,
+            service_id: c.service.0,
             client: c.client,
             backend: c.backend,
             state: match c.state {

@@ -306,7 +306,7 @@ fn handle(worker: &Rc<Worker>, command: Command) -> io::Result<()> {
                 .table
                 .borrow()
                 .iter()
-                .filter(|c| service.is_none_or(|s| s.0 == c.service))
+                .filter(|c| service.is_none_or(|s| s == c.service))
                 .take(limit)
                 .map(|c| ConnInfo::of(c, worker.index, now))
                 .collect();

@@ -139,7 +139,7 @@ pub(super) async fn serve(
     let started = Instant::now();
     let inserted = {
         let mut table = worker.table.borrow_mut();
-        let inserted = table.insert(Conn::accepted(state.id.0, peer, started));
+        let inserted = table.insert(Conn::accepted(state.id, peer, started));
         worker
             .stats
             .live
