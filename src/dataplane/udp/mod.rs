@@ -93,6 +93,7 @@ use futures_util::future::{Either, select};
 
 use crate::balancer::flowtable::FlowTable;
 use crate::config::UdpMode;
+use crate::control::log_limit::Reason;
 use crate::control::{ServiceId, ServiceState};
 
 use super::worker::{LoopGuard, Retire, Worker};
@@ -230,8 +231,10 @@ async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            tracing::debug!(service = %svc.name, error = %e,
-                                "udp receive failed");
+                            if let Some(suppressed) = Reason::UdpReceive.admit() {
+                                tracing::debug!(service = %svc.name, error = %e, suppressed,
+                                    "udp receive failed");
+                            }
                             break;
                         }
                     }
@@ -239,7 +242,10 @@ async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                tracing::debug!(service = %svc.name, error = %e, "udp receive failed");
+                if let Some(suppressed) = Reason::UdpReceive.admit() {
+                    tracing::debug!(service = %svc.name, error = %e, suppressed,
+                        "udp receive failed");
+                }
                 compio::time::sleep(RECV_ERROR_BACKOFF).await;
             }
         }
@@ -325,8 +331,10 @@ impl UdpService {
                     self.link_failed(client, target.link, &e, false);
                 }
                 Err(e) => {
-                    tracing::debug!(service = %self.name, %client, error = %e,
-                        "udp send to backend failed");
+                    if let Some(suppressed) = Reason::UdpSend.admit() {
+                        tracing::debug!(service = %self.name, %client, error = %e, suppressed,
+                            "udp send to backend failed");
+                    }
                     break;
                 }
             }
@@ -434,7 +442,10 @@ impl UdpService {
             Some(&b) => Some(b),
             None => {
                 state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(service = %state.config.name, "udp: no backend is ready");
+                if let Some(suppressed) = Reason::UdpNoBackend.admit() {
+                    tracing::debug!(service = %state.config.name, %ip, suppressed,
+                        "udp: no backend is ready");
+                }
                 None
             }
         }
