@@ -6,11 +6,12 @@
 //! start, is `balancer::policy`), health and admin transitions (`availability`), the health
 //! checker thread ([`health`]), alerts to webhooks about those transitions ([`alerts`], on
 //! their own thread), the classification and counts of ringlb's own shortages of ports,
-//! descriptors and memory, which never count against a backend ([`local`]), and shutdown
-//! coordination. Does not own sockets of the data plane: the
-//! workers do all forwarding I/O; the only sockets here are the probes' own, on the checker's
-//! thread, and the webhooks' connections, on the alerts thread. The admin API and hot reload,
-//! which drive this module and the data plane together, are in [`crate::admin`].
+//! descriptors and memory, which never count against a backend ([`local`]), the process-wide
+//! rate limits of the data plane's repeated log lines ([`log_limit`]), and shutdown
+//! coordination. Does not own sockets of the data plane: the workers do all forwarding I/O; the
+//! only sockets here are the probes' own, on the checker's thread, and the webhooks'
+//! connections, on the alerts thread. The admin API and hot reload, which drive this module
+//! and the data plane together, are in [`crate::admin`].
 
 pub mod alerts;
 mod availability;
@@ -19,6 +20,7 @@ mod budget;
 pub mod health;
 pub mod histogram;
 pub mod local;
+pub mod log_limit;
 mod pick;
 mod shutdown;
 mod snapshot;

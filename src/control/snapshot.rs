@@ -364,6 +364,9 @@ pub struct ServiceCounters {
     /// UDP: datagrams dropped (no backend, no upstream socket, a failed send, a reply from an
     /// address that is not a backend).
     pub udp_datagrams_dropped: AtomicU64,
+    /// UDP: datagrams the kernel dropped at the service's sockets (receive buffer full), before
+    /// ringlb saw them; each worker adds what its socket dropped about once a second.
+    pub udp_kernel_drops: AtomicU64,
 }
 
 /// Process-wide counters of one backend (kept across reloads while the backend stays).

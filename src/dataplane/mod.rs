@@ -395,6 +395,7 @@ fn log_udp_totals(snapshot: &SharedSnapshot) {
             datagrams_up = c.udp_datagrams_up.load(Ordering::Relaxed),
             datagrams_down = c.udp_datagrams_down.load(Ordering::Relaxed),
             datagrams_dropped = c.udp_datagrams_dropped.load(Ordering::Relaxed),
+            kernel_drops = c.udp_kernel_drops.load(Ordering::Relaxed),
             backend_failures = failures,
             "udp totals"
         );

@@ -2,7 +2,7 @@
 //!
 //! io_uring does all the waiting; these calls are the "readiness plus syscall" half of the data
 //! path: a `recv(2)` of what is already queued, a `send(2)` of what fits now, a look at a
-//! socket's send queue. Owns: those calls, how their outcome is reported, and the `unsafe`
+//! socket's send queue or at the packets the kernel dropped at it. Owns: those calls, how their outcome is reported, and the `unsafe`
 //! buffer-length updates after a receive into a buffer's spare capacity. Does not own: when to
 //! call them or what to do when they would block (`forward`, `udp`), nor splice(2) (`splice`,
 //! which reports through [`nonblocking`] too).
@@ -134,6 +134,38 @@ pub(super) fn unacked(socket: &impl AsFd) -> io::Result<usize> {
     Ok(usize::try_from(queued).unwrap_or(0))
 }
 
+/// Packets the kernel dropped at a socket since it was opened (`SO_MEMINFO`'s
+/// `SK_MEMINFO_DROPS`): for a UDP socket, mostly datagrams that arrived while its receive buffer
+/// was full. A 32-bit count that wraps: callers keep the last reading and add the difference.
+pub(super) fn kernel_drops(socket: &impl AsFd) -> io::Result<u32> {
+    /// The kernel's `SK_MEMINFO_VARS`: the values `SO_MEMINFO` reports.
+    const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+    let mut info = [0u32; VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes through the pointer, which points at a
+    // live local array of exactly `len` bytes, and writes the length it used through the second
+    // pointer, a live local `socklen_t`; the descriptor is borrowed for the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < std::mem::size_of_val(&info) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_MEMINFO reports no drop count",
+        ));
+    }
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +256,36 @@ mod tests {
         assert_eq!(send_now(&b, b"pong").unwrap(), Some(4));
         let n = poll(|| recv_now(&a, &mut buf, 64).unwrap());
         assert_eq!((n, buf.as_slice()), (4, &b"pong"[..]));
+    }
+
+    #[test]
+    fn a_udp_socket_that_nobody_reads_counts_the_datagrams_the_kernel_drops() {
+        let receiver = socket2::Socket::from(UdpSocket::bind("127.0.0.1:0").unwrap());
+        // The smallest receive buffer the kernel allows: a few datagrams fill it.
+        receiver.set_recv_buffer_size(1).unwrap();
+        let receiver = UdpSocket::from(receiver);
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(kernel_drops(&receiver).unwrap(), 0, "nothing dropped yet");
+        const SENT: u32 = 200;
+        let datagram = [1u8; 1000];
+        for _ in 0..SENT {
+            sender
+                .send_to(&datagram, receiver.local_addr().unwrap())
+                .unwrap();
+        }
+        let dropped = kernel_drops(&receiver).unwrap();
+        // Loopback delivers within the send: what is not queued was dropped.
+        let mut buf = Vec::new();
+        let mut queued = 0;
+        while recv_from_now(&receiver, &mut buf, 2048).unwrap().is_some() {
+            queued += 1;
+        }
+        assert!(dropped > 0, "{queued} of {SENT} queued, none dropped");
+        assert_eq!(dropped + queued, SENT, "every datagram queued or dropped");
+        assert_eq!(
+            kernel_drops(&sender).unwrap(),
+            0,
+            "the sender dropped nothing"
+        );
     }
 }

@@ -19,6 +19,7 @@ use event_listener::Event;
 use futures_util::future::{Either, select};
 
 use crate::balancer::conntrack::ConnTable;
+use crate::control::log_limit::Reason;
 use crate::control::{ServiceId, SharedSnapshot, Shutdown};
 
 use super::{ConnInfo, DataPlaneError, ListenerKey, WorkerStats, forward, udp};
@@ -341,7 +342,8 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
     let closing = std::pin::pin!(forward::watch_closing(worker.clone(), state.clone()));
     let accepting = std::pin::pin!(async {
         let mut version = worker.snapshot.load().version;
-        let mut starved = false;
+        // While accepts fail for want of resources: whether the pause was logged.
+        let mut starved: Option<bool> = None;
         let mut stop = std::pin::pin!(worker.retiring(retire));
         loop {
             // A reload publishes a new state for the service (backends, weights, limits).
@@ -367,9 +369,9 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
             match select(accept, stop.as_mut()).await {
                 Either::Right(_) => break,
                 Either::Left((Ok((stream, peer)), _)) => {
-                    if starved {
+                    // Said only when the pause was: both lines are as rare as the limited one.
+                    if starved.take() == Some(true) {
                         tracing::info!(service = %state.config.name, "accepting again");
-                        starved = false;
                     }
                     worker.stats.accepts.fetch_add(1, Ordering::Relaxed);
                     compio::runtime::spawn(forward::serve(
@@ -382,16 +384,22 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
                 }
                 Either::Left((Err(e), _)) => {
                     if is_resource_exhaustion(&e) {
-                        if !starved {
-                            tracing::warn!(service = %state.config.name, error = %e,
-                                "out of file descriptors or socket memory: accepting paused");
-                            starved = true;
+                        // Once per pause of this listener, and one line per second
+                        // process-wide however many listeners pause and resume.
+                        if starved.is_none() {
+                            let said = Reason::AcceptPaused.admit().inspect(|&suppressed| {
+                                tracing::warn!(service = %state.config.name, error = %e,
+                                    suppressed,
+                                    "out of file descriptors or socket memory: accepting paused");
+                            });
+                            starved = Some(said.is_some());
                         }
                         compio::time::sleep(ACCEPT_BACKOFF).await;
-                    } else {
+                    } else if let Some(suppressed) = Reason::AcceptFailed.admit() {
                         // Per-connection failures (e.g. the client reset while queued) end one
                         // connection, not the listener.
-                        tracing::debug!(service = %state.config.name, error = %e, "accept failed");
+                        tracing::debug!(service = %state.config.name, error = %e, suppressed,
+                            "accept failed");
                     }
                 }
             }

@@ -100,8 +100,12 @@ pub(super) async fn connect_backend<'a>(
                     .counters
                     .local_connect_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(service = %config.name, backend = %address, error = %e,
-                    "cannot open a backend connection: local resources exhausted");
+                // One line per second, process-wide, counting those not written.
+                let limit = crate::control::log_limit::Reason::LocalConnect;
+                if let Some(suppressed) = limit.admit() {
+                    tracing::warn!(service = %config.name, backend = %address, error = %e,
+                        suppressed, "cannot open a backend connection: local resources exhausted");
+                }
                 continue;
             }
             Ok(Err(e)) => (e.to_string(), ConnectFailure::of(&e)),

@@ -49,6 +49,7 @@ use compio::net::TcpStream;
 
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
 use crate::control::ServiceState;
+use crate::control::log_limit::Reason;
 
 use super::sys;
 use super::worker::Worker;
@@ -149,7 +150,10 @@ pub(super) async fn serve(
     let id = match inserted {
         Ok(id) => id,
         Err(full) => {
-            tracing::warn!(service = %state.config.name, client = %peer, "{full}: connection closed");
+            if let Some(suppressed) = Reason::TableFull.admit() {
+                tracing::warn!(service = %state.config.name, client = %peer, suppressed,
+                    "{full}: connection closed");
+            }
             return;
         }
     };
@@ -163,14 +167,18 @@ pub(super) async fn serve(
         Err(NoBackend::NoneReady) => {
             // Logged once per transition by the control side ("service down"), not here.
             state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(service = %state.config.name, client = %peer,
-                "no backend is ready: client connection closed");
+            if let Some(suppressed) = Reason::NoBackendReady.admit() {
+                tracing::debug!(service = %state.config.name, client = %peer, suppressed,
+                    "no backend is ready: client connection closed");
+            }
             return;
         }
         Err(NoBackend::AllFailed) => {
             state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(service = %state.config.name, client = %peer,
-                "no backend could be reached: client connection closed");
+            if let Some(suppressed) = Reason::NoBackendReached.admit() {
+                tracing::warn!(service = %state.config.name, client = %peer, suppressed,
+                    "no backend could be reached: client connection closed");
+            }
             return;
         }
     };

@@ -19,6 +19,7 @@ use compio::runtime::JoinHandle;
 
 use crate::balancer::flowtable::{Flow, ReplyVerdict};
 use crate::config::UdpMode;
+use crate::control::log_limit::Reason;
 use crate::control::{ConnectFailure, ServiceState};
 
 use super::UdpService;
@@ -141,8 +142,10 @@ impl UdpService {
         let socket = match opened.and_then(UdpSocket::from_std) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(service = %state.config.name, %client, error = %e,
-                    "cannot open an upstream udp socket: datagram dropped");
+                if let Some(suppressed) = Reason::UdpUpstreamSocket.admit() {
+                    tracing::warn!(service = %state.config.name, %client, error = %e, suppressed,
+                        "cannot open an upstream udp socket: datagram dropped");
+                }
                 return None;
             }
         };

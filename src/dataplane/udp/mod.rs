@@ -3,7 +3,8 @@
 //! Owns: for each UDP service of a worker, its `SO_REUSEPORT` socket (the kernel hashes each
 //! client address to one worker's socket, so a flow lives on one worker), the worker's
 //! [`FlowTable`] of that service, one upstream socket per flow and the task reading replies from
-//! it, the idle-expiry timer, and the per-datagram counters. Does not own backend choice (the
+//! it, the idle-expiry timer, the per-datagram counters and the sampling of the socket's kernel
+//! drops. Does not own backend choice (the
 //! service's [`crate::balancer::Selector`], client IP as key), the table's rules (pure logic in
 //! [`crate::balancer::flowtable`]) or when to stop ([`crate::control::Shutdown`]).
 //!
@@ -75,7 +76,8 @@
 //! non-blocking reply receives use one 64 KiB scratch buffer per service (never held across an
 //! await; only a reply that must wait for a full socket buffer is copied out). compio itself
 //! allocates a small record per submitted operation, as on the TCP path. Counters are
-//! process-wide atomics updated per datagram.
+//! process-wide atomics updated per datagram; what the kernel dropped at a service's socket
+//! (its receive buffer full) is read from the socket once a second (`drops_loop`).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -93,6 +95,7 @@ use futures_util::future::{Either, select};
 
 use crate::balancer::flowtable::FlowTable;
 use crate::config::UdpMode;
+use crate::control::log_limit::Reason;
 use crate::control::{ServiceId, ServiceState};
 
 use super::worker::{LoopGuard, Retire, Worker};
@@ -124,6 +127,9 @@ const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// does not keep the worker from its others for long.
 pub(super) const DRAIN_BATCH: usize = 32;
 
+/// How often each worker reads the drop count of its UDP service sockets.
+const DROPS_SAMPLE: Duration = Duration::from_secs(1);
+
 /// Sends of one client datagram: the first, and one more after the backend's refusal of an
 /// earlier datagram surfaced on this send and the flow moved to another backend.
 const SEND_ATTEMPTS: usize = 2;
@@ -138,9 +144,9 @@ pub(super) struct UdpSetup {
     pub max_flows: usize,
 }
 
-/// Starts the receive loop and the expiry timer of a UDP service on this worker. Both end once
-/// the drain begins or a reload retires the service; by then every flow of the service is
-/// dropped.
+/// Starts the receive loop, the expiry timer and the drop sampler of a UDP service on this
+/// worker. All end once the drain begins or a reload retires the service; by then every flow
+/// of the service is dropped.
 pub(super) fn spawn(worker: &Rc<Worker>, setup: UdpSetup, retire: Rc<Retire>) -> io::Result<()> {
     // Register the reply buffer ring now, so a kernel without it stops the start with a reason.
     compio::runtime::Runtime::with_current(|rt| rt.buffer_pool()).map_err(|e| {
@@ -173,7 +179,9 @@ pub(super) fn spawn(worker: &Rc<Worker>, setup: UdpSetup, retire: Rc<Retire>) ->
     let guard = worker.loop_started();
     compio::runtime::spawn(receive_loop(svc.clone(), guard)).detach();
     let guard = worker.loop_started();
-    compio::runtime::spawn(expire_loop(svc, guard)).detach();
+    compio::runtime::spawn(expire_loop(svc.clone(), guard)).detach();
+    let guard = worker.loop_started();
+    compio::runtime::spawn(drops_loop(svc, guard)).detach();
     Ok(())
 }
 
@@ -230,8 +238,10 @@ async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            tracing::debug!(service = %svc.name, error = %e,
-                                "udp receive failed");
+                            if let Some(suppressed) = Reason::UdpReceive.admit() {
+                                tracing::debug!(service = %svc.name, error = %e, suppressed,
+                                    "udp receive failed");
+                            }
                             break;
                         }
                     }
@@ -239,7 +249,10 @@ async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                tracing::debug!(service = %svc.name, error = %e, "udp receive failed");
+                if let Some(suppressed) = Reason::UdpReceive.admit() {
+                    tracing::debug!(service = %svc.name, error = %e, suppressed,
+                        "udp receive failed");
+                }
                 compio::time::sleep(RECV_ERROR_BACKOFF).await;
             }
         }
@@ -286,6 +299,39 @@ async fn expire_loop(svc: Rc<UdpService>, _running: LoopGuard) {
     }
 }
 
+/// Adds what the kernel dropped at the service's socket (receive buffer full) to the service's
+/// `udp_kernel_drops`, every [`DROPS_SAMPLE`] and once more when the service's loops end on
+/// this worker: one `getsockopt` per socket and second, never per datagram.
+async fn drops_loop(svc: Rc<UdpService>, _running: LoopGuard) {
+    let mut drain = pin!(svc.worker.retiring(&svc.retire));
+    // The socket's count starts at zero when it is opened.
+    let mut seen: u32 = 0;
+    loop {
+        let sleep = pin!(compio::time::sleep(DROPS_SAMPLE));
+        let ended = matches!(select(sleep, drain.as_mut()).await, Either::Right(_));
+        match super::sys::kernel_drops(&svc.socket) {
+            Ok(total) => {
+                let new = total.wrapping_sub(seen);
+                seen = total;
+                if new > 0 {
+                    svc.current_state()
+                        .counters
+                        .udp_kernel_drops
+                        .fetch_add(u64::from(new), Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(service = %svc.name, error = %e,
+                    "cannot read the udp socket's drop count: kernel drops not counted");
+                return;
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
 impl UdpService {
     /// Sends one client datagram (in `buf`) on to its flow's backend; returns the buffer.
     async fn forward_up(
@@ -325,8 +371,10 @@ impl UdpService {
                     self.link_failed(client, target.link, &e, false);
                 }
                 Err(e) => {
-                    tracing::debug!(service = %self.name, %client, error = %e,
-                        "udp send to backend failed");
+                    if let Some(suppressed) = Reason::UdpSend.admit() {
+                        tracing::debug!(service = %self.name, %client, error = %e, suppressed,
+                            "udp send to backend failed");
+                    }
                     break;
                 }
             }
@@ -434,7 +482,10 @@ impl UdpService {
             Some(&b) => Some(b),
             None => {
                 state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(service = %state.config.name, "udp: no backend is ready");
+                if let Some(suppressed) = Reason::UdpNoBackend.admit() {
+                    tracing::debug!(service = %state.config.name, %ip, suppressed,
+                        "udp: no backend is ready");
+                }
                 None
             }
         }

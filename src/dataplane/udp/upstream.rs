@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balancer::flowtable::ReplyVerdict;
 use crate::control::ServiceState;
+use crate::control::log_limit::Reason;
 
 use super::super::sys;
 use super::{DRAIN_BATCH, MAX_DATAGRAM, UdpService};
@@ -187,8 +188,10 @@ impl UdpService {
                     .counters
                     .udp_datagrams_dropped
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(service = %state.config.name, %client, error = %e,
-                    "udp send to client failed");
+                if let Some(suppressed) = Reason::UdpReply.admit() {
+                    tracing::debug!(service = %state.config.name, %client, error = %e,
+                        suppressed, "udp send to client failed");
+                }
             }
         }
         if verdict == Some(ReplyVerdict::Done) && self.answered(client, link) {
