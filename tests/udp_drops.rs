@@ -1,5 +1,5 @@
 //! Datagrams the kernel drops at a UDP service's socket, counted in `/metrics` as
-//! `ringlb_service_udp_kernel_drops_total`.
+//! `ringlb_udp_kernel_drops_total`.
 //!
 //! To make the kernel drop for sure, ringlb is stopped (SIGSTOP) while one client sends more
 //! than the socket's receive buffer can hold (at most 8 MiB: ringlb asks for 4 MiB and Linux
@@ -44,11 +44,11 @@ fn datagrams_the_kernel_drops_at_a_udp_services_socket_are_counted() {
 
     let before = Metrics::scrape(admin);
     assert!(
-        before.has("ringlb_service_udp_kernel_drops_total"),
+        before.has("ringlb_udp_kernel_drops_total"),
         "the metric is there before any drop"
     );
     assert_eq!(
-        value(&before, "ringlb_service_udp_kernel_drops_total", &[]),
+        value(&before, "ringlb_udp_kernel_drops_total", &[]),
         0
     );
 
@@ -67,7 +67,7 @@ fn datagrams_the_kernel_drops_at_a_udp_services_socket_are_counted() {
     let added_up = wait_for(Duration::from_secs(10), || {
         let m = Metrics::scrape(admin);
         last = (
-            value(&m, "ringlb_service_udp_kernel_drops_total", &[]),
+            value(&m, "ringlb_udp_kernel_drops_total", &[]),
             value(&m, "ringlb_udp_datagrams_total", &[("direction", "up")]),
             value(&m, "ringlb_udp_datagrams_dropped_total", &[]),
         );

@@ -12,7 +12,7 @@
 //!   `service_spliced_bytes_total`, `service_up`; UDP services also `udp_flows_active`, `udp_flows_opened_total`,
 //!   `udp_flows_evicted_total`, `udp_flows_expired_total`, `udp_datagrams_total{direction}`
 //!   (up: client to backend, down: backend to client), `udp_datagrams_dropped_total`,
-//!   `service_udp_kernel_drops_total` (dropped by the kernel at the service's sockets, sampled
+//!   `udp_kernel_drops_total` (dropped by the kernel at the service's sockets, sampled
 //!   about once a second);
 //! - backends {service, backend}: `backend_connections_total`, `backend_connections_active`,
 //!   `backend_bytes_sent_total` (to the backend), `backend_bytes_received_total` (from it),
@@ -213,7 +213,7 @@ impl Collector for Metrics {
         )?;
         family(
             &mut encoder,
-            "service_udp_kernel_drops",
+            "udp_kernel_drops",
             "UDP datagrams the kernel dropped at the service's sockets (receive buffer full).",
             Counter,
             &per_udp(&|s| load(&s.counters.udp_kernel_drops)),
