@@ -371,6 +371,8 @@ pub(super) fn open_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::future::{Either, select};
+    use std::pin::pin;
     use std::time::Duration;
 
     #[test]
@@ -427,6 +429,52 @@ mod tests {
             let err = waiting.await.unwrap().unwrap_err();
             assert!(is_pool_empty(&err), "{err:?}");
             drop(got);
+        });
+    }
+
+    /// An ended link's fd stays counted while its reader's cancelled receive holds it, and the
+    /// count drops only once the fd is closed (its port can be bound again).
+    #[test]
+    fn a_closing_upstream_fd_stays_counted_until_it_is_closed() {
+        let rt = compio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let fds = UpstreamFds::new(0);
+            // Fill the count up to its limit; the last one is the socket's.
+            let others: Vec<FdHold> = (1..CLOSING_SLACK).map(|_| fds.hold()).collect();
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let hold = fds.hold();
+            assert!(fds.at_limit());
+            let addr = socket.local_addr().unwrap();
+            // A reader whose receive is in flight: one datagram in, then it waits for the next.
+            let first = Rc::new(Event::new());
+            let reader = compio::runtime::spawn({
+                let (socket, first) = (socket.clone(), first.clone());
+                async move {
+                    let _ = socket.recv(Vec::with_capacity(16)).await;
+                    first.notify(1);
+                    let _ = socket.recv(Vec::with_capacity(16)).await;
+                }
+            });
+            let listener = first.listen();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender.send_to(b"one", addr).unwrap();
+            listener.await;
+            drop(reader);
+            close_upstream(socket, hold);
+            assert!(fds.at_limit(), "a closing fd is still counted");
+            assert!(
+                std::net::UdpSocket::bind(addr).is_err(),
+                "the fd is still open"
+            );
+            let deadline = pin!(compio::time::sleep(Duration::from_secs(5)));
+            let room = pin!(fds.room());
+            if let Either::Right(_) = select(room, deadline).await {
+                panic!("the closing fd was never closed");
+            }
+            assert!(!fds.at_limit());
+            std::net::UdpSocket::bind(addr).expect("the fd is closed once uncounted");
+            drop(others);
+            assert_eq!(fds.held.get(), 0);
         });
     }
 
