@@ -3,8 +3,9 @@
 //!
 //! Owns: a flow's [`Upstream`] (the service state it was opened under, its link, the backends
 //! that failed it), a [`Link`] (upstream socket, reply reader, active count of its backend),
-//! opening a link, dropping it when the backend fails, ending a flow whose replies are all in
-//! or that was evicted, the flow counters kept by those, and the access-log line of a flow.
+//! opening a link (waiting for room under the service's upstream fd bound), closing it when the
+//! flow ends or the backend fails, ending a flow whose replies are all in or that was evicted,
+//! the flow counters kept by those, and the access-log line of a flow.
 //! Does not own: the flow table's rules ([`crate::balancer::flowtable`]), the service's socket
 //! and the datagrams going up (the parent module), or reading replies (`upstream`).
 
@@ -23,7 +24,7 @@ use crate::control::log_limit::Reason;
 use crate::control::{ConnectFailure, ServiceState};
 
 use super::UdpService;
-use super::upstream::{is_backend_failure, open_upstream, read_replies};
+use super::upstream::{FdHold, close_upstream, is_backend_failure, open_upstream, read_replies};
 
 /// What the flow table keeps for a flow.
 pub(super) struct Upstream {
@@ -61,6 +62,13 @@ impl Upstream {
     pub(super) fn link_id(&self) -> Option<u64> {
         self.link.as_ref().map(|l| l.id)
     }
+
+    /// Ends the flow's link, if any (see [`Link::close`]).
+    pub(super) fn close_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.close();
+        }
+    }
 }
 
 impl Drop for Upstream {
@@ -81,6 +89,22 @@ pub(super) struct Link {
     pub(super) state: Arc<ServiceState>,
     /// Dropping it cancels the reader; a reader ending its own link detaches it instead.
     pub(super) reader: Option<JoinHandle<()>>,
+    /// The socket's fd, counted in the service's upstream fds until it is closed.
+    hold: Option<FdHold>,
+}
+
+impl Link {
+    /// Ends the link: cancels its reader and closes its socket once the reader's pending
+    /// receive is gone, keeping the fd counted until then. A link merely dropped (the drain)
+    /// stops being counted at once.
+    pub(super) fn close(mut self) {
+        let hold = self.hold.take();
+        let socket = self.socket.clone();
+        drop(self);
+        if let Some(hold) = hold {
+            close_upstream(socket, hold);
+        }
+    }
 }
 
 impl Drop for Link {
@@ -122,8 +146,34 @@ impl End {
 }
 
 impl UdpService {
+    /// Before a datagram from `client` when the service's upstream fds are at their limit: if
+    /// the datagram will open an upstream socket (a new flow, or a flow whose link failed),
+    /// evicts the least recently used flow first when the table is full (a new flow), then waits
+    /// until an fd being closed is closed. Datagrams arriving meanwhile wait in the service
+    /// socket's buffer; the flows' replies do not wait.
+    pub(super) async fn room_for_link(&self, client: SocketAddr) {
+        let new_flow = match self.flows.borrow().get(&client) {
+            Some(flow) if flow.value.link.is_some() => return,
+            Some(_) => false,
+            None => true,
+        };
+        if new_flow {
+            self.make_room();
+        }
+        self.fds.room().await;
+    }
+
+    /// Evicts the least recently used flow when the table is full, and closes its link.
+    pub(super) fn make_room(&self) {
+        let evicted = self.flows.borrow_mut().make_room();
+        if let Some(flow) = evicted {
+            self.evicted(flow);
+        }
+    }
+
     /// Opens a flow's upstream socket (connected to a newly picked backend in flow mode) and
-    /// starts its reader.
+    /// starts its reader. `None` (the datagram is dropped) also when the service's upstream fds
+    /// are at their limit, which `room_for_link` waits out beforehand.
     pub(super) fn open_link(
         self: &Rc<Self>,
         state: &Arc<ServiceState>,
@@ -131,6 +181,13 @@ impl UdpService {
         client: SocketAddr,
         candidates: &mut Vec<usize>,
     ) -> Option<Link> {
+        debug_assert!(
+            !self.fds.at_limit(),
+            "upstream socket opened above the fd bound"
+        );
+        if self.fds.at_limit() {
+            return None;
+        }
         let (backend, opened) = match self.mode {
             UdpMode::Flow => {
                 let b = self.pick(state, client.ip(), failed, candidates)?;
@@ -154,6 +211,7 @@ impl UdpService {
             counters.active.fetch_add(1, Ordering::Relaxed);
             counters.connections.fetch_add(1, Ordering::Relaxed);
         }
+        let hold = self.fds.hold();
         let id = self.next_link.get();
         self.next_link.set(id + 1);
         let reader = compio::runtime::spawn(read_replies(
@@ -170,6 +228,7 @@ impl UdpService {
             backend,
             state: state.clone(),
             reader: Some(reader),
+            hold: Some(hold),
         })
     }
 
@@ -209,7 +268,7 @@ impl UdpService {
         if from_reader && let Some(reader) = old.reader.take() {
             reader.detach();
         }
-        drop(old);
+        old.close();
     }
 
     /// Ends a flow whose replies are all in (`udp_replies`), asking the rule again: a client
@@ -235,10 +294,11 @@ impl UdpService {
             .udp_flows_answered
             .fetch_add(1, Ordering::Relaxed);
         self.log_end(&flow, End::Replies);
+        flow.value.close_link();
         true
     }
 
-    pub(super) fn evicted(&self, flow: Flow<Upstream>) {
+    pub(super) fn evicted(&self, mut flow: Flow<Upstream>) {
         let counters = &flow.value.state.counters;
         counters.udp_flows_evicted.fetch_add(1, Ordering::Relaxed);
         if !self.warned_full.replace(true) {
@@ -247,6 +307,7 @@ impl UdpService {
                 "udp flow table full: evicting the least recently used flows");
         }
         self.log_end(&flow, End::Evicted);
+        flow.value.close_link();
     }
 
     pub(super) fn log_end(&self, flow: &Flow<Upstream>, end: End) {

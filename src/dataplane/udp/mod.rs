@@ -29,9 +29,18 @@
 //! - the drain begins (SIGTERM): UDP sockets are closed at once and every flow is dropped, since
 //!   a datagram protocol has nothing in flight to finish; TCP connections keep draining.
 //!
-//! Ending a flow drops its upstream socket and cancels its reader task (compio cancels the
-//! pending receive), so its file descriptor is closed: a service holds at most one upstream fd
-//! per tracked flow.
+//! Ending a flow cancels its reader task and closes its upstream socket. The fd is not closed
+//! at once: the reader's pending io_uring receive holds it until the kernel confirms the
+//! cancellation, one io_uring round trip later. Each worker counts a service's upstream fds
+//! from opening to the actual close, and opens a new upstream socket only while the count is
+//! below its share of `udp_max_flows` plus [`CLOSING_SLACK`](upstream::CLOSING_SLACK) (8) fds
+//! still closing. So a service holds at most `max(udp_max_flows, workers) + 8 × workers`
+//! upstream fds: one per tracked flow, and up to 8 per worker of ended flows not closed yet.
+//! When a worker is at its count (more than 8 new clients within one round trip, with a full
+//! table), its receive loop waits for a close before opening the next flow's socket: datagrams
+//! arriving meanwhile, of any flow, wait in the service socket's buffer (the kernel drops them
+//! if it fills, as for any UDP socket read too slowly), while the reader tasks keep sending the
+//! replies of established flows.
 //!
 //! # Backend failures
 //!
@@ -100,7 +109,7 @@ use crate::control::{ServiceId, ServiceState};
 
 use super::worker::{LoopGuard, Retire, Worker};
 use flow::{End, Link, Target, Upstream};
-use upstream::{is_backend_failure, recv_now, send_now};
+use upstream::{UpstreamFds, is_backend_failure, recv_now, send_now};
 
 mod flow;
 mod upstream;
@@ -170,6 +179,7 @@ pub(super) fn spawn(worker: &Rc<Worker>, setup: UdpSetup, retire: Rc<Retire>) ->
         replies: udp.replies,
         backends_v6,
         next_link: Cell::new(0),
+        fds: UpstreamFds::new(setup.max_flows),
         warned_full: Cell::new(false),
         buffer_freed: worker.udp_buffer_freed.clone(),
         scratch: RefCell::new(Vec::with_capacity(MAX_DATAGRAM)),
@@ -204,6 +214,9 @@ struct UdpService {
     backends_v6: bool,
     /// Identifies links, so a late event of an old upstream socket never acts on a new one.
     next_link: Cell<u64>,
+    /// Upstream fds held, closing ones included: at most the table's capacity plus
+    /// [`upstream::CLOSING_SLACK`].
+    fds: Rc<UpstreamFds>,
     warned_full: Cell<bool>,
     /// Notified whenever a reply buffer goes back to the worker's pool.
     buffer_freed: Rc<Event>,
@@ -288,13 +301,14 @@ async fn expire_loop(svc: Rc<UdpService>, _running: LoopGuard) {
         let now = Instant::now();
         loop {
             let expired = svc.flows.borrow_mut().pop_expired(now);
-            let Some(flow) = expired else { break };
+            let Some(mut flow) = expired else { break };
             flow.value
                 .state
                 .counters
                 .udp_flows_expired
                 .fetch_add(1, Ordering::Relaxed);
             svc.log_end(&flow, End::IdleTimeout);
+            flow.value.close_link();
         }
     }
 }
@@ -342,6 +356,9 @@ impl UdpService {
     ) -> Vec<u8> {
         let len = buf.len();
         for attempt in 0..SEND_ATTEMPTS {
+            if self.fds.at_limit() {
+                self.room_for_link(client).await;
+            }
             let Some(target) = self.target(client, len, attempt == 0, candidates) else {
                 self.current_state()
                     .counters
@@ -415,13 +432,10 @@ impl UdpService {
         if !first {
             return None;
         }
-        // A new flow. Release the evicted flow (its socket and task) before opening this one,
-        // so the two never coexist and the fd count stays within the bound.
-        let evicted = flows.make_room();
+        // A new flow: evict one first if the table is full (`room_for_link` may have done it
+        // already), so the table stays within its bound.
         drop(flows);
-        if let Some(flow) = evicted {
-            self.evicted(flow);
-        }
+        self.make_room();
         let state = self.current_state();
         let link = self.open_link(&state, &mut Vec::new(), client, candidates)?;
         let target = self.aim(&state, &link, client, candidates);

@@ -1,9 +1,11 @@
-//! The backend side of UDP flows: upstream sockets, the task reading a link's replies, and the
-//! socket calls the data path makes itself (a non-blocking first send, socket creation).
+//! The backend side of UDP flows: upstream sockets, the task reading a link's replies, the
+//! socket calls the data path makes itself (a non-blocking first send, socket creation), and the
+//! count of upstream fds each service holds on a worker, closing ones included.
 //!
 //! See the parent module for how flows, links and buffers fit together. Everything here runs on
 //! the worker's thread.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use compio::driver::ToSharedFd;
 use compio::net::UdpSocket;
+use event_listener::Event;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balancer::flowtable::ReplyVerdict;
@@ -20,6 +24,88 @@ use crate::control::log_limit::Reason;
 
 use super::super::sys;
 use super::{DRAIN_BATCH, MAX_DATAGRAM, UdpService};
+
+/// Upstream fds of ended links still closing that a service may hold on a worker beyond its
+/// share of `udp_max_flows`. Closes take one io_uring round trip; this many in flight let a
+/// burst of new clients with a full table open flows without waiting for each close in turn,
+/// so the datagrams of established flows queued behind them are not held up, for a few fds.
+pub(super) const CLOSING_SLACK: usize = 8;
+
+/// The upstream fds of one service on one worker: those of its links, and those of ended links
+/// not closed yet. Ending a link does not close its fd at once: its reader is cancelled on the
+/// event loop's next turn, and the reader's pending io_uring receive holds the fd until the
+/// kernel confirms the cancellation (one io_uring round trip). A new upstream socket is opened
+/// only while the count is below `limit` (the flow table's capacity plus [`CLOSING_SLACK`]),
+/// so the fds held never exceed it.
+pub(super) struct UpstreamFds {
+    held: Cell<usize>,
+    limit: usize,
+    /// Notified whenever a held fd is closed.
+    closed: Event,
+}
+
+impl UpstreamFds {
+    /// The count for a flow table of `max_flows` flows.
+    pub(super) fn new(max_flows: usize) -> Rc<UpstreamFds> {
+        Rc::new(UpstreamFds {
+            held: Cell::new(0),
+            limit: max_flows + CLOSING_SLACK,
+            closed: Event::new(),
+        })
+    }
+
+    /// Whether no upstream socket may be opened now.
+    pub(super) fn at_limit(&self) -> bool {
+        self.held.get() >= self.limit
+    }
+
+    /// Counts the fd of a socket being opened, until the returned hold is dropped (by
+    /// [`close_upstream`] once the fd is closed).
+    pub(super) fn hold(self: &Rc<Self>) -> FdHold {
+        self.held.set(self.held.get() + 1);
+        FdHold(self.clone())
+    }
+
+    /// Resolves once an upstream socket may be opened (an fd being closed is).
+    pub(super) async fn room(&self) {
+        loop {
+            if !self.at_limit() {
+                return;
+            }
+            let listener = self.closed.listen();
+            if !self.at_limit() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// One fd counted in [`UpstreamFds`]; dropping it uncounts the fd.
+pub(super) struct FdHold(Rc<UpstreamFds>);
+
+impl Drop for FdHold {
+    fn drop(&mut self) {
+        let fds = &self.0;
+        fds.held.set(fds.held.get() - 1);
+        fds.closed.notify(1);
+    }
+}
+
+/// Closes an ended link's upstream socket (`socket`: the link's own handle, the reader's being
+/// dropped with its task) once nothing else holds it, in particular the cancelled receive still
+/// in the kernel, then releases its `hold`. A task per socket waits for that; the fd is closed
+/// with a plain `close` as soon as it is free.
+pub(super) fn close_upstream(socket: UdpSocket, hold: FdHold) {
+    let fd = socket.to_shared_fd();
+    drop(socket);
+    compio::runtime::spawn(async move {
+        // Resolves with the fd once every other reference is gone; dropping it closes it.
+        drop(fd.take().await);
+        drop(hold);
+    })
+    .detach();
+}
 
 /// What a reader does after one reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,6 +374,8 @@ pub(super) fn open_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::future::{Either, select};
+    use std::pin::pin;
     use std::time::Duration;
 
     #[test]
@@ -344,6 +432,52 @@ mod tests {
             let err = waiting.await.unwrap().unwrap_err();
             assert!(is_pool_empty(&err), "{err:?}");
             drop(got);
+        });
+    }
+
+    /// An ended link's fd stays counted while its reader's cancelled receive holds it, and the
+    /// count drops only once the fd is closed (its port can be bound again).
+    #[test]
+    fn a_closing_upstream_fd_stays_counted_until_it_is_closed() {
+        let rt = compio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let fds = UpstreamFds::new(0);
+            // Fill the count up to its limit; the last one is the socket's.
+            let others: Vec<FdHold> = (1..CLOSING_SLACK).map(|_| fds.hold()).collect();
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let hold = fds.hold();
+            assert!(fds.at_limit());
+            let addr = socket.local_addr().unwrap();
+            // A reader whose receive is in flight: one datagram in, then it waits for the next.
+            let first = Rc::new(Event::new());
+            let reader = compio::runtime::spawn({
+                let (socket, first) = (socket.clone(), first.clone());
+                async move {
+                    let _ = socket.recv(Vec::with_capacity(16)).await;
+                    first.notify(1);
+                    let _ = socket.recv(Vec::with_capacity(16)).await;
+                }
+            });
+            let listener = first.listen();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender.send_to(b"one", addr).unwrap();
+            listener.await;
+            drop(reader);
+            close_upstream(socket, hold);
+            assert!(fds.at_limit(), "a closing fd is still counted");
+            assert!(
+                std::net::UdpSocket::bind(addr).is_err(),
+                "the fd is still open"
+            );
+            let deadline = pin!(compio::time::sleep(Duration::from_secs(5)));
+            let room = pin!(fds.room());
+            if let Either::Right(_) = select(room, deadline).await {
+                panic!("the closing fd was never closed");
+            }
+            assert!(!fds.at_limit());
+            std::net::UdpSocket::bind(addr).expect("the fd is closed once uncounted");
+            drop(others);
+            assert_eq!(fds.held.get(), 0);
         });
     }
 
