@@ -33,6 +33,7 @@ use crate::config::AlertKind::{BackendDown, BackendUp, ServiceDown, ServiceUp};
 use crate::config::OnBackendDown;
 
 use super::snapshot::{Group, ServiceState};
+use super::wait::wait_for;
 
 impl ServiceState {
     /// Marks backend `index` unhealthy because of `reason`. Returns whether this call made the
@@ -175,19 +176,11 @@ impl ServiceState {
     /// new generation. Meant for one watcher task per worker (see the module docs), not for
     /// sessions.
     pub async fn closing_after(&self, seen: u64) -> u64 {
-        loop {
+        wait_for(&self.closing.event, || {
             let now = self.closing_generation();
-            if now != seen {
-                return now;
-            }
-            // Register before the second check so a bump between the two is not missed.
-            let listener = self.closing.event.listen();
-            let now = self.closing_generation();
-            if now != seen {
-                return now;
-            }
-            listener.await;
-        }
+            (now != seen).then_some(now)
+        })
+        .await
     }
 
     /// Whether some backend (primary or backup) is up.

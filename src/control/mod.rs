@@ -5,10 +5,11 @@
 //! backups, stickiness, slow start), health and admin transitions (`availability`), the health
 //! checker thread ([`health`]), alerts to webhooks about those transitions ([`alerts`], on
 //! their own thread), the classification and counts of ringlb's own shortages of ports,
-//! descriptors and memory, which never count against a backend ([`local`]), and shutdown
-//! coordination. Does not own sockets of the data plane: the
-//! workers do all forwarding I/O; the only sockets here are the probes' own, on the checker's
-//! thread, and the webhooks' connections, on the alerts thread. The admin API and hot reload,
+//! descriptors and memory, which never count against a backend ([`local`]), shutdown
+//! coordination, and the one way every waiter waits on an event for a condition (`wait`). Does
+//! not own sockets of the data plane: the workers do all forwarding I/O; the only sockets here
+//! are the probes' own, on the checker's thread, and the webhooks' connections, on the alerts
+//! thread. The admin API and hot reload,
 //! which drive this module and the data plane together, are in [`crate::admin`].
 
 pub mod alerts;
@@ -21,6 +22,7 @@ pub mod local;
 mod pick;
 mod shutdown;
 mod snapshot;
+pub(crate) mod wait;
 
 pub use backend::{BackendLive, BackendState};
 pub use budget::{ConnectionBudget, PIPES_PER_WORKER};

@@ -47,6 +47,7 @@ use parking_lot::Mutex;
 use crate::balancer::health::{HealthMachine, Transition};
 use crate::config::{Config, HealthCheck};
 use crate::control::local::{self, ShortageSource};
+use crate::control::wait::wait_until;
 
 use self::probe::ProbeFailure;
 use self::shortage::{Mark, Shortages};
@@ -81,16 +82,7 @@ struct Stop {
 
 impl Stop {
     async fn wait(&self) {
-        loop {
-            if self.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.event, || self.stopped.load(Ordering::Acquire)).await
     }
 }
 

@@ -49,6 +49,7 @@ use compio::net::TcpStream;
 
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
 use crate::control::ServiceState;
+use crate::control::wait::wait_until;
 
 use super::sys;
 use super::worker::Worker;
@@ -404,18 +405,9 @@ const FLUSH_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// Resolves once the sessions to backend `index` started at close `epoch` must close.
 async fn backend_closed(worker: &Worker, state: &ServiceState, index: usize, epoch: u64) {
     let live = &state.backends[index].live;
-    loop {
-        if live.close_epoch() != epoch {
-            return;
-        }
-        // A worker-local event (woken from this thread by `watch_closing`): registering on it
-        // never contends with another thread.
-        let listener = worker.sessions_closing.listen();
-        if live.close_epoch() != epoch {
-            return;
-        }
-        listener.await;
-    }
+    // A worker-local event (woken from this thread by `watch_closing`): registering on it
+    // never contends with another thread.
+    wait_until(&worker.sessions_closing, || live.close_epoch() != epoch).await
 }
 
 /// One per (worker, service): relays the control plane's "sessions must close" to this

@@ -486,6 +486,10 @@ impl UdpService {
     }
 
     /// Waits until a reply buffer may be free again.
+    ///
+    /// Not `control::wait::wait_until`: whether the pool has a buffer cannot be checked without
+    /// taking it (only a receive does), and a buffer can come back without a notification, so
+    /// this waits for one notification or `BUFFER_RETRY`, and the caller's receive is the check.
     async fn wait_for_buffer(&self) {
         let listener = self.buffer_freed.listen();
         let timeout = pin!(compio::time::sleep(BUFFER_RETRY));
