@@ -25,9 +25,12 @@ const MAX_VALUE: u64 = 3_600_000_000;
 /// A sharded histogram of non-negative integer values (a unit chosen by the user of it).
 #[derive(Debug)]
 pub struct LatencyHistogram {
-    /// Padded so that neighbouring workers' locks (taken on every record) do not share a line.
-    shards: [CachePadded<Mutex<Option<Box<Histogram<u64>>>>>; SHARDS],
+    shards: [Shard; SHARDS],
 }
+
+/// One shard: allocated on its first record; padded so that neighbouring workers' locks (taken
+/// on every record) do not share a cache line.
+type Shard = CachePadded<Mutex<Option<Box<Histogram<u64>>>>>;
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
