@@ -10,9 +10,10 @@
 //! A snapshot is built off the data path (selector tables included) and published through an
 //! [`ArcSwap`]; a worker loads it with one atomic operation per accepted connection and never
 //! waits on the control plane. The shared mutable state a worker touches per connection is the
-//! cache-padded atomics in [`ServiceCounters`] and [`BackendCounters`], the availability flags
-//! of [`super::BackendLive`] (read; written only on transitions), and, with persistence, one
-//! short lock of a stick-table shard.
+//! cache-padded atomics in [`ServiceCounters`] and [`BackendCounters`], the worker's own shard of
+//! a backend's latency histograms (a short lock no other worker takes below 16 workers), the
+//! availability flags of [`super::BackendLive`] (read; written only on transitions), and, with
+//! persistence, one short lock of a stick-table shard.
 //!
 //! Backends are split into two groups, primaries and backups, each with its own [`Selector`]
 //! over its members (a selector's indices are positions in its group, mapped back to the

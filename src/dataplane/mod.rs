@@ -12,8 +12,16 @@
 //! `splice` (pipes for bulk transfers), `udp` (UDP services and flows), and `sys` (the
 //! non-blocking socket calls, one convention for TCP and UDP).
 //!
-//! Per connection there is no lock: the snapshot is loaded lock-free, counters are atomics, and
-//! the tracking table belongs to one thread.
+//! Per connection, no lock is shared across workers except, with persistence, one stick-table
+//! shard (chosen by the client's address) and, with `access_log`, stderr's (one line per
+//! connection). The rest is lock-free or this worker's alone: the snapshot is loaded lock-free,
+//! counters are atomics, the tracking table belongs to one thread, the two latency records (at
+//! connect and at close) lock this worker's own shard of the backend's histogram (shared only
+//! beyond 16 workers, and with a `/metrics` scrape while it merges), and the worker-local events
+//! (a connection closed, its backend's sessions must close) take their listener-list lock on
+//! this thread only. Rarer steps take shared locks: a slot freed while accepting is paused at a
+//! limit notifies the budget's event, and a connect failure that marks a backend down takes its
+//! service's transition lock.
 
 mod forward;
 mod listener;
