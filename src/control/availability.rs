@@ -45,10 +45,7 @@ impl ServiceState {
         if !backend.live.set_healthy(false) {
             return false;
         }
-        backend
-            .counters
-            .health_transitions
-            .fetch_add(1, Ordering::Relaxed);
+        backend.counters.health_transitions.inc();
         tracing::warn!(
             service = %self.config.name,
             backend = %backend.address(),
@@ -78,10 +75,7 @@ impl ServiceState {
         if !backend.live.set_healthy(true) {
             return false;
         }
-        backend
-            .counters
-            .health_transitions
-            .fetch_add(1, Ordering::Relaxed);
+        backend.counters.health_transitions.inc();
         backend.live.reset_failures();
         // A reader may see the flag a moment before the ramp: one connection at full weight.
         if !self.config.slow_start.is_zero() {

@@ -1,7 +1,7 @@
 //! What runs beside the workers and what they share with it.
 //!
-//! Owns: the published [`Snapshot`] of services and backends, the shared counters and live
-//! availability state inside it, backend selection over that state (`pick`: primaries and
+//! Owns: the published [`Snapshot`] of services and backends, the shared counters ([`Counter`])
+//! and live availability state inside it, backend selection over that state (`pick`: primaries and
 //! backups, stickiness, slow start), health and admin transitions (`availability`), the health
 //! checker thread ([`health`]), alerts to webhooks about those transitions ([`alerts`], on
 //! their own thread), the classification and counts of ringlb's own shortages of ports,
@@ -16,6 +16,7 @@ pub mod alerts;
 mod availability;
 mod backend;
 mod budget;
+pub mod counter;
 pub mod health;
 pub mod histogram;
 pub mod local;
@@ -26,6 +27,7 @@ pub(crate) mod wait;
 
 pub use backend::{BackendLive, BackendState};
 pub use budget::{ConnectionBudget, PIPES_PER_WORKER};
+pub use counter::Counter;
 pub use shutdown::Shutdown;
 pub use snapshot::ProcessWide;
 pub use snapshot::{

@@ -44,7 +44,7 @@ use parking_lot::Mutex;
 
 use crate::balancer::conntrack::{Conn, ConnState};
 use crate::config::{Config, Protocol};
-use crate::control::{ConnectionBudget, ServiceId, SharedSnapshot, Shutdown};
+use crate::control::{ConnectionBudget, Counter, ServiceId, SharedSnapshot, Shutdown};
 
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
 pub use reload::PreparedListeners;
@@ -130,7 +130,7 @@ impl ListenerKey {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     /// Client connections accepted by this worker since start.
-    pub accepts: CachePadded<AtomicU64>,
+    pub accepts: CachePadded<Counter>,
     /// Connections this worker tracks now.
     pub live: CachePadded<AtomicU64>,
 }
@@ -391,18 +391,18 @@ fn log_udp_totals(snapshot: &SharedSnapshot) {
         let failures: u64 = state
             .backends
             .iter()
-            .map(|b| b.counters.connect_failures.load(Ordering::Relaxed))
+            .map(|b| b.counters.connect_failures.get())
             .sum();
         tracing::info!(
             service = %state.config.name,
-            flows_opened = c.udp_flows_opened.load(Ordering::Relaxed),
+            flows_opened = c.udp_flows_opened.get(),
             flows_peak = c.udp_flows_peak.load(Ordering::Relaxed),
-            flows_evicted = c.udp_flows_evicted.load(Ordering::Relaxed),
-            flows_expired = c.udp_flows_expired.load(Ordering::Relaxed),
-            flows_answered = c.udp_flows_answered.load(Ordering::Relaxed),
-            datagrams_up = c.udp_datagrams_up.load(Ordering::Relaxed),
-            datagrams_down = c.udp_datagrams_down.load(Ordering::Relaxed),
-            datagrams_dropped = c.udp_datagrams_dropped.load(Ordering::Relaxed),
+            flows_evicted = c.udp_flows_evicted.get(),
+            flows_expired = c.udp_flows_expired.get(),
+            flows_answered = c.udp_flows_answered.get(),
+            datagrams_up = c.udp_datagrams_up.get(),
+            datagrams_down = c.udp_datagrams_down.get(),
+            datagrams_dropped = c.udp_datagrams_dropped.get(),
             backend_failures = failures,
             "udp totals"
         );

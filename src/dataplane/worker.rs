@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use compio::net::TcpListener;
@@ -347,7 +346,7 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
                         tracing::info!(service = %state.config.name, "accepting again");
                         starved = false;
                     }
-                    worker.stats.accepts.fetch_add(1, Ordering::Relaxed);
+                    worker.stats.accepts.inc();
                     compio::runtime::spawn(forward::serve(
                         worker.clone(),
                         state.clone(),

@@ -270,7 +270,7 @@ async fn watch(
         } else {
             // The probe got through to the backend: this backend is out of the shortage.
             short = None;
-            counters.probes.fetch_add(1, Ordering::Relaxed);
+            counters.probes.inc();
         }
         *counters.last_check.lock() = Some(LastCheck {
             at: SystemTime::now(),
@@ -294,7 +294,7 @@ async fn watch(
             Err(failure @ ProbeFailure::Local(_)) => tracing::debug!(service = %name,
                 backend = %target, reason = %failure, "probe not run"),
             Err(failure) => {
-                counters.probe_failures.fetch_add(1, Ordering::Relaxed);
+                counters.probe_failures.inc();
                 tracing::debug!(service = %name, backend = %target,
                     took_ms, reason = %failure, "probe failed");
             }

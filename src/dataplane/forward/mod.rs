@@ -135,7 +135,7 @@ pub(super) async fn serve(
         }
     }
     let _slot = SlotGuard(&state);
-    state.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    state.counters.accepted.inc();
 
     let started = Instant::now();
     let inserted = {
@@ -163,13 +163,13 @@ pub(super) async fn serve(
         Ok(connected) => connected,
         Err(NoBackend::NoneReady) => {
             // Logged once per transition by the control side ("service down"), not here.
-            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            state.counters.no_backend.inc();
             tracing::debug!(service = %state.config.name, client = %peer,
                 "no backend is ready: client connection closed");
             return;
         }
         Err(NoBackend::AllFailed) => {
-            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            state.counters.no_backend.inc();
             tracing::warn!(service = %state.config.name, client = %peer,
                 "no backend could be reached: client connection closed");
             return;
@@ -180,10 +180,7 @@ pub(super) async fn serve(
         .table
         .borrow_mut()
         .established(id, backend_state.address(), Instant::now());
-    backend_state
-        .counters
-        .connections
-        .fetch_add(1, Ordering::Relaxed);
+    backend_state.counters.connections.inc();
 
     let end = proxy(&worker, &state, index, epoch, id, &client, &backend).await;
 
@@ -193,10 +190,7 @@ pub(super) async fn serve(
         End::BackendDown => {
             reset_on_close(&backend);
             reset_on_close(&client);
-            backend_state
-                .counters
-                .sessions_closed
-                .fetch_add(1, Ordering::Relaxed);
+            backend_state.counters.sessions_closed.inc();
         }
         End::Closed | End::IdleTimeout | End::Shutdown => {}
     }
@@ -209,8 +203,8 @@ pub(super) async fn serve(
         .get(id)
         .map_or((0, 0), |c| (c.bytes_up, c.bytes_down));
     let counters = &backend_state.counters;
-    counters.bytes_to_backend.fetch_add(up, Ordering::Relaxed);
-    counters.bytes_to_client.fetch_add(down, Ordering::Relaxed);
+    counters.bytes_to_backend.add(up);
+    counters.bytes_to_client.add(down);
     let duration = started.elapsed();
     counters
         .session_duration

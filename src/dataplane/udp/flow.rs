@@ -46,10 +46,7 @@ impl Upstream {
             .counters
             .udp_flows_peak
             .fetch_max(active, Ordering::Relaxed);
-        state
-            .counters
-            .udp_flows_opened
-            .fetch_add(1, Ordering::Relaxed);
+        state.counters.udp_flows_opened.inc();
         Upstream {
             state,
             link: None,
@@ -149,7 +146,7 @@ impl UdpService {
         if let Some(b) = backend {
             let counters = &state.backends[b].counters;
             counters.active.fetch_add(1, Ordering::Relaxed);
-            counters.connections.fetch_add(1, Ordering::Relaxed);
+            counters.connections.inc();
         }
         let id = self.next_link.get();
         self.next_link.set(id + 1);
@@ -226,18 +223,14 @@ impl UdpService {
         if let Some(reader) = flow.value.link.as_mut().and_then(|l| l.reader.take()) {
             reader.detach();
         }
-        flow.value
-            .state
-            .counters
-            .udp_flows_answered
-            .fetch_add(1, Ordering::Relaxed);
+        flow.value.state.counters.udp_flows_answered.inc();
         self.log_end(&flow, End::Replies);
         true
     }
 
     pub(super) fn evicted(&self, flow: Flow<Upstream>) {
         let counters = &flow.value.state.counters;
-        counters.udp_flows_evicted.fetch_add(1, Ordering::Relaxed);
+        counters.udp_flows_evicted.inc();
         if !self.warned_full.replace(true) {
             tracing::warn!(service = %flow.value.state.config.name, worker = self.worker.index,
                 flows = self.flows.borrow().capacity(),

@@ -83,7 +83,6 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
@@ -276,11 +275,7 @@ async fn expire_loop(svc: Rc<UdpService>, _running: LoopGuard) {
         loop {
             let expired = svc.flows.borrow_mut().pop_expired(now);
             let Some(flow) = expired else { break };
-            flow.value
-                .state
-                .counters
-                .udp_flows_expired
-                .fetch_add(1, Ordering::Relaxed);
+            flow.value.state.counters.udp_flows_expired.inc();
             svc.log_end(&flow, End::IdleTimeout);
         }
     }
@@ -297,10 +292,7 @@ impl UdpService {
         let len = buf.len();
         for attempt in 0..SEND_ATTEMPTS {
             let Some(target) = self.target(client, len, attempt == 0, candidates) else {
-                self.current_state()
-                    .counters
-                    .udp_datagrams_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.current_state().counters.udp_datagrams_dropped.inc();
                 return buf;
             };
             let sent = match send_now(&target.socket, &buf, target.dest) {
@@ -331,10 +323,7 @@ impl UdpService {
                 }
             }
         }
-        self.current_state()
-            .counters
-            .udp_datagrams_dropped
-            .fetch_add(1, Ordering::Relaxed);
+        self.current_state().counters.udp_datagrams_dropped.inc();
         buf
     }
 
@@ -433,7 +422,7 @@ impl UdpService {
         match candidates.first() {
             Some(&b) => Some(b),
             None => {
-                state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+                state.counters.no_backend.inc();
                 tracing::debug!(service = %state.config.name, "udp: no backend is ready");
                 None
             }
@@ -454,14 +443,9 @@ impl UdpService {
     /// its reference count is shared by every worker).
     fn count_up(&self, client: SocketAddr, backend: Option<usize>, len: usize) {
         let count = |state: &ServiceState| {
-            state
-                .counters
-                .udp_datagrams_up
-                .fetch_add(1, Ordering::Relaxed);
+            state.counters.udp_datagrams_up.inc();
             if let Some(b) = backend.and_then(|b| state.backends.get(b)) {
-                b.counters
-                    .bytes_to_backend
-                    .fetch_add(len as u64, Ordering::Relaxed);
+                b.counters.bytes_to_backend.add(len as u64);
             }
         };
         match self.flows.borrow().get(&client) {
