@@ -90,13 +90,7 @@ fn drain_keeps_live_sessions_disabled_closes_them_and_both_stop_new_ones() {
         );
     });
     assert!(names(10).iter().all(|n| n == "b"));
-    assert_eq!(
-        svc.backends[0]
-            .counters
-            .sessions_closed
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(svc.backends[0].counters.sessions_closed.get(), 1);
 
     assert_eq!(
         svc.set_admin(0, Admin::Enabled, Instant::now()),

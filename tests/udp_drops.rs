@@ -47,10 +47,7 @@ fn datagrams_the_kernel_drops_at_a_udp_services_socket_are_counted() {
         before.has("ringlb_udp_kernel_drops_total"),
         "the metric is there before any drop"
     );
-    assert_eq!(
-        value(&before, "ringlb_udp_kernel_drops_total", &[]),
-        0
-    );
+    assert_eq!(value(&before, "ringlb_udp_kernel_drops_total", &[]), 0);
 
     // Nobody reads the service's sockets while ringlb is stopped: once the one this client's
     // address hashes to is full, the kernel drops the rest.

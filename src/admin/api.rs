@@ -292,9 +292,9 @@ pub fn status_of(instance: &Instance) -> Status {
                     c.active.load(Relaxed)
                 },
                 total: if udp {
-                    c.udp_flows_opened.load(Relaxed)
+                    c.udp_flows_opened.get()
                 } else {
-                    c.accepted.load(Relaxed)
+                    c.accepted.get()
                 },
                 backends: s
                     .backends
@@ -322,8 +322,8 @@ pub fn status_of(instance: &Instance) -> Status {
                             weight: b.config.weight,
                             backup: b.config.backup,
                             active: b.counters.active.load(Relaxed),
-                            connections: b.counters.connections.load(Relaxed),
-                            connect_failures: b.counters.connect_failures.load(Relaxed),
+                            connections: b.counters.connections.get(),
+                            connect_failures: b.counters.connect_failures.get(),
                             last_check,
                         }
                     })

@@ -7,10 +7,12 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crossbeam::utils::CachePadded;
 use hdrhistogram::Histogram;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
+use crate::control::Counter;
 use crate::control::histogram::cumulative;
 
 pub(super) type Labels = Vec<(&'static str, String)>;
@@ -97,6 +99,31 @@ pub(super) fn family(
     Ok(())
 }
 
-pub(super) fn load(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
+/// A value a sample is read from: a [`Counter`], or a gauge kept in an atomic. Read with a
+/// relaxed load (the [`crate::control::counter`] docs say why that is enough for `/metrics`).
+pub(super) trait Value {
+    fn value(&self) -> u64;
+}
+
+impl Value for Counter {
+    fn value(&self) -> u64 {
+        self.get()
+    }
+}
+
+impl Value for AtomicU64 {
+    fn value(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: Value> Value for CachePadded<T> {
+    fn value(&self) -> u64 {
+        (**self).value()
+    }
+}
+
+/// The current value of a counter or gauge.
+pub(super) fn load(a: &(impl Value + ?Sized)) -> u64 {
+    a.value()
 }

@@ -23,7 +23,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -33,7 +32,7 @@ use crate::balancer::health::Admin;
 use crate::config::{Config, ConfigError};
 use crate::control::alerts::{AlertStats, Alerts};
 use crate::control::health::HealthChecker;
-use crate::control::{ConnectionBudget, SharedSnapshot, Snapshot};
+use crate::control::{ConnectionBudget, Counter, SharedSnapshot, Snapshot};
 use crate::dataplane::{DataPlaneError, DataPlaneHandle, Listening};
 
 use super::change::{Change, Next, names_backend};
@@ -112,9 +111,9 @@ pub struct Instance {
     started_wall: SystemTime,
     loaded_wall: Mutex<SystemTime>,
     /// Reloads applied, and reloads refused (invalid config or a bind failure).
-    pub reloads: AtomicU64,
+    pub reloads: Counter,
     /// Reloads refused.
-    pub reload_failures: AtomicU64,
+    pub reload_failures: Counter,
 }
 
 impl Instance {
@@ -142,8 +141,8 @@ impl Instance {
             started: Instant::now(),
             started_wall: SystemTime::now(),
             loaded_wall: Mutex::new(SystemTime::now()),
-            reloads: AtomicU64::new(0),
-            reload_failures: AtomicU64::new(0),
+            reloads: Counter::new(),
+            reload_failures: Counter::new(),
         }
     }
 
@@ -219,7 +218,7 @@ impl Instance {
         };
         match &result {
             Ok(report) => {
-                self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.reloads.inc();
                 *self.loaded_wall.lock() = SystemTime::now();
                 tracing::info!(
                     config = %self.source.display(),
@@ -232,7 +231,7 @@ impl Instance {
                 );
             }
             Err(e) => {
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.reload_failures.inc();
                 tracing::error!(config = %self.source.display(), error = %e,
                     "reload refused: the running config stays");
             }

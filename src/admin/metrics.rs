@@ -36,7 +36,6 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -47,7 +46,7 @@ use crate::balancer::health::Admin;
 use crate::config::Protocol;
 use crate::control::histogram::LatencyHistogram;
 
-use super::exposition::{Family, Labels, family, load};
+use super::exposition::{Family, Labels, Value, family, load};
 use super::instance::Instance;
 use super::serve::AdminStats;
 
@@ -447,7 +446,7 @@ impl Collector for Metrics {
         )?;
         // The admin API.
         let a = &self.1;
-        let one = |v: &AtomicU64| [(none(), load(v))];
+        let one = |v: &dyn Value| [(none(), load(v))];
         family(
             &mut encoder,
             "admin_connections_open",
@@ -469,7 +468,7 @@ impl Collector for Metrics {
             Counter,
             &one(&a.closed_at_cap),
         )?;
-        let phase = |p: &str, v: &AtomicU64| (vec![("phase", p.to_owned())], load(v));
+        let phase = |p: &str, v: &dyn Value| (vec![("phase", p.to_owned())], load(v));
         family(
             &mut encoder,
             "admin_timeouts",

@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::AdminSettings;
+use crate::control::Counter;
 
 /// Largest request line and headers. Far above what `curl`, Prometheus or `ringlb status` send
 /// (a few hundred bytes with a bearer token); larger requests are answered 431 and closed.
@@ -58,17 +59,17 @@ pub struct AdminStats {
     /// Admin connections open now.
     pub open: AtomicU64,
     /// Admin connections accepted since start.
-    pub accepted: AtomicU64,
+    pub accepted: Counter,
     /// Connections closed to make room for a newcomer at `max_connections`.
-    pub closed_at_cap: AtomicU64,
+    pub closed_at_cap: Counter,
     /// Connections closed because a request's headers did not arrive within `header_timeout`,
     /// or an idle keep-alive connection sent no request within it.
-    pub header_timeouts: AtomicU64,
+    pub header_timeouts: Counter,
     /// Requests answered 408 and closed because the body did not arrive within `body_timeout`.
-    pub body_timeouts: AtomicU64,
+    pub body_timeouts: Counter,
     /// Requests refused for headers over [`MAX_HEADER_BYTES`] (431) or a body over
     /// [`MAX_BODY_BYTES`] (413).
-    pub too_large: AtomicU64,
+    pub too_large: Counter,
 }
 
 /// One open admin connection's slot.
@@ -111,7 +112,7 @@ impl Slots {
                 break p;
             }
             if self.evict_longest_idle() {
-                stats.closed_at_cap.fetch_add(1, Relaxed);
+                stats.closed_at_cap.inc();
                 // The closed connection's task gives its permit back when it next runs.
                 match self.permits.clone().acquire_owned().await {
                     Ok(p) => break p,
@@ -216,7 +217,7 @@ pub async fn serve(
             }
         };
         let slot = slots.take(&stats).await;
-        stats.accepted.fetch_add(1, Relaxed);
+        stats.accepted.inc();
         stats.open.fetch_add(1, Relaxed);
         let (slots, stats, http) = (slots.clone(), stats.clone(), http.clone());
         let tower = TowerToHyperService::new(router.clone());
@@ -234,15 +235,15 @@ pub async fn serve(
             tokio::select! {
                 result = connection => match result {
                     Err(e) if e.is_timeout() => {
-                        stats.header_timeouts.fetch_add(1, Relaxed);
+                        stats.header_timeouts.inc();
                     }
                     Err(e) if e.is_parse_too_large() => {
-                        stats.too_large.fetch_add(1, Relaxed);
+                        stats.too_large.inc();
                     }
                     // hyper ends an idle keep-alive connection at the header timeout without
                     // an error, as if the client had closed it.
                     Ok(()) if slot.state.lock().idle_since.elapsed() >= header_timeout => {
-                        stats.header_timeouts.fetch_add(1, Relaxed);
+                        stats.header_timeouts.inc();
                     }
                     _ => {}
                 },
@@ -268,7 +269,7 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        stats.too_large.fetch_add(1, Relaxed);
+        stats.too_large.inc();
         return closing(StatusCode::PAYLOAD_TOO_LARGE, too_large_body());
     }
     match tokio::time::timeout(timeout, collect(body)).await {
@@ -277,7 +278,7 @@ async fn read_body(
                 .await
         }
         Ok(Err(BodyError::TooLarge)) => {
-            stats.too_large.fetch_add(1, Relaxed);
+            stats.too_large.inc();
             closing(StatusCode::PAYLOAD_TOO_LARGE, too_large_body())
         }
         Ok(Err(BodyError::Read(e))) => closing(
@@ -285,7 +286,7 @@ async fn read_body(
             format!("cannot read the request body: {e}"),
         ),
         Err(_) => {
-            stats.body_timeouts.fetch_add(1, Relaxed);
+            stats.body_timeouts.inc();
             closing(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -354,7 +355,7 @@ mod tests {
             .await
             .expect("closing the idle connection makes room");
         b_task.await.unwrap();
-        assert_eq!(stats.closed_at_cap.load(Relaxed), 1);
+        assert_eq!(stats.closed_at_cap.get(), 1);
         assert!(!a.state.lock().evicted, "a busy connection is never closed");
 
         // Every connection is answering a request: the newcomer waits...
@@ -380,7 +381,7 @@ mod tests {
             .await
             .expect("the newcomer gets the freed slot")
             .unwrap();
-        assert_eq!(stats.closed_at_cap.load(Relaxed), 2);
+        assert_eq!(stats.closed_at_cap.get(), 2);
         drop(c_busy);
     }
 }

@@ -33,6 +33,7 @@ use crate::config::AlertKind::{BackendDown, BackendUp, ServiceDown, ServiceUp};
 use crate::config::OnBackendDown;
 
 use super::snapshot::{Group, ServiceState};
+use super::wait::wait_for;
 
 impl ServiceState {
     /// Marks backend `index` unhealthy because of `reason`. Returns whether this call made the
@@ -44,10 +45,7 @@ impl ServiceState {
         if !backend.live.set_healthy(false) {
             return false;
         }
-        backend
-            .counters
-            .health_transitions
-            .fetch_add(1, Ordering::Relaxed);
+        backend.counters.health_transitions.inc();
         tracing::warn!(
             service = %self.config.name,
             backend = %backend.address(),
@@ -77,10 +75,7 @@ impl ServiceState {
         if !backend.live.set_healthy(true) {
             return false;
         }
-        backend
-            .counters
-            .health_transitions
-            .fetch_add(1, Ordering::Relaxed);
+        backend.counters.health_transitions.inc();
         backend.live.reset_failures();
         // A reader may see the flag a moment before the ramp: one connection at full weight.
         if !self.config.slow_start.is_zero() {
@@ -175,19 +170,11 @@ impl ServiceState {
     /// new generation. Meant for one watcher task per worker (see the module docs), not for
     /// sessions.
     pub async fn closing_after(&self, seen: u64) -> u64 {
-        loop {
+        wait_for(&self.closing.event, || {
             let now = self.closing_generation();
-            if now != seen {
-                return now;
-            }
-            // Register before the second check so a bump between the two is not missed.
-            let listener = self.closing.event.listen();
-            let now = self.closing_generation();
-            if now != seen {
-                return now;
-            }
-            listener.await;
-        }
+            (now != seen).then_some(now)
+        })
+        .await
     }
 
     /// Whether some backend (primary or backup) is up.

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam::utils::CachePadded;
 use event_listener::Event;
 
+use super::wait::wait_until;
+
 /// Descriptors kept for everything that is not a proxied connection: two per worker ring
 /// (io_uring fd and its wake-up eventfd), stdio, and the runtimes of the health checker, the
 /// alerts and the admin API. 128 covers 16 workers with room to spare; listeners, one probe
@@ -151,17 +153,7 @@ impl ConnectionBudget {
 
     /// Waits until `paused` returns false, re-checking after every freed slot.
     pub async fn wait_while(&self, paused: impl Fn() -> bool) {
-        loop {
-            if !paused() {
-                return;
-            }
-            // Register before the second check so a release in between is not missed.
-            let listener = self.freed.listen();
-            if !paused() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.freed, || !paused()).await
     }
 }
 

@@ -2,11 +2,13 @@
 //! session duration per backend, exported by `/metrics`.
 //!
 //! Owns: [`LatencyHistogram`], a set of hdrhistogram shards, one per worker slot (worker index
-//! modulo [`SHARDS`]), each behind its own lock. A worker locks only its own shard, so the lock
-//! is uncontended on the data path; the control plane locks each shard in turn to merge them
-//! when scraped. A shard is allocated on its first record, so a backend that never carried
-//! traffic costs a few words.
+//! modulo [`SHARDS`]), each behind its own lock on its own cache line. A worker locks only its
+//! own shard, so the lock is uncontended on the data path, and workers recording at once never
+//! write to the same cache line; the control plane locks each shard in turn to merge them when
+//! scraped. A shard's histogram is allocated on its first record, so a histogram that never
+//! recorded costs its [`SHARDS`] padded locks (a cache line each) and no more.
 
+use crossbeam::utils::CachePadded;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
@@ -23,13 +25,17 @@ const MAX_VALUE: u64 = 3_600_000_000;
 /// A sharded histogram of non-negative integer values (a unit chosen by the user of it).
 #[derive(Debug)]
 pub struct LatencyHistogram {
-    shards: [Mutex<Option<Box<Histogram<u64>>>>; SHARDS],
+    shards: [Shard; SHARDS],
 }
+
+/// One shard: allocated on its first record; padded so that neighbouring workers' locks (taken
+/// on every record) do not share a cache line.
+type Shard = CachePadded<Mutex<Option<Box<Histogram<u64>>>>>;
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
-            shards: std::array::from_fn(|_| Mutex::new(None)),
+            shards: std::array::from_fn(|_| CachePadded::new(Mutex::new(None))),
         }
     }
 }
@@ -99,6 +105,18 @@ mod tests {
         assert_eq!(m.len(), 5);
         assert_eq!(cumulative(&m, &[250, 1_000, 10_000, 100_000]), [2, 3, 4, 5]);
         assert!(m.max() >= 49_500 && m.max() <= 50_500, "{}", m.max());
+    }
+
+    #[test]
+    fn no_two_shards_share_a_cache_line() {
+        let h = LatencyHistogram::default();
+        let line = std::mem::align_of::<CachePadded<u8>>();
+        assert!(line >= 64, "{line}");
+        for pair in h.shards.windows(2) {
+            let a = &*pair[0] as *const _ as usize;
+            let b = &*pair[1] as *const _ as usize;
+            assert_eq!(a / line + 1, b / line, "shards at {a:#x} and {b:#x}");
+        }
     }
 
     #[test]

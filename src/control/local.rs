@@ -14,7 +14,8 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Counter;
 
 /// A resource of ringlb's own that ran out. Copy, one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,22 +108,22 @@ impl ShortageSource {
 
 /// Counts of local shortages by source and reason. Every count only grows.
 #[derive(Debug)]
-pub struct ShortageCounts([[AtomicU64; LocalShortage::ALL.len()]; ShortageSource::ALL.len()]);
+pub struct ShortageCounts([[Counter; LocalShortage::ALL.len()]; ShortageSource::ALL.len()]);
 
 impl ShortageCounts {
     /// All zero.
     pub const fn new() -> ShortageCounts {
-        ShortageCounts([const { [const { AtomicU64::new(0) }; 5] }; 2])
+        ShortageCounts([const { [const { Counter::new() }; 5] }; 2])
     }
 
     /// Counts one shortage of `what` seen by `source`.
     pub fn add(&self, source: ShortageSource, what: LocalShortage) {
-        self.0[source as usize][what.index()].fetch_add(1, Ordering::Relaxed);
+        self.0[source as usize][what.index()].inc();
     }
 
     /// How many shortages of `what` `source` saw.
     pub fn get(&self, source: ShortageSource, what: LocalShortage) -> u64 {
-        self.0[source as usize][what.index()].load(Ordering::Relaxed)
+        self.0[source as usize][what.index()].get()
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use event_listener::Event;
 
+use super::wait::wait_until;
+
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const ABORTING: u8 = 2;
@@ -74,17 +76,10 @@ impl Shutdown {
     }
 
     async fn wait_for(&self, phase: u8) {
-        loop {
-            if self.phase.load(Ordering::Acquire) >= phase {
-                return;
-            }
-            // Register before the second check so a change between the two is not missed.
-            let listener = self.changed.listen();
-            if self.phase.load(Ordering::Acquire) >= phase {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.changed, || {
+            self.phase.load(Ordering::Acquire) >= phase
+        })
+        .await
     }
 }
 

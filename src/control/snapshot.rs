@@ -12,9 +12,10 @@
 //! A snapshot is built off the data path (selector tables included) and published through an
 //! [`ArcSwap`]; a worker loads it with one atomic operation per accepted connection and never
 //! waits on the control plane. The shared mutable state a worker touches per connection is the
-//! cache-padded atomics in [`ServiceCounters`] and [`BackendCounters`], the availability flags
-//! of [`super::BackendLive`] (read; written only on transitions), and, with persistence, one
-//! short lock of a stick-table shard.
+//! cache-padded atomics in [`ServiceCounters`] and [`BackendCounters`], the worker's own shard of
+//! a backend's latency histograms (a short lock no other worker takes below 16 workers), the
+//! availability flags of [`super::BackendLive`] (read; written only on transitions), and, with
+//! persistence, one short lock of a stick-table shard.
 //!
 //! Backends are split into two [`Group`]s, primaries and backups, each with its own selector
 //! over its members (a selector's indices are positions in its group, mapped back to the
@@ -36,10 +37,10 @@ use crate::balancer::stick::StickTable;
 use crate::balancer::{BackendSpec, BackendView, ServiceId};
 use crate::config::{Config, Service};
 
-use super::ConnectionBudget;
 use super::alerts::AlertPublisher;
 use super::backend::{BackendState, init_clock};
 use super::histogram::LatencyHistogram;
+use super::{ConnectionBudget, Counter};
 
 /// Some of a service's backends and their selector (the balancer core's type).
 pub(super) use crate::balancer::Group;
@@ -335,38 +336,38 @@ pub struct ServiceCounters {
     /// Client connections currently holding a slot (accepted and not yet closed).
     pub active: CachePadded<AtomicU64>,
     /// Client connections accepted since start.
-    pub accepted: CachePadded<AtomicU64>,
+    pub accepted: CachePadded<Counter>,
     /// Client connections closed because no backend was ready or none could be reached.
-    pub no_backend: AtomicU64,
+    pub no_backend: Counter,
     /// Connects to a further candidate after one failed (`retries`).
-    pub retries: AtomicU64,
+    pub retries: Counter,
     /// Backend connects that failed for a local reason (out of fds, ports or memory); these say
     /// nothing about the backend's health.
-    pub local_connect_failures: AtomicU64,
+    pub local_connect_failures: Counter,
     /// TCP: bytes moved socket to socket with splice(2) (both directions; see `splice`).
-    pub spliced_bytes: AtomicU64,
+    pub spliced_bytes: Counter,
     /// UDP: flows tracked now, summed over workers.
     pub udp_flows_active: CachePadded<AtomicU64>,
     /// UDP: the most flows tracked at once since start.
     pub udp_flows_peak: AtomicU64,
     /// UDP: flows opened since start.
-    pub udp_flows_opened: AtomicU64,
+    pub udp_flows_opened: Counter,
     /// UDP: flows evicted because the flow table was full (least recently used first).
-    pub udp_flows_evicted: AtomicU64,
+    pub udp_flows_evicted: Counter,
     /// UDP: flows ended by `udp_idle_timeout`.
-    pub udp_flows_expired: AtomicU64,
+    pub udp_flows_expired: Counter,
     /// UDP: flows ended by the `udp_replies` rule.
-    pub udp_flows_answered: AtomicU64,
+    pub udp_flows_answered: Counter,
     /// UDP: datagrams from clients sent on to a backend.
-    pub udp_datagrams_up: CachePadded<AtomicU64>,
+    pub udp_datagrams_up: CachePadded<Counter>,
     /// UDP: datagrams from backends sent back to a client.
-    pub udp_datagrams_down: CachePadded<AtomicU64>,
+    pub udp_datagrams_down: CachePadded<Counter>,
     /// UDP: datagrams dropped (no backend, no upstream socket, a failed send, a reply from an
     /// address that is not a backend).
-    pub udp_datagrams_dropped: AtomicU64,
+    pub udp_datagrams_dropped: Counter,
     /// UDP: datagrams the kernel dropped at the service's sockets (receive buffer full), before
     /// ringlb saw them; each worker adds what its socket dropped about once a second.
-    pub udp_kernel_drops: AtomicU64,
+    pub udp_kernel_drops: Counter,
 }
 
 /// Process-wide counters of one backend (kept across reloads while the backend stays).
@@ -375,27 +376,27 @@ pub struct BackendCounters {
     /// Connections open or being opened to this backend: what least_conn and power_of_two read.
     pub active: CachePadded<AtomicU64>,
     /// Connections established since start (UDP: flows bound to this backend).
-    pub connections: AtomicU64,
+    pub connections: Counter,
     /// Connect attempts that failed (refused, timed out, or another error); for UDP, flows whose
     /// upstream socket reported an error (ICMP port unreachable: refused).
-    pub connect_failures: AtomicU64,
+    pub connect_failures: Counter,
     /// Of `connect_failures`: refused (TCP reset, or ICMP port unreachable for UDP).
-    pub connect_refused: AtomicU64,
+    pub connect_refused: Counter,
     /// Of `connect_failures`: no answer within `connect_timeout`.
-    pub connect_timeouts: AtomicU64,
+    pub connect_timeouts: Counter,
     /// Bytes sent from clients to this backend.
-    pub bytes_to_backend: AtomicU64,
+    pub bytes_to_backend: Counter,
     /// Bytes sent from this backend to clients.
-    pub bytes_to_client: AtomicU64,
+    pub bytes_to_client: Counter,
     /// Live sessions closed because the backend was marked down (`on_backend_down =
     /// "shutdown"`) or disabled.
-    pub sessions_closed: AtomicU64,
+    pub sessions_closed: Counter,
     /// Health probes run.
-    pub probes: AtomicU64,
+    pub probes: Counter,
     /// Health probes that failed.
-    pub probe_failures: AtomicU64,
+    pub probe_failures: Counter,
     /// Health transitions (down or up), from probes or passive detection.
-    pub health_transitions: AtomicU64,
+    pub health_transitions: Counter,
     /// The last probe's result, when the backend is checked.
     pub last_check: Mutex<Option<LastCheck>>,
     /// Time to connect to the backend, in microseconds.
@@ -420,13 +421,13 @@ pub struct LastCheck {
 impl BackendCounters {
     /// Counts a failed connect and its kind.
     pub fn connect_failed(&self, kind: ConnectFailure) {
-        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.connect_failures.inc();
         match kind {
             ConnectFailure::Refused => &self.connect_refused,
             ConnectFailure::Timeout => &self.connect_timeouts,
             ConnectFailure::Other => return,
         }
-        .fetch_add(1, Ordering::Relaxed);
+        .inc();
     }
 }
 

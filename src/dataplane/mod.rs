@@ -12,8 +12,16 @@
 //! `splice` (pipes for bulk transfers), `udp` (UDP services and flows), and `sys` (the
 //! non-blocking socket calls, one convention for TCP and UDP).
 //!
-//! Per connection there is no lock: the snapshot is loaded lock-free, counters are atomics, and
-//! the tracking table belongs to one thread.
+//! Per connection, no lock is shared across workers except, with persistence, one stick-table
+//! shard (chosen by the client's address) and, with `access_log`, stderr's (one line per
+//! connection). The rest is lock-free or this worker's alone: the snapshot is loaded lock-free,
+//! counters are atomics, the tracking table belongs to one thread, the two latency records (at
+//! connect and at close) lock this worker's own shard of the backend's histogram (shared only
+//! beyond 16 workers, and with a `/metrics` scrape while it merges), and the worker-local events
+//! (a connection closed, its backend's sessions must close) take their listener-list lock on
+//! this thread only. Rarer steps take shared locks: a slot freed while accepting is paused at a
+//! limit notifies the budget's event, and a connect failure that marks a backend down takes its
+//! service's transition lock.
 
 mod forward;
 mod listener;
@@ -36,7 +44,7 @@ use parking_lot::Mutex;
 
 use crate::balancer::conntrack::{Conn, ConnState};
 use crate::config::{Config, Protocol};
-use crate::control::{ConnectionBudget, ServiceId, SharedSnapshot, Shutdown};
+use crate::control::{ConnectionBudget, Counter, ServiceId, SharedSnapshot, Shutdown};
 
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
 pub use reload::PreparedListeners;
@@ -122,7 +130,7 @@ impl ListenerKey {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     /// Client connections accepted by this worker since start.
-    pub accepts: CachePadded<AtomicU64>,
+    pub accepts: CachePadded<Counter>,
     /// Connections this worker tracks now.
     pub live: CachePadded<AtomicU64>,
 }
@@ -383,19 +391,19 @@ fn log_udp_totals(snapshot: &SharedSnapshot) {
         let failures: u64 = state
             .backends
             .iter()
-            .map(|b| b.counters.connect_failures.load(Ordering::Relaxed))
+            .map(|b| b.counters.connect_failures.get())
             .sum();
         tracing::info!(
             service = %state.config.name,
-            flows_opened = c.udp_flows_opened.load(Ordering::Relaxed),
+            flows_opened = c.udp_flows_opened.get(),
             flows_peak = c.udp_flows_peak.load(Ordering::Relaxed),
-            flows_evicted = c.udp_flows_evicted.load(Ordering::Relaxed),
-            flows_expired = c.udp_flows_expired.load(Ordering::Relaxed),
-            flows_answered = c.udp_flows_answered.load(Ordering::Relaxed),
-            datagrams_up = c.udp_datagrams_up.load(Ordering::Relaxed),
-            datagrams_down = c.udp_datagrams_down.load(Ordering::Relaxed),
-            datagrams_dropped = c.udp_datagrams_dropped.load(Ordering::Relaxed),
-            kernel_drops = c.udp_kernel_drops.load(Ordering::Relaxed),
+            flows_evicted = c.udp_flows_evicted.get(),
+            flows_expired = c.udp_flows_expired.get(),
+            flows_answered = c.udp_flows_answered.get(),
+            datagrams_up = c.udp_datagrams_up.get(),
+            datagrams_down = c.udp_datagrams_down.get(),
+            datagrams_dropped = c.udp_datagrams_dropped.get(),
+            kernel_drops = c.udp_kernel_drops.get(),
             backend_failures = failures,
             "udp totals"
         );

@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use compio::net::TcpListener;
@@ -20,6 +19,7 @@ use futures_util::future::{Either, select};
 
 use crate::balancer::conntrack::ConnTable;
 use crate::control::log_limit::Reason;
+use crate::control::wait::wait_until;
 use crate::control::{ServiceId, SharedSnapshot, Shutdown};
 
 use super::{ConnInfo, DataPlaneError, ListenerKey, WorkerStats, forward, udp};
@@ -89,17 +89,7 @@ impl LocalFlag {
 
     /// Resolves once the flag is set.
     pub async fn wait(&self) {
-        loop {
-            if self.set.get() {
-                return;
-            }
-            // Register before the second check so a set between the two is not missed.
-            let listener = self.event.listen();
-            if self.set.get() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.event, || self.set.get()).await
     }
 }
 
@@ -256,13 +246,7 @@ async fn serve(setup: WorkerSetup) {
         select(drain, mailbox).await;
     }
     // Every listener loop ends on the drain; their listeners are closed by then.
-    while worker.loops.get() > 0 {
-        let listener = worker.loop_ended.listen();
-        if worker.loops.get() == 0 {
-            break;
-        }
-        listener.await;
-    }
+    wait_until(&worker.loop_ended, || worker.loops.get() == 0).await;
     wait_until_empty(&worker).await;
     drop(abort_relay);
     tracing::debug!(worker = worker.index, "worker drained");
@@ -320,16 +304,7 @@ fn handle(worker: &Rc<Worker>, command: Command) -> io::Result<()> {
 
 /// Resolves once the worker tracks no connection.
 async fn wait_until_empty(worker: &Worker) {
-    loop {
-        if worker.table.borrow().is_empty() {
-            return;
-        }
-        let listener = worker.conn_closed.listen();
-        if worker.table.borrow().is_empty() {
-            return;
-        }
-        listener.await;
-    }
+    wait_until(&worker.conn_closed, || worker.table.borrow().is_empty()).await
 }
 
 /// Accepts connections for one service until the drain begins or a reload retires the
@@ -373,7 +348,7 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
                     if starved.take() == Some(true) {
                         tracing::info!(service = %state.config.name, "accepting again");
                     }
-                    worker.stats.accepts.fetch_add(1, Ordering::Relaxed);
+                    worker.stats.accepts.inc();
                     compio::runtime::spawn(forward::serve(
                         worker.clone(),
                         state.clone(),

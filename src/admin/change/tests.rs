@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -80,9 +79,9 @@ fn same_service(before: &ServiceState, after: &ServiceState) -> bool {
 /// 9001 ramping up after a flap with 5 connections, 9002 down, 9003 drained, a client stuck
 /// to 9001, 7 connections accepted.
 fn assert_live_state_kept(db: &ServiceState, now: Instant) {
-    assert_eq!(db.counters.accepted.load(Relaxed), 7, "service counters");
+    assert_eq!(db.counters.accepted.get(), 7, "service counters");
     let b1 = db.backend_at(addr(9001)).unwrap();
-    assert_eq!(b1.counters.connections.load(Relaxed), 5, "backend counters");
+    assert_eq!(b1.counters.connections.get(), 5, "backend counters");
     assert!(b1.live.healthy(), "health (up)");
     let ramp = b1
         .live
@@ -108,8 +107,8 @@ fn a_change_keeps_what_stays_and_drops_what_goes() {
     assert_eq!(s1.version, 1);
     let now = Instant::now();
     let db1 = service(&s1, "db");
-    db1.counters.accepted.fetch_add(7, Relaxed);
-    db1.backends[0].counters.connections.fetch_add(5, Relaxed);
+    db1.counters.accepted.add(7);
+    db1.backends[0].counters.connections.add(5);
     assert!(db1.mark_down(0, &"refused"));
     assert!(db1.mark_up(0, &"2 probes passed in a row", now));
     assert!(db1.mark_down(1, &"timeout after 1s"));
@@ -185,7 +184,7 @@ fn a_change_keeps_what_stays_and_drops_what_goes() {
         1000,
         "a new backend has no ramp"
     );
-    assert_eq!(b4.counters.connections.load(Relaxed), 0);
+    assert_eq!(b4.counters.connections.get(), 0);
 
     // 9002 back: a new backend, its former state (down, counters) dropped.
     let backends = vec![backend(9001, 1), backend(9002, 1), backend(9003, 1)];
@@ -229,7 +228,7 @@ fn a_change_keeps_what_stays_and_drops_what_goes() {
 
     // A service removed, then added again: a new service (identity and counters dropped).
     let other = service(&s5, "other");
-    other.counters.accepted.fetch_add(3, Relaxed);
+    other.counters.accepted.add(3);
     let Next {
         config: c6,
         snapshot: s6,
@@ -247,7 +246,7 @@ fn a_change_keeps_what_stays_and_drops_what_goes() {
         .unwrap();
     let again = service(&s7, "other");
     assert_ne!(again.id, other.id);
-    assert_eq!(again.counters.accepted.load(Relaxed), 0);
+    assert_eq!(again.counters.accepted.get(), 0);
     assert!(same_service(db1, service(&s7, "db")));
 
     // `[runtime]` and `[admin]` changes wait for a restart: the running values stay.

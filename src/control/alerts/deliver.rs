@@ -12,7 +12,6 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -139,7 +138,7 @@ async fn deliver(
         attempts += 1;
         let failure = match attempt(client, webhook, event).await {
             Ok(()) => {
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                counters.delivered.inc();
                 tracing::debug!(webhook = %webhook.name, event = %event.event,
                     service = %event.service, attempts, "alert delivered");
                 return;
@@ -148,7 +147,7 @@ async fn deliver(
         };
         let retry = attempts - 1;
         if retry >= webhook.retries || !failure.retryable() {
-            let failed = counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let failed = counters.failed.inc();
             tracing::warn!(webhook = %webhook.name, event = %event.event,
                 service = %event.service, attempts, reason = %failure, failed,
                 "alert delivery failed");
@@ -157,7 +156,7 @@ async fn deliver(
         let wait = retry_delay(webhook.backoff, MAX_WEBHOOK_BACKOFF, retry);
         tracing::debug!(webhook = %webhook.name, event = %event.event, attempts,
             reason = %failure, retry_in = ?wait, "alert delivery attempt failed");
-        counters.retries.fetch_add(1, Ordering::Relaxed);
+        counters.retries.inc();
         tokio::time::sleep(wait).await;
     }
 }

@@ -51,7 +51,7 @@ use std::fmt::Display;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -60,6 +60,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AlertKind, AlertKinds, Webhook};
+use crate::control::Counter;
 
 pub use deliver::retry_delay;
 
@@ -167,10 +168,10 @@ impl AlertStats {
 /// The counters a webhook's task updates.
 #[derive(Debug, Default)]
 struct HookCounters {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    retries: AtomicU64,
-    dropped: AtomicU64,
+    delivered: Counter,
+    failed: Counter,
+    retries: Counter,
+    dropped: Counter,
 }
 
 /// A running webhook: its settings, queue, task and counters.
@@ -188,7 +189,7 @@ struct Shared {
     /// [`AlertKinds`] bits some webhook subscribes to: a publish checks it first.
     wanted: AtomicU8,
     /// Events dropped at the sink.
-    dropped: AtomicU64,
+    dropped: Counter,
     /// The running webhooks, in config order.
     hooks: Mutex<Vec<Hook>>,
     /// Spawns webhook tasks on the alerts runtime from any thread.
@@ -208,7 +209,7 @@ impl Shared {
         match self.events.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
             }
             // The alerts thread is gone (stopping): nothing can be sent any more.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -223,7 +224,7 @@ impl Shared {
                 continue;
             }
             if let Err(mpsc::error::TrySendError::Full(_)) = hook.queue.try_send(event.clone()) {
-                let dropped = hook.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let dropped = hook.counters.dropped.inc();
                 tracing::warn!(webhook = %hook.webhook.name, event = %event.event,
                     service = %event.service, dropped,
                     "alert dropped: the webhook's queue is full (it is slow or down)");
@@ -234,15 +235,15 @@ impl Shared {
     fn stats(&self) -> AlertStats {
         let hooks = self.hooks.lock();
         AlertStats {
-            dropped: self.dropped.load(Ordering::Relaxed),
+            dropped: self.dropped.get(),
             webhooks: hooks
                 .iter()
                 .map(|h| WebhookStats {
                     name: h.webhook.name.clone(),
-                    delivered: h.counters.delivered.load(Ordering::Relaxed),
-                    failed: h.counters.failed.load(Ordering::Relaxed),
-                    retries: h.counters.retries.load(Ordering::Relaxed),
-                    dropped: h.counters.dropped.load(Ordering::Relaxed),
+                    delivered: h.counters.delivered.get(),
+                    failed: h.counters.failed.get(),
+                    retries: h.counters.retries.get(),
+                    dropped: h.counters.dropped.get(),
                 })
                 .collect(),
         }
@@ -374,7 +375,7 @@ impl Alerts {
         let shared = Arc::new(Shared {
             events,
             wanted: AtomicU8::new(0),
-            dropped: AtomicU64::new(0),
+            dropped: Counter::new(),
             hooks: Mutex::new(Vec::new()),
             runtime: runtime.handle().clone(),
             client,
@@ -476,7 +477,7 @@ async fn dispatch(
             Some(event) = events.recv() => {
                 shared.route(event);
                 // Producers do not log; drops at the sink are reported here.
-                let dropped = shared.dropped.load(Ordering::Relaxed);
+                let dropped = shared.dropped.get();
                 if dropped != dropped_seen {
                     tracing::warn!(dropped = dropped - dropped_seen, total = dropped,
                         "alerts dropped: the alert queue was full");

@@ -316,7 +316,7 @@ fn the_sink_counts_what_it_cannot_queue() {
     let shared = Shared {
         events,
         wanted: AtomicU8::new(AlertKinds::ALL.bits()),
-        dropped: AtomicU64::new(0),
+        dropped: Counter::new(),
         hooks: Mutex::new(Vec::new()),
         runtime: rt.handle().clone(),
         client: reqwest::Client::new(),

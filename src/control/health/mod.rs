@@ -47,6 +47,7 @@ use parking_lot::Mutex;
 use crate::balancer::health::{HealthMachine, Transition};
 use crate::config::{Config, HealthCheck};
 use crate::control::local::{self, ShortageSource};
+use crate::control::wait::wait_until;
 
 use self::probe::ProbeFailure;
 use self::shortage::{Mark, Shortages};
@@ -81,16 +82,7 @@ struct Stop {
 
 impl Stop {
     async fn wait(&self) {
-        loop {
-            if self.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.event, || self.stopped.load(Ordering::Acquire)).await
     }
 }
 
@@ -278,7 +270,7 @@ async fn watch(
         } else {
             // The probe got through to the backend: this backend is out of the shortage.
             short = None;
-            counters.probes.fetch_add(1, Ordering::Relaxed);
+            counters.probes.inc();
         }
         *counters.last_check.lock() = Some(LastCheck {
             at: SystemTime::now(),
@@ -302,7 +294,7 @@ async fn watch(
             Err(failure @ ProbeFailure::Local(_)) => tracing::debug!(service = %name,
                 backend = %target, reason = %failure, "probe not run"),
             Err(failure) => {
-                counters.probe_failures.fetch_add(1, Ordering::Relaxed);
+                counters.probe_failures.inc();
                 tracing::debug!(service = %name, backend = %target,
                     took_ms, reason = %failure, "probe failed");
             }

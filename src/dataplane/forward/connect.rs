@@ -67,7 +67,7 @@ pub(super) async fn connect_backend<'a>(
     }
     for (attempt, index) in candidates.into_iter().enumerate() {
         if attempt > 0 {
-            state.counters.retries.fetch_add(1, Ordering::Relaxed);
+            state.counters.retries.inc();
         }
         let backend = &state.backends[index];
         let active = ActiveGuard::new(backend);
@@ -96,10 +96,7 @@ pub(super) async fn connect_backend<'a>(
             Ok(Err(e)) if is_local_failure(&e) => {
                 // Out of fds, local ports or memory: the backend is not at fault, so this must
                 // never count against its health.
-                state
-                    .counters
-                    .local_connect_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                state.counters.local_connect_failures.inc();
                 // One line per second, process-wide, counting those not written.
                 let limit = crate::control::log_limit::Reason::LocalConnect;
                 if let Some(suppressed) = limit.admit() {

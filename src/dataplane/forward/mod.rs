@@ -50,6 +50,7 @@ use compio::net::TcpStream;
 use crate::balancer::conntrack::{Conn, ConnId, ConnState};
 use crate::control::ServiceState;
 use crate::control::log_limit::Reason;
+use crate::control::wait::wait_until;
 
 use super::sys;
 use super::worker::Worker;
@@ -135,7 +136,7 @@ pub(super) async fn serve(
         }
     }
     let _slot = SlotGuard(&state);
-    state.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    state.counters.accepted.inc();
 
     let started = Instant::now();
     let inserted = {
@@ -166,7 +167,7 @@ pub(super) async fn serve(
         Ok(connected) => connected,
         Err(NoBackend::NoneReady) => {
             // Logged once per transition by the control side ("service down"), not here.
-            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            state.counters.no_backend.inc();
             if let Some(suppressed) = Reason::NoBackendReady.admit() {
                 tracing::debug!(service = %state.config.name, client = %peer, suppressed,
                     "no backend is ready: client connection closed");
@@ -174,7 +175,7 @@ pub(super) async fn serve(
             return;
         }
         Err(NoBackend::AllFailed) => {
-            state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            state.counters.no_backend.inc();
             if let Some(suppressed) = Reason::NoBackendReached.admit() {
                 tracing::warn!(service = %state.config.name, client = %peer, suppressed,
                     "no backend could be reached: client connection closed");
@@ -187,10 +188,7 @@ pub(super) async fn serve(
         .table
         .borrow_mut()
         .established(id, backend_state.address(), Instant::now());
-    backend_state
-        .counters
-        .connections
-        .fetch_add(1, Ordering::Relaxed);
+    backend_state.counters.connections.inc();
 
     let end = proxy(&worker, &state, index, epoch, id, &client, &backend).await;
 
@@ -200,10 +198,7 @@ pub(super) async fn serve(
         End::BackendDown => {
             reset_on_close(&backend);
             reset_on_close(&client);
-            backend_state
-                .counters
-                .sessions_closed
-                .fetch_add(1, Ordering::Relaxed);
+            backend_state.counters.sessions_closed.inc();
         }
         End::Closed | End::IdleTimeout | End::Shutdown => {}
     }
@@ -216,8 +211,8 @@ pub(super) async fn serve(
         .get(id)
         .map_or((0, 0), |c| (c.bytes_up, c.bytes_down));
     let counters = &backend_state.counters;
-    counters.bytes_to_backend.fetch_add(up, Ordering::Relaxed);
-    counters.bytes_to_client.fetch_add(down, Ordering::Relaxed);
+    counters.bytes_to_backend.add(up);
+    counters.bytes_to_client.add(down);
     let duration = started.elapsed();
     counters
         .session_duration
@@ -412,18 +407,9 @@ const FLUSH_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// Resolves once the sessions to backend `index` started at close `epoch` must close.
 async fn backend_closed(worker: &Worker, state: &ServiceState, index: usize, epoch: u64) {
     let live = &state.backends[index].live;
-    loop {
-        if live.close_epoch() != epoch {
-            return;
-        }
-        // A worker-local event (woken from this thread by `watch_closing`): registering on it
-        // never contends with another thread.
-        let listener = worker.sessions_closing.listen();
-        if live.close_epoch() != epoch {
-            return;
-        }
-        listener.await;
-    }
+    // A worker-local event (woken from this thread by `watch_closing`): registering on it
+    // never contends with another thread.
+    wait_until(&worker.sessions_closing, || live.close_epoch() != epoch).await
 }
 
 /// One per (worker, service): relays the control plane's "sessions must close" to this

@@ -46,7 +46,6 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use compio::BufResult;
@@ -202,10 +201,7 @@ async fn pump_spliced(
                     }
                 }
                 record(worker, id, dir, n);
-                state
-                    .counters
-                    .spliced_bytes
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                state.counters.spliced_bytes.add(n as u64);
                 streak += 1;
                 // A short fill drained the source; otherwise fill again at once, but let the
                 // worker's other connections run every `READ_STREAK` fills.

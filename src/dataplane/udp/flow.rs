@@ -48,10 +48,7 @@ impl Upstream {
             .counters
             .udp_flows_peak
             .fetch_max(active, Ordering::Relaxed);
-        state
-            .counters
-            .udp_flows_opened
-            .fetch_add(1, Ordering::Relaxed);
+        state.counters.udp_flows_opened.inc();
         Upstream {
             state,
             link: None,
@@ -209,7 +206,7 @@ impl UdpService {
         if let Some(b) = backend {
             let counters = &state.backends[b].counters;
             counters.active.fetch_add(1, Ordering::Relaxed);
-            counters.connections.fetch_add(1, Ordering::Relaxed);
+            counters.connections.inc();
         }
         let hold = self.fds.hold();
         let id = self.next_link.get();
@@ -288,11 +285,7 @@ impl UdpService {
         if let Some(reader) = flow.value.link.as_mut().and_then(|l| l.reader.take()) {
             reader.detach();
         }
-        flow.value
-            .state
-            .counters
-            .udp_flows_answered
-            .fetch_add(1, Ordering::Relaxed);
+        flow.value.state.counters.udp_flows_answered.inc();
         self.log_end(&flow, End::Replies);
         flow.value.close_link();
         true
@@ -300,7 +293,7 @@ impl UdpService {
 
     pub(super) fn evicted(&self, mut flow: Flow<Upstream>) {
         let counters = &flow.value.state.counters;
-        counters.udp_flows_evicted.fetch_add(1, Ordering::Relaxed);
+        counters.udp_flows_evicted.inc();
         if !self.warned_full.replace(true) {
             tracing::warn!(service = %flow.value.state.config.name, worker = self.worker.index,
                 flows = self.flows.borrow().capacity(),

@@ -94,7 +94,6 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
@@ -302,11 +301,7 @@ async fn expire_loop(svc: Rc<UdpService>, _running: LoopGuard) {
         loop {
             let expired = svc.flows.borrow_mut().pop_expired(now);
             let Some(mut flow) = expired else { break };
-            flow.value
-                .state
-                .counters
-                .udp_flows_expired
-                .fetch_add(1, Ordering::Relaxed);
+            flow.value.state.counters.udp_flows_expired.inc();
             svc.log_end(&flow, End::IdleTimeout);
             flow.value.close_link();
         }
@@ -331,7 +326,7 @@ async fn drops_loop(svc: Rc<UdpService>, _running: LoopGuard) {
                     svc.current_state()
                         .counters
                         .udp_kernel_drops
-                        .fetch_add(u64::from(new), Ordering::Relaxed);
+                        .add(u64::from(new));
                 }
             }
             Err(e) => {
@@ -360,10 +355,7 @@ impl UdpService {
                 self.room_for_link(client).await;
             }
             let Some(target) = self.target(client, len, attempt == 0, candidates) else {
-                self.current_state()
-                    .counters
-                    .udp_datagrams_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.current_state().counters.udp_datagrams_dropped.inc();
                 return buf;
             };
             let sent = match send_now(&target.socket, &buf, target.dest) {
@@ -396,10 +388,7 @@ impl UdpService {
                 }
             }
         }
-        self.current_state()
-            .counters
-            .udp_datagrams_dropped
-            .fetch_add(1, Ordering::Relaxed);
+        self.current_state().counters.udp_datagrams_dropped.inc();
         buf
     }
 
@@ -495,7 +484,7 @@ impl UdpService {
         match candidates.first() {
             Some(&b) => Some(b),
             None => {
-                state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+                state.counters.no_backend.inc();
                 if let Some(suppressed) = Reason::UdpNoBackend.admit() {
                     tracing::debug!(service = %state.config.name, %ip, suppressed,
                         "udp: no backend is ready");
@@ -519,14 +508,9 @@ impl UdpService {
     /// its reference count is shared by every worker).
     fn count_up(&self, client: SocketAddr, backend: Option<usize>, len: usize) {
         let count = |state: &ServiceState| {
-            state
-                .counters
-                .udp_datagrams_up
-                .fetch_add(1, Ordering::Relaxed);
+            state.counters.udp_datagrams_up.inc();
             if let Some(b) = backend.and_then(|b| state.backends.get(b)) {
-                b.counters
-                    .bytes_to_backend
-                    .fetch_add(len as u64, Ordering::Relaxed);
+                b.counters.bytes_to_backend.add(len as u64);
             }
         };
         match self.flows.borrow().get(&client) {
@@ -551,6 +535,10 @@ impl UdpService {
     }
 
     /// Waits until a reply buffer may be free again.
+    ///
+    /// Not `control::wait::wait_until`: whether the pool has a buffer cannot be checked without
+    /// taking it (only a receive does), and a buffer can come back without a notification, so
+    /// this waits for one notification or `BUFFER_RETRY`, and the caller's receive is the check.
     async fn wait_for_buffer(&self) {
         let listener = self.buffer_freed.listen();
         let timeout = pin!(compio::time::sleep(BUFFER_RETRY));

@@ -10,7 +10,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use compio::driver::ToSharedFd;
@@ -221,10 +220,7 @@ impl UdpService {
         data: &[u8],
     ) -> Step {
         let Some(from) = from else {
-            state
-                .counters
-                .udp_datagrams_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            state.counters.udp_datagrams_dropped.inc();
             return Step::Next;
         };
         let verdict = {
@@ -259,21 +255,13 @@ impl UdpService {
     ) -> Step {
         match sent {
             Ok(_) => {
-                state
-                    .counters
-                    .udp_datagrams_down
-                    .fetch_add(1, Ordering::Relaxed);
+                state.counters.udp_datagrams_down.inc();
                 if let Some(b) = state.backends.get(from) {
-                    b.counters
-                        .bytes_to_client
-                        .fetch_add(len as u64, Ordering::Relaxed);
+                    b.counters.bytes_to_client.add(len as u64);
                 }
             }
             Err(e) => {
-                state
-                    .counters
-                    .udp_datagrams_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                state.counters.udp_datagrams_dropped.inc();
                 if let Some(suppressed) = Reason::UdpReply.admit() {
                     tracing::debug!(service = %state.config.name, %client, error = %e,
                         suppressed, "udp send to client failed");
