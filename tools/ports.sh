@@ -130,7 +130,7 @@ EOF
   ip netns del "$ns"
 }
 
-echo "ringlb $($BIN --version 2>/dev/null || echo) | $PORTS ephemeral ports, $DURATION s per run," \
+echo "$($BIN --version 2>/dev/null || echo ringlb) | $PORTS ephemeral ports, $DURATION s per run," \
   "$WORKERS workers, $CLIENT_IPS x $CLIENTS client connections, one backend ($BACKEND)"
 printf '%-22s %-9s %10s %10s %10s %12s %12s\n' "source" "tw_reuse" "conn/s" "served" "failed" \
   "shortages" "TIME_WAIT be/all"
