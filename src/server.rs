@@ -95,8 +95,8 @@ impl Server {
         };
         if let Some(admin) = admin {
             // On an error, dropping `server` stops what started.
-            let api =
-                AdminServer::start(admin, server.instance.clone()).map_err(StartError::Admin)?;
+            let api = AdminServer::start(admin, server.instance.clone())
+                .map_err(StartError::Admin)?;
             server.admin = Some(api.address());
         }
         Ok(server)
