@@ -71,6 +71,8 @@ pub(crate) struct ServiceFile {
     pub(crate) slow_start: Option<Spanned<DurationText>>,
     pub(crate) health: Option<Spanned<HealthFile>>,
     pub(crate) persistence: Option<Spanned<PersistenceFile>>,
+    /// TCP: local addresses backend connections are made from, in turn.
+    pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) backend: Option<Spanned<Vec<Spanned<BackendFile>>>>,
 }
 
@@ -109,6 +111,8 @@ pub(crate) struct BackendFile {
     pub(crate) weight: Option<Spanned<u32>>,
     pub(crate) max_connections: Option<Spanned<u32>>,
     pub(crate) backup: Option<Spanned<bool>>,
+    /// TCP: this backend's own source addresses, instead of the service's.
+    pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[alert]`.

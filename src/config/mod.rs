@@ -14,7 +14,8 @@
 //!    sizes are parsed by [`crate::units`] (the grammar `ringlb bench` shares), backend
 //!    addresses and webhook URLs in `values`; the `[service.health]` and
 //!    `[service.persistence]` tables are checked in `validate_policy`, the backends in
-//!    `validate_backend`, the `[alert]` table in `validate_alert`.
+//!    `validate_backend`, the `source` lists in `validate_source`, the `[alert]` table in
+//!    `validate_alert`.
 //! 3. The typed [`Config`] below, which the rest of ringlb uses.
 //!
 //! The names of the config's enumeration values (`"per_packet"`, `"backend_down"`) are those
@@ -40,13 +41,14 @@ mod validate;
 mod validate_alert;
 mod validate_backend;
 mod validate_policy;
+mod validate_source;
 mod values;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +204,11 @@ pub struct Service {
     pub slow_start: Duration,
     /// Session persistence (`[service.persistence]`); `None` when absent.
     pub persistence: Option<Persistence>,
+    /// TCP: the local addresses backend connections are made from, taken in turn (each worker
+    /// rotates over them per backend); a backend with a `source` of its own uses that instead.
+    /// Unicast, none twice, of the backends' family. Empty (default): no bind, the kernel picks
+    /// the address.
+    pub source: Vec<IpAddr>,
     /// The backends, in file order; never empty, no two with the same address, at least one
     /// that is not a backup.
     pub backends: Vec<Backend>,
@@ -237,6 +244,21 @@ pub struct Backend {
     /// A backup takes traffic only while no primary (non-backup) backend of its service is up.
     /// Default [`defaults::DEFAULT_BACKUP`].
     pub backup: bool,
+    /// TCP: this backend's own source addresses, used instead of the service's; empty
+    /// (default): the service's.
+    pub source: Vec<IpAddr>,
+}
+
+impl Backend {
+    /// The local addresses connections to this backend are made from: its own `source`, else
+    /// `service_source` (the service's); empty when neither is set.
+    pub fn sources<'a>(&'a self, service_source: &'a [IpAddr]) -> &'a [IpAddr] {
+        if self.source.is_empty() {
+            service_source
+        } else {
+            &self.source
+        }
+    }
 }
 
 impl Config {
@@ -329,6 +351,7 @@ impl Config {
             if s.access_log {
                 out.push_str(", access log");
             }
+            summarize_source(&mut out, &s.source);
             out.push('\n');
             summarize_policy(&mut out, s);
             for b in &s.backends {
@@ -343,6 +366,7 @@ impl Config {
                 if b.backup {
                     out.push_str(", backup");
                 }
+                summarize_source(&mut out, &b.source);
                 out.push('\n');
             }
         }
@@ -456,6 +480,13 @@ fn summarize_policy(out: &mut String, s: &Service) {
             format_duration(p.ttl),
             p.max_entries
         );
+    }
+}
+
+/// `, from 192.0.2.10, 192.0.2.11` when `source` is set.
+fn summarize_source(out: &mut String, source: &[IpAddr]) {
+    for (i, addr) in source.iter().enumerate() {
+        let _ = write!(out, "{}{addr}", if i == 0 { ", from " } else { ", " });
     }
 }
 

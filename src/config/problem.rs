@@ -6,7 +6,7 @@
 //! needs; the message is the text after `FILE:LINE:COLUMN: KEY: `. Finding the problems belongs
 //! to `validate` and its siblings.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::defaults::{DEFAULT_HASH_TABLE_SIZE, MAX_SERVICE_NAME_LEN, MIN_HASH_SLOTS_PER_BACKEND};
 use super::{AlertKind, HealthKind, Protocol, RoleName};
@@ -239,6 +239,37 @@ pub enum Problem {
         first_index: usize,
         /// Line of the first backend's address.
         first_line: usize,
+    },
+    /// A `source` entry is not an IP address.
+    #[error("{value:?} is not an IP address (a source address has no port: ringlb picks one)")]
+    NotSourceAddr {
+        /// The value as written.
+        value: String,
+    },
+    /// A `source` entry is the wildcard address, a multicast or a broadcast address.
+    #[error("{addr} cannot be a source address: give an address of this host's interfaces")]
+    NotUnicastSource {
+        /// The address.
+        addr: IpAddr,
+    },
+    /// A `source` list has an address twice.
+    #[error("{addr} is listed twice (first as source[{first_index}])")]
+    DuplicateSource {
+        /// The address.
+        addr: IpAddr,
+        /// Index of its first entry.
+        first_index: usize,
+    },
+    /// A source address and a backend of different families (IPv4 and IPv6).
+    #[error(
+        "{source_addr} cannot reach backend {backend}: source addresses must be of the \
+         backends' family (IPv4 or IPv6)"
+    )]
+    SourceFamily {
+        /// The source address.
+        source_addr: IpAddr,
+        /// The backend's address.
+        backend: SocketAddr,
     },
     /// A webhook URL that does not parse, or that ringlb cannot POST to.
     #[error("{value:?} is not a usable webhook URL: {reason}")]

@@ -213,6 +213,7 @@ fn a_minimal_service_gets_every_default() {
             weight: 1,
             max_connections: None,
             backup: false,
+            source: Vec::new(),
         }]
     );
     assert_eq!(s.health, None, "no [service.health]: no checks");
@@ -412,7 +413,7 @@ fn messages_name_file_line_column_key_and_value() {
          `max_connections`, `retries`, `buffer_size`, `backlog`, `splice`, \
          `access_log`, \
          `udp_idle_timeout`, `udp_max_flows`, `udp_replies`, `udp_mode`, `on_backend_down`, \
-         `slow_start`, `health`, `persistence`, `backend`"
+         `slow_start`, `health`, `persistence`, `source`, `backend`"
     );
     assert_eq!(
         error("[runtime\nworkers = 2\n"),

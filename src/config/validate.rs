@@ -409,7 +409,12 @@ impl ServiceCheck<'_, '_> {
             None => None,
         };
 
+        let source_offset = s.source.as_ref().map(|v| v.span().start);
+        let source = self.source(s.source, || self.key("source"))?;
         let backends = self.backends(s.backend)?;
+        if let Some(offset) = source_offset {
+            self.service_source_fits(&source, offset, &backends)?;
+        }
 
         if algorithm == Algorithm::SourceHash {
             let minimum = backends.len().saturating_mul(MIN_HASH_SLOTS_PER_BACKEND);
@@ -457,6 +462,7 @@ impl ServiceCheck<'_, '_> {
             on_backend_down,
             slow_start,
             persistence,
+            source,
             backends,
         };
         Ok((service, seen))

@@ -1,5 +1,6 @@
 //! Stage two for a service's `[[service.backend]]` tables: addresses (resolved once, here),
-//! duplicates, weights and limits, and the rule that not every backend may be a backup.
+//! duplicates, weights and limits, a backend's own `source` list (`validate_source`), and the
+//! rule that not every backend may be a backup.
 
 use toml::Spanned;
 
@@ -74,6 +75,11 @@ impl ServiceCheck<'_, '_> {
                 Some(m) => Some(in_range(doc, m, key("max_connections"), 1, None)?),
                 None => None,
             };
+            let source_offset = b.source.as_ref().map(|s| s.span().start);
+            let source = self.source(b.source, || key("source"))?;
+            if let Some(offset) = source_offset {
+                self.source_family(&source, address, offset, || key("source"))?;
+            }
             let backup = given(&b.backup, DEFAULT_BACKUP);
             if let Some(v) = &b.backup {
                 last_backup = Some((v.span().start, key("backup")));
@@ -85,6 +91,7 @@ impl ServiceCheck<'_, '_> {
                 weight,
                 max_connections,
                 backup,
+                source,
             });
         }
         if backends.iter().all(|b| b.backup)

@@ -9,6 +9,7 @@
 //! This file starts and drains the workers and answers the control plane's questions. The
 //! parts: `worker` (one worker's runtime, listeners and mailbox), `listener` (binding sockets),
 //! `reload` (listeners across a reload: prepare, then commit), `forward` (one TCP connection),
+//! `source` (the local address and port of backend connections),
 //! `splice` (pipes for bulk transfers), `udp` (UDP services and flows), and `sys` (the
 //! non-blocking socket calls, one convention for TCP and UDP).
 //!
@@ -26,6 +27,7 @@
 mod forward;
 mod listener;
 mod reload;
+mod source;
 mod splice;
 mod sys;
 mod udp;
@@ -49,6 +51,7 @@ use crate::control::{ConnectionBudget, Counter, ServiceId, SharedSnapshot, Shutd
 pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
 pub use reload::PreparedListeners;
 use reload::{Bound, commands, log_listening, prepare};
+pub use source::{bind_no_port, set_bind_address_no_port};
 
 /// io_uring settings for a thread that owns its ring alone (a worker, a load-tool thread, a
 /// `bench serve` thread). Only that thread submits (SINGLE_ISSUER), and the kernel runs

@@ -127,6 +127,8 @@ pub(super) struct Worker {
     pub spare_buffers: forward::SpareBuffers,
     /// Pipes of the directions that splice (see `splice`).
     pub pipes: super::splice::Pipes,
+    /// This worker's place in each backend's source addresses (see `source`).
+    pub sources: super::source::Rotation,
 }
 
 impl Worker {
@@ -211,6 +213,7 @@ async fn serve(setup: WorkerSetup) {
         udp_buffer_freed: Rc::new(Event::new()),
         spare_buffers: forward::SpareBuffers::default(),
         pipes: super::splice::Pipes::default(),
+        sources: super::source::Rotation::default(),
     });
     // The one listener of this worker on the process-wide abort; it fans out locally.
     let abort_relay = {

@@ -48,6 +48,7 @@ fn backend(port: u16, weight: u32) -> Backend {
         weight,
         max_connections: None,
         backup: false,
+        source: Vec::new(),
     }
 }
 

@@ -258,7 +258,12 @@ async fn watch(
     loop {
         ticks.tick().await;
         let started = Instant::now();
-        let result = probe::run(&check.probe, target, check.timeout).await;
+        // The backend's source addresses as the current snapshot has them (a reload may change
+        // them without restarting this task).
+        let sources = locate(&snapshot, &name, address)
+            .map(|(s, i)| s.backends[i].config.sources(&s.config.source).to_vec())
+            .unwrap_or_default();
+        let result = probe::run_from(&check.probe, target, &sources, check.timeout).await;
         let now = Instant::now();
         let took = now.duration_since(started);
         let took_ms = took.as_millis() as u64;

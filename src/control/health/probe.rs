@@ -9,6 +9,10 @@
 //! (no task is spawned), so when the probe ends or its timeout drops it, every socket it opened
 //! is closed. A connect still waiting for a SYN-ACK is cancelled by dropping it.
 //!
+//! Sources: a backend with source addresses (the `source` key) is probed from the first of
+//! them, bound as the data plane binds its connections (`dataplane::bind_no_port`), and from
+//! the next when one has no local port left.
+//!
 //! A socket or connect that fails for a reason of ringlb's own ([`LocalShortage`]: out of local
 //! ports, descriptors or memory) is [`ProbeFailure::Local`], which the caller must not count
 //! against the backend.
@@ -16,11 +20,11 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{PostgresRole, Probe, RedisRole};
 use crate::control::local::LocalShortage;
@@ -59,18 +63,33 @@ impl fmt::Display for ProbeFailure {
     }
 }
 
-/// Runs `probe` against `target`, within `timeout` for the whole exchange.
+/// Runs `probe` against `target`, within `timeout` for the whole exchange, from the address
+/// the kernel picks.
 pub async fn run(probe: &Probe, target: SocketAddr, timeout: Duration) -> Result<(), ProbeFailure> {
+    run_from(probe, target, &[], timeout).await
+}
+
+/// Runs `probe` against `target` from the first of `sources` (the backend's source addresses;
+/// empty: the kernel picks), within `timeout` for the whole exchange. An address with no local
+/// port left toward `target` gives way to the next; only when none is left is the probe
+/// [`ProbeFailure::Local`].
+pub async fn run_from(
+    probe: &Probe,
+    target: SocketAddr,
+    sources: &[IpAddr],
+    timeout: Duration,
+) -> Result<(), ProbeFailure> {
+    let to = Target { target, sources };
     let check = async {
         match probe {
-            Probe::Tcp => tcp(target).await,
+            Probe::Tcp => tcp(to).await,
             Probe::Redis {
                 role,
                 user,
                 password,
             } => {
                 redis(
-                    target,
+                    to,
                     *role,
                     user.as_deref(),
                     password.as_ref().map(|p| p.expose()),
@@ -84,7 +103,7 @@ pub async fn run(probe: &Probe, target: SocketAddr, timeout: Duration) -> Result
                 database,
             } => {
                 postgres(
-                    target,
+                    to,
                     *role,
                     user,
                     password.as_ref().map(|p| p.expose()),
@@ -101,25 +120,58 @@ pub async fn run(probe: &Probe, target: SocketAddr, timeout: Duration) -> Result
     }
 }
 
-async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeFailure> {
-    let stream =
-        TcpStream::connect(target)
-            .await
-            .map_err(|e| match (e.kind(), LocalShortage::of(&e)) {
-                (_, Some(what)) => ProbeFailure::Local(what),
-                (io::ErrorKind::ConnectionRefused, None) => ProbeFailure::Refused,
-                _ => ProbeFailure::Connect(e.to_string()),
-            })?;
+/// Where a probe connects, and from which local addresses.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    target: SocketAddr,
+    sources: &'a [IpAddr],
+}
+
+async fn connect(to: Target<'_>) -> Result<TcpStream, ProbeFailure> {
+    let stream = open(to)
+        .await
+        .map_err(|e| match (e.kind(), LocalShortage::of(&e)) {
+            (_, Some(what)) => ProbeFailure::Local(what),
+            (io::ErrorKind::ConnectionRefused, None) => ProbeFailure::Refused,
+            _ => ProbeFailure::Connect(e.to_string()),
+        })?;
     // Probes are tiny request/response exchanges.
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
+/// The probe's socket, connected: from the kernel's choice of address without sources, else
+/// from the first source address that has a local port left toward the target. A bound socket
+/// takes its port at connect time (`IP_BIND_ADDRESS_NO_PORT`), as the data plane's do.
+async fn open(to: Target<'_>) -> io::Result<TcpStream> {
+    if to.sources.is_empty() {
+        return TcpStream::connect(to.target).await;
+    }
+    let mut last = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+    for &source in to.sources {
+        match open_from(source, to.target).await {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => last = e,
+            done => return done,
+        }
+    }
+    Err(last)
+}
+
+async fn open_from(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    crate::dataplane::bind_no_port(&socket, source)?;
+    socket.connect(target).await
+}
+
 /// Connect, then close with a reset: a bare connect probe says nothing more, and a reset leaves
 /// no TIME_WAIT socket holding a local port (as HAProxy does for its checks), so frequent
 /// probes cannot exhaust the ephemeral ports.
-async fn tcp(target: SocketAddr) -> Result<(), ProbeFailure> {
-    let stream = connect(target).await?;
+async fn tcp(to: Target<'_>) -> Result<(), ProbeFailure> {
+    let stream = connect(to).await?;
     let _ = stream.set_zero_linger();
     drop(stream);
     Ok(())
@@ -152,12 +204,12 @@ fn redis_failure(e: redis::RedisError) -> ProbeFailure {
 
 /// `PING` must be answered `PONG`; with a role, `INFO replication` must report it.
 async fn redis(
-    target: SocketAddr,
+    to: Target<'_>,
     role: RedisRole,
     user: Option<&str>,
     password: Option<&str>,
 ) -> Result<(), ProbeFailure> {
-    let stream = connect(target).await?;
+    let stream = connect(to).await?;
     let mut info = redis::RedisConnectionInfo::default().set_skip_set_lib_name();
     if let Some(user) = user {
         info = info.set_username(user);
@@ -225,13 +277,13 @@ fn postgres_failure(e: tokio_postgres::Error) -> ProbeFailure {
 
 /// Log in and run `SELECT pg_is_in_recovery()`; with a role, its answer must match.
 async fn postgres(
-    target: SocketAddr,
+    to: Target<'_>,
     role: PostgresRole,
     user: &str,
     password: Option<&str>,
     database: &str,
 ) -> Result<(), ProbeFailure> {
-    let stream = connect(target).await?;
+    let stream = connect(to).await?;
     let mut config = tokio_postgres::Config::new();
     config
         .user(user)
@@ -337,6 +389,30 @@ mod tests {
         assert_eq!(
             block_on(run(&Probe::Tcp, addr, timeout)),
             Err(ProbeFailure::Refused)
+        );
+    }
+
+    /// A probe comes from the first source address it can: one not of this host gives way to
+    /// the next; with none left the probe is not run for a local shortage, never failed.
+    #[test]
+    fn a_probe_connects_from_the_first_usable_source_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let timeout = Duration::from_secs(2);
+        // TEST-NET-2: never an address of this host.
+        let foreign: IpAddr = "198.51.100.7".parse().unwrap();
+        let local: IpAddr = "127.0.0.3".parse().unwrap();
+        for sources in [vec![local], vec![foreign, local]] {
+            assert_eq!(
+                block_on(run_from(&Probe::Tcp, addr, &sources, timeout)),
+                Ok(())
+            );
+            let (_, peer) = listener.accept().unwrap();
+            assert_eq!(peer.ip(), local, "{sources:?}");
+        }
+        assert_eq!(
+            block_on(run_from(&Probe::Tcp, addr, &[foreign], timeout)),
+            Err(ProbeFailure::Local(LocalShortage::Ports))
         );
     }
 

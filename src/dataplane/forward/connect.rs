@@ -4,8 +4,10 @@
 //! the backend's active count while a connection to it is open or opening, and reporting each
 //! connect's result for passive health detection, connect latency and session persistence. A
 //! connect that fails for a local reason (out of fds, ports or memory) never counts against the
-//! backend. Does not own: which backends are candidates (the service's selector, through
-//! [`ServiceState::candidates`]) or what happens once connected (the parent module).
+//! backend. Does not own: the local address a connect comes from (`source`, which also moves on
+//! to the next source address when one is out of ports), which backends are candidates (the
+//! service's selector, through [`ServiceState::candidates`]) or what happens once connected (the
+//! parent module).
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use compio::net::TcpStream;
 
 use crate::control::{BackendState, ConnectFailure, ServiceState};
 
+use super::super::source::connect_from;
 use super::super::worker::Worker;
 
 /// Counts one connection open (or opening) to a backend while alive.
@@ -76,7 +79,11 @@ pub(super) async fn connect_backend<'a>(
         let connecting = Instant::now();
         let (failure, kind) = match compio::time::timeout(
             config.connect_timeout,
-            TcpStream::connect(address),
+            connect_from(
+                &worker.sources,
+                backend.config.sources(&config.source),
+                address,
+            ),
         )
         .await
         {

@@ -337,8 +337,9 @@ pub(super) fn is_backend_failure(e: &io::Error) -> bool {
     )
 }
 
-/// A new upstream socket on an ephemeral port: connected to `backend` (flow mode) or not
-/// (per-packet mode; dual-stack when `v6`, so it can also reach IPv4 backends).
+/// A new upstream socket on an ephemeral port (taken when it connects or first sends):
+/// connected to `backend` (flow mode) or not (per-packet mode; dual-stack when `v6`, so it can
+/// also reach IPv4 backends).
 pub(super) fn open_upstream(
     v6: bool,
     backend: Option<SocketAddr>,
@@ -352,6 +353,10 @@ pub(super) fn open_upstream(
     if v6 {
         socket.set_only_v6(false)?;
     }
+    // The port is taken by the connect (flow mode) or the first send (per-packet mode), as for
+    // every backend socket ringlb binds (see `dataplane::source`). UDP ports are unique per
+    // local address whatever the destination, so this takes no fewer ports; it keeps one rule.
+    crate::dataplane::set_bind_address_no_port(&socket)?;
     socket.bind(&any.into())?;
     if let Some(b) = backend {
         socket.connect(&b.into())?;
@@ -474,8 +479,21 @@ mod tests {
         let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let s = open_upstream(false, Some(backend)).unwrap();
         assert_eq!(s.peer_addr().unwrap(), backend);
+        assert_ne!(
+            s.local_addr().unwrap().port(),
+            0,
+            "connected: a port is taken"
+        );
         let s = open_upstream(true, None).unwrap();
         assert!(s.local_addr().unwrap().is_ipv6());
         assert!(s.peer_addr().is_err());
+        // Unconnected: no port until the first send, which takes one.
+        assert_eq!(s.local_addr().unwrap().port(), 0);
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"x", echo.local_addr().unwrap()).unwrap();
+        let mut buf = [0; 4];
+        let (_, from) = echo.recv_from(&mut buf).unwrap();
+        assert_ne!(from.port(), 0);
+        assert_eq!(s.local_addr().unwrap().port(), from.port());
     }
 }
