@@ -29,6 +29,8 @@
 //! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
 //!   against other proxies. It runs on its own compio runtimes and shares nothing with the
 //!   balancer.
+//! - [`names`]: the names of enum values (`round_robin`, `per_packet`), read from their serde
+//!   derive so no `name()` repeats a spelling by hand.
 //! - [`units`]: the one grammar for durations (`"1.5s"`) and byte sizes (`"64KiB"`), shared by
 //!   the config file and `ringlb bench`.
 //!
@@ -65,6 +67,7 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod loadtool;
+pub mod names;
 pub mod server;
 pub mod units;
 

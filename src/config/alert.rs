@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::names::serde_name;
+use crate::names::serde_name;
 
 /// The `[alert]` table. Empty (no webhook) when the table is absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -34,7 +34,6 @@ mod alert;
 pub mod defaults;
 mod error;
 mod file;
-mod names;
 mod policy;
 mod problem;
 mod validate;
@@ -61,9 +60,9 @@ pub use policy::{
 };
 
 use crate::balancer::Algorithm;
+pub use crate::names::serde_name;
 use crate::units::{format_bytes, format_duration};
 use error::Doc;
-pub use names::serde_name;
 
 /// A loaded and validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]

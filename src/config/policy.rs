@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::names::serde_name;
+use crate::names::serde_name;
 
 /// What kind of check `[service.health]` runs, as written in `kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -64,16 +64,9 @@ impl Algorithm {
         Algorithm::SourceHash,
     ];
 
-    /// The config name (snake_case, the same string serde reads and writes).
+    /// The config name (snake_case): the string serde reads and writes, taken from its derive.
     pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::WeightedRoundRobin => "weighted_round_robin",
-            Algorithm::Random => "random",
-            Algorithm::PowerOfTwo => "power_of_two",
-            Algorithm::LeastConn => "least_conn",
-            Algorithm::SourceHash => "source_hash",
-        }
+        crate::names::serde_name(&self)
     }
 }
 

@@ -171,11 +171,11 @@ impl ser::Serializer for VariantName {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{
+    use super::*;
+    use crate::config::{
         AlertKind, HealthKind, OnBackendDown, PersistenceKind, PostgresRole, Protocol, RedisRole,
         RoleName, UdpMode,
     };
-    use super::*;
 
     #[derive(Serialize)]
     #[serde(rename_all = "kebab-case")]
