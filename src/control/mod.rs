@@ -19,6 +19,7 @@ mod availability;
 mod backend;
 mod budget;
 pub mod counter;
+pub mod discovery;
 pub mod health;
 pub mod histogram;
 pub mod local;
