@@ -15,10 +15,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -28,7 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::admin::{Metrics, get, post};
-use common::{Backend, Ringlb, config, pattern, runtime, service_config, sha, wait_for};
+use common::{Backend, BenchServe, Ringlb, config, pattern, runtime, service_config, sha, wait_for};
+use common::udp::{Reply, UdpBackend, stop_and_read_totals};
 
 /// The tests of this file run one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -37,73 +35,6 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 // ---- helpers: backend processes, socket states ----
-
-/// A `ringlb bench serve` process on a loopback port: a backend that SIGKILL really kills.
-struct ServeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServeProcess {
-    /// Starts `ringlb bench serve` (TCP, one thread) with `extra` options; returns once it
-    /// listens.
-    fn start(extra: &[&str]) -> ServeProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlb"));
-        command
-            .args([
-                "bench",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe; it allocates nothing and touches no shared state.
-        unsafe {
-            command.pre_exec(|| {
-                // A test that dies must not leave its backends running.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("ringlb bench serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("bench serve prints its address");
-        // "listening tcp 127.0.0.1:PORT (echo, 1 threads)"
-        let addr = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected bench serve line {line:?}"));
-        ServeProcess { child, addr }
-    }
-
-    /// SIGKILL, and reaps the process.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One row of `/proc/net/tcp` or `/proc/net/tcp6`.
 #[derive(Debug)]
@@ -247,8 +178,8 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
     let rt = runtime();
     let steady = rt.block_on(Backend::echo(None));
     // Echoes each read after 60 s: what arrives meanwhile stays unread in its receive queue.
-    let mut stalled = ServeProcess::start(&["--delay", "60s"]);
-    let mut echo = ServeProcess::start(&[]);
+    let mut stalled = BenchServe::start(&["--delay", "60s"]);
+    let mut echo = BenchServe::start(&[]);
     let lb = Ringlb::start(&config(
         "",
         &[
@@ -943,62 +874,6 @@ fn five_thousand_silent_clients_are_closed_by_the_idle_timeout() {
 
 // ---- 4. 200,000 UDP source addresses ----
 
-/// A UDP backend that counts every datagram and answers only those starting with "hot", with
-/// the source address it saw (the upstream socket of the flow).
-struct UdpCounter {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl UdpCounter {
-    fn start() -> UdpCounter {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let s2 = socket2::Socket::from(socket);
-        s2.set_recv_buffer_size(4 << 20).unwrap();
-        let socket: UdpSocket = s2.into();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, halt) = (received.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !halt.load(Ordering::Relaxed) {
-                let Ok((n, src)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                count.fetch_add(1, Ordering::Relaxed);
-                if buf[..n].starts_with(b"hot") {
-                    let _ = socket.send_to(src.to_string().as_bytes(), src);
-                }
-            }
-        });
-        UdpCounter {
-            addr,
-            received,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for UdpCounter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Process `pid`'s open fds by kind ("socket", "anon_inode:[eventfd]", "pipe", ...).
 fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, usize> {
     let mut kinds = std::collections::BTreeMap::new();
@@ -1054,7 +929,7 @@ fn two_hundred_thousand_udp_sources_stay_within_the_flow_bound() {
     let fd_bound = MAX_FLOWS + WORKERS * CLOSING_SLACK;
     let _serial = serial();
     let started = Instant::now();
-    let backend = UdpCounter::start();
+    let backend = UdpBackend::start(Reply::WhoamiIfPrefixed("flood", b"hot"));
     let mut lb = Ringlb::start(&format!(
         "[runtime]\nworkers = {WORKERS}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[service]]\nname = \"flood\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"udp\"\n\
@@ -1225,20 +1100,4 @@ fn two_hundred_thousand_udp_sources_stay_within_the_flow_bound() {
     // Each flow holds one upstream socket, and each worker a few more still closing: ringlb's
     // fds stay within the bound too.
     assert_eq!(over_bound, None);
-}
-
-/// Stops ringlb with SIGTERM and returns the figures of its `udp totals` line for `service`.
-fn stop_and_read_totals(lb: &mut Ringlb, service: &str) -> HashMap<String, u64> {
-    lb.signal(libc::SIGTERM);
-    assert_eq!(lb.wait_exit(Duration::from_secs(10)), Some(0));
-    let wanted = format!("service={service} ");
-    let line = lb
-        .wait_log_all(&["udp totals", &wanted], Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no udp totals line; log:\n{}", lb.log_text()));
-    line.split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
