@@ -25,8 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::admin::{Metrics, get, post};
-use common::{Backend, BenchServe, Ringlb, config, pattern, runtime, service_config, sha, wait_for};
 use common::udp::{Reply, UdpBackend, stop_and_read_totals};
+use common::{
+    Backend, BenchServe, Ringlb, config, pattern, runtime, service_config, sha, wait_for,
+};
 
 /// The tests of this file run one at a time.
 fn serial() -> MutexGuard<'static, ()> {
