@@ -24,10 +24,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::admin::{Metrics, get, post};
+use common::admin::Metrics;
 use common::udp::{Reply, UdpBackend, stop_and_read_totals};
 use common::{
-    Backend, BenchServe, Ringlb, config, pattern, runtime, service_config, sha, wait_for,
+    Backend, BenchServe, Ringlb, config, pattern, reload, runtime, service_config, sha, wait_for,
 };
 
 /// The tests of this file run one at a time.
@@ -135,26 +135,15 @@ async fn echo_stream(
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let piece = pattern((id << 32) | round, chunk);
-        s.write_all(&piece)
-            .await
-            .map_err(|e| format!("stream {id} write: {e}"))?;
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
-            .await
-            .map_err(|_| format!("stream {id}: no echo within 10 s"))?
-            .map_err(|e| format!("stream {id} read: {e}"))?;
-        if back != piece {
-            return Err(format!("stream {id}: corrupted echo in round {round}"));
-        }
+        reload::echo_piece(&mut s, id, round, &piece, &mut back).await?;
         sent.update(&piece);
         received.update(&back);
         total += chunk as u64;
         round += 1;
         tokio::time::sleep(pause).await;
     }
-    s.shutdown().await.map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await.map_err(|e| e.to_string())?;
-    if !rest.is_empty() || sent.finalize() != received.finalize() {
+    reload::finish_stream(s, id).await?;
+    if sent.finalize() != received.finalize() {
         return Err(format!("stream {id}: digests differ at the end"));
     }
     Ok(total)
@@ -382,30 +371,16 @@ async fn digest_echo(mut s: TcpStream, map: Arc<Mutex<HashMap<u64, Vec<u8>>>>) {
 /// Round `round` of the reload test: service "main" over one of three backend sets (all four,
 /// the first two, the last two) with changing weights, and service "extra" on even rounds.
 fn reload_config(round: usize, backends: &[SocketAddr], extra: SocketAddr) -> String {
-    let mut c = String::from(
-        "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [[service]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n\
-         algorithm = \"weighted_round_robin\"\nbacklog = 4096\n",
-    );
     let set: &[usize] = match round % 3 {
         0 => &[0, 1, 2, 3],
         1 => &[0, 1],
         _ => &[2, 3],
     };
-    for &i in set {
-        c.push_str(&format!(
-            "[[service.backend]]\naddress = \"{}\"\nweight = {}\n",
-            backends[i],
-            1 + (round + i) % 4
-        ));
-    }
-    if round.is_multiple_of(2) {
-        c.push_str(&format!(
-            "[[service]]\nname = \"extra\"\nlisten = \"127.0.0.1:0\"\n\
-             [[service.backend]]\naddress = \"{extra}\"\n"
-        ));
-    }
-    c
+    let main: Vec<(SocketAddr, usize)> = set
+        .iter()
+        .map(|&i| (backends[i], 1 + (round + i) % 4))
+        .collect();
+    reload::round_config(round, "backlog = 4096", &main, extra)
 }
 
 /// A stream of the reload test: its id first, then 2 KiB pieces, each echo checked, until
@@ -427,17 +402,8 @@ async fn digest_stream(
     let mut round = 0u64;
     let mut piece = head.to_vec();
     loop {
-        s.write_all(&piece)
-            .await
-            .map_err(|e| format!("stream {id} write: {e}"))?;
         let echo = &mut back[..piece.len()];
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(echo))
-            .await
-            .map_err(|_| format!("stream {id}: no echo within 10 s"))?
-            .map_err(|e| format!("stream {id} read: {e}"))?;
-        if *echo != piece[..] {
-            return Err(format!("stream {id}: corrupted echo in round {round}"));
-        }
+        reload::echo_piece(&mut s, id, round, &piece, echo).await?;
         sent.update(&piece);
         received.update(&*echo);
         total += piece.len() as u64;
@@ -448,18 +414,7 @@ async fn digest_stream(
         piece = pattern((id << 32) | round, CHUNK);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    s.shutdown().await.map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
-        .await
-        .map_err(|_| format!("stream {id}: no EOF within 20 s"))?
-        .map_err(|e| format!("stream {id} read: {e}"))?;
-    if !rest.is_empty() {
-        return Err(format!(
-            "stream {id}: {} unexpected bytes at the end",
-            rest.len()
-        ));
-    }
+    reload::finish_stream(s, id).await?;
     Ok((
         id,
         total,
@@ -482,25 +437,7 @@ async fn churn(
         id += 1;
         let mut data = id.to_le_bytes().to_vec();
         data.extend_from_slice(&pattern(id, 256));
-        let attempt = async {
-            let mut s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            s.write_all(&data)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
-            let mut back = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
-                .await
-                .map_err(|_| "no echo within 10 s".to_owned())?
-                .map_err(|e| format!("read: {e}"))?;
-            if back != data {
-                return Err(format!("corrupted echo: {} bytes back", back.len()));
-            }
-            Ok::<(), String>(())
-        };
-        match attempt.await {
+        match reload::echo_once(addr, &data).await {
             Ok(()) => {
                 made.fetch_add(1, Ordering::Relaxed);
             }
@@ -557,41 +494,7 @@ fn a_hundred_reloads_under_load_fail_no_connect_and_keep_every_stream_exact() {
         .unwrap();
         let before = made.load(Ordering::Relaxed);
         let t = Instant::now();
-        if round.is_multiple_of(10) {
-            lb.signal(libc::SIGHUP);
-            assert!(
-                wait_for(Duration::from_secs(10), || {
-                    get(admin, "/status").json()["config_version"] == (round + 1) as u64
-                }),
-                "round {round}: SIGHUP reload not applied"
-            );
-        } else {
-            let answer = post(admin, "/reload");
-            assert_eq!(answer.code, 200, "round {round}: {}", answer.body);
-            let report = answer.json();
-            assert_eq!(report["version"], (round + 1) as u64);
-            let has_extra = round.is_multiple_of(2);
-            let key = if has_extra {
-                "services_added"
-            } else {
-                "services_removed"
-            };
-            assert_eq!(report[key].as_array().unwrap().len(), 1, "{report}");
-            if has_extra {
-                let address: SocketAddr = report["listening"][0]["address"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                rt.block_on(async {
-                    let mut s = TcpStream::connect(address).await.unwrap();
-                    s.write_all(b"extra").await.unwrap();
-                    let mut back = [0u8; 5];
-                    s.read_exact(&mut back).await.unwrap();
-                    assert_eq!(&back, b"extra");
-                });
-            }
-        }
+        reload::reload_round(&lb, &rt, round, round.is_multiple_of(10));
         reload_times.push(t.elapsed());
         assert!(
             wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed)
