@@ -151,13 +151,36 @@ async fn echo_stream(
 
 // ---- 1. a backend killed mid-stream ----
 
-/// How the client's read ended after its backend was killed, and how long after the kill.
-async fn read_end(s: &mut TcpStream) -> (Result<usize, std::io::ErrorKind>, Instant) {
-    let mut buf = [0u8; 4096];
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("the client's read ends within 5 s of the kill");
-    (r.map_err(|e| e.kind()), Instant::now())
+/// Kills `backend` while `client` (served by it through ringlb) waits in a read; returns how
+/// that read ended and how long after the kill. The client is closed afterwards.
+fn kill_under(
+    rt: &tokio::runtime::Runtime,
+    mut client: TcpStream,
+    backend: &mut BenchServe,
+) -> (Result<usize, std::io::ErrorKind>, Duration) {
+    let reader = rt.spawn(async move {
+        let mut buf = [0u8; 4096];
+        let r = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the client's read ends within 5 s of the kill");
+        (r.map_err(|e| e.kind()), Instant::now())
+    });
+    let killed = Instant::now();
+    backend.kill();
+    let (end, at) = rt.block_on(reader).unwrap();
+    (end, at - killed)
+}
+
+/// How long until ringlb (`pid`) holds no CLOSE_WAIT socket, at most `bound`; `after` names
+/// what came before, for the message.
+fn close_wait_cleared(pid: u32, bound: Duration, after: &str) -> Duration {
+    let t = Instant::now();
+    assert!(
+        wait_for(bound, || close_wait_of(pid) == 0),
+        "ringlb holds {} CLOSE_WAIT sockets {bound:?} after the {after}",
+        close_wait_of(pid)
+    );
+    t.elapsed()
 }
 
 #[test]
@@ -197,7 +220,7 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
         .collect();
 
     // Reset: the backend dies with bytes it never read.
-    let mut client = rt.block_on(async {
+    let client = rt.block_on(async {
         let mut s = TcpStream::connect(lb.addr("rst")).await.unwrap();
         s.write_all(&pattern(7, 128 * 1024)).await.unwrap();
         s
@@ -211,30 +234,16 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
         unread_on_port(stalled.addr.port())
     );
     let unread = unread_on_port(stalled.addr.port()).unwrap();
-    let reader = rt.spawn(async move {
-        let end = read_end(&mut client).await;
-        (end, client)
-    });
-    let killed = Instant::now();
-    stalled.kill();
-    let ((rst_end, rst_at), client) = rt.block_on(reader).unwrap();
-    let rst_delay = rst_at - killed;
+    let (rst_end, rst_delay) = kill_under(&rt, client, &mut stalled);
     assert_eq!(
         rst_end,
         Err(std::io::ErrorKind::ConnectionReset),
         "the backend's reset reaches the client as a reset"
     );
-    drop(client);
-    let t = Instant::now();
-    assert!(
-        wait_for(BOUND, || close_wait_of(pid) == 0),
-        "ringlb holds {} CLOSE_WAIT sockets 1 s after the reset",
-        close_wait_of(pid)
-    );
-    let rst_clean = t.elapsed();
+    let rst_clean = close_wait_cleared(pid, BOUND, "reset");
 
     // Close: the backend dies with nothing unread; the kernel sends a FIN.
-    let mut client = rt.block_on(async {
+    let client = rt.block_on(async {
         let mut s = TcpStream::connect(lb.addr("fin")).await.unwrap();
         let data = pattern(8, 64 * 1024);
         s.write_all(&data).await.unwrap();
@@ -248,27 +257,13 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
         Some(0),
         "the echo backend read everything"
     );
-    let reader = rt.spawn(async move {
-        let end = read_end(&mut client).await;
-        (end, client)
-    });
-    let killed = Instant::now();
-    echo.kill();
-    let ((fin_end, fin_at), client) = rt.block_on(reader).unwrap();
-    let fin_delay = fin_at - killed;
+    let (fin_end, fin_delay) = kill_under(&rt, client, &mut echo);
     assert_eq!(
         fin_end,
         Ok(0),
         "the backend's FIN reaches the client as EOF"
     );
-    drop(client);
-    let t = Instant::now();
-    assert!(
-        wait_for(BOUND, || close_wait_of(pid) == 0),
-        "ringlb holds {} CLOSE_WAIT sockets 1 s after the close",
-        close_wait_of(pid)
-    );
-    let fin_clean = t.elapsed();
+    let fin_clean = close_wait_cleared(pid, BOUND, "close");
 
     assert!(
         rst_delay < BOUND,
