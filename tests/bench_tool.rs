@@ -4,54 +4,17 @@
 //! Every load here is bounded by `--requests`/`--bytes` and a short `--duration`, so each test
 //! takes well under a few seconds.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 
 use serde_json::Value;
 
-/// A `ringlb bench serve` process, killed when dropped.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-}
+use common::BenchServe;
 
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args([
-                "bench",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-            ])
-            .args(["--duration", "60s"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("bench serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        // "listening tcp 127.0.0.1:PORT (echo, 1 threads)"
-        let address = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from bench serve: {line:?}"));
-        Server { child, address }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `ringlb bench serve` process with `extra` options, bounded to a minute.
+fn server(extra: &[&str]) -> BenchServe {
+    BenchServe::start(&[&["--duration", "60s"], extra].concat())
 }
 
 /// Runs `ringlb bench ARGS --json` and returns the report; the command must succeed.
@@ -85,8 +48,8 @@ fn latency(report: &Value, which: &str, p: &str) -> f64 {
 
 #[test]
 fn rr_reports_exactly_the_requested_count_without_errors() {
-    let server = Server::start(&[]);
-    let addr = server.address.to_string();
+    let server = server(&[]);
+    let addr = server.addr.to_string();
     let r = bench(&[
         "rr",
         &addr,
@@ -108,8 +71,8 @@ fn rr_reports_exactly_the_requested_count_without_errors() {
 
 #[test]
 fn connect_mode_opens_one_connection_per_request() {
-    let server = Server::start(&[]);
-    let addr = server.address.to_string();
+    let server = server(&[]);
+    let addr = server.addr.to_string();
     let r = bench(&[
         "connect",
         &addr,
@@ -127,10 +90,10 @@ fn connect_mode_opens_one_connection_per_request() {
 
 #[test]
 fn stream_moves_the_requested_bytes_echoed_or_sunk() {
-    let echo = Server::start(&[]);
+    let echo = server(&[]);
     let r = bench(&[
         "stream",
-        &echo.address.to_string(),
+        &echo.addr.to_string(),
         "--bytes",
         "3MiB",
         "--connections",
@@ -142,10 +105,10 @@ fn stream_moves_the_requested_bytes_echoed_or_sunk() {
     assert_eq!(u(&r, "bytes_received"), 3 << 20, "{r}");
     assert_eq!(u(&r, "errors_total"), 0, "{r}");
 
-    let sink = Server::start(&["--sink"]);
+    let sink = server(&["--sink"]);
     let r = bench(&[
         "stream",
-        &sink.address.to_string(),
+        &sink.addr.to_string(),
         "--bytes",
         "5000001",
         "--connections",
@@ -160,8 +123,8 @@ fn stream_moves_the_requested_bytes_echoed_or_sunk() {
 
 #[test]
 fn udp_mode_against_the_udp_echo_server() {
-    let server = Server::start(&["--udp"]);
-    let addr = server.address.to_string();
+    let server = server(&["--udp"]);
+    let addr = server.addr.to_string();
     let r = bench(&[
         "udp",
         &addr,
@@ -184,8 +147,8 @@ fn udp_mode_against_the_udp_echo_server() {
 /// closed-loop tool records, "coordinated omission") stays at about 20 ms.
 #[test]
 fn open_loop_latency_includes_queueing() {
-    let server = Server::start(&["--delay", "20ms"]);
-    let addr = server.address.to_string();
+    let server = server(&["--delay", "20ms"]);
+    let addr = server.addr.to_string();
     let r = bench(&[
         "rr",
         &addr,
@@ -261,12 +224,12 @@ fn refused_port_is_reported_as_refused_errors() {
 
 #[test]
 fn table_output_lists_rate_latency_and_errors() {
-    let server = Server::start(&[]);
+    let server = server(&[]);
     let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args([
             "bench",
             "rr",
-            &server.address.to_string(),
+            &server.addr.to_string(),
             "-n",
             "200",
             "--connections",
@@ -283,10 +246,10 @@ fn table_output_lists_rate_latency_and_errors() {
 
 #[test]
 fn idle_holds_connections_open_until_the_deadline() {
-    let server = Server::start(&[]);
+    let server = server(&[]);
     let r = bench(&[
         "idle",
-        &server.address.to_string(),
+        &server.addr.to_string(),
         "--connections",
         "50",
         "-d",

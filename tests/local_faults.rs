@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::admin::{Metrics, get};
-use common::{Ringlb, runtime};
+use common::{Ringlb, runtime, wait_for_every};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -177,17 +177,8 @@ async fn client(port: u16) -> Option<TcpStream> {
 
 /// Polls `cond` every 200 ms (each poll may be an admin request, which takes a port) until it
 /// holds or `timeout` passes.
-fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn poll(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_for_every(Duration::from_millis(200), timeout, cond)
 }
 
 fn shortages(m: &Metrics, source: &str) -> f64 {

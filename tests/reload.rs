@@ -15,33 +15,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::admin::{Metrics, get, post};
-use common::{Backend, Ringlb, runtime, wait_for};
+use common::{Backend, Ringlb, reload, runtime, wait_for};
 
 /// The config of the reload test's round `round`: service "main" over a subset of the
 /// backends with changing weights, and service "extra" on even rounds only.
 fn round_config(round: usize, backends: &[SocketAddr], extra_backend: SocketAddr) -> String {
-    let mut c = String::from(
-        "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [[service]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n\
-         algorithm = \"weighted_round_robin\"\n",
-    );
-    for (i, b) in backends.iter().enumerate() {
+    let main: Vec<(SocketAddr, usize)> = backends
+        .iter()
+        .enumerate()
         // Round 0 has them all; later rounds leave one out in turn and reweigh the rest.
-        if round > 0 && i == round % backends.len() {
-            continue;
-        }
-        c.push_str(&format!(
-            "[[service.backend]]\naddress = \"{b}\"\nweight = {}\n",
-            1 + (round + i) % 4
-        ));
-    }
-    if round.is_multiple_of(2) {
-        c.push_str(&format!(
-            "[[service]]\nname = \"extra\"\nlisten = \"127.0.0.1:0\"\n\
-             [[service.backend]]\naddress = \"{extra_backend}\"\n"
-        ));
-    }
-    c
+        .filter(|&(i, _)| round == 0 || i != round % backends.len())
+        .map(|(i, &b)| (b, 1 + (round + i) % 4))
+        .collect();
+    reload::round_config(round, "", &main, extra_backend)
 }
 
 /// One long-lived stream: sends numbered 1 KiB chunks and checks each echo until `stop`.
@@ -55,28 +41,11 @@ async fn stream(addr: SocketAddr, id: u64, stop: Arc<AtomicBool>) -> Result<u64,
         let chunk: Vec<u8> = (0..1024u64)
             .map(|i| (id.wrapping_mul(31) ^ rounds ^ i) as u8)
             .collect();
-        s.write_all(&chunk)
-            .await
-            .map_err(|e| format!("stream {id} write: {e}"))?;
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
-            .await
-            .map_err(|_| format!("stream {id}: no echo within 10 s"))?
-            .map_err(|e| format!("stream {id} read: {e}"))?;
-        if back != chunk {
-            return Err(format!("stream {id}: corrupted echo in round {rounds}"));
-        }
+        reload::echo_piece(&mut s, id, rounds, &chunk, &mut back).await?;
         rounds += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    s.shutdown().await.map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await.map_err(|e| e.to_string())?;
-    if !rest.is_empty() {
-        return Err(format!(
-            "stream {id}: {} unexpected bytes at the end",
-            rest.len()
-        ));
-    }
+    reload::finish_stream(s, id).await?;
     Ok(rounds)
 }
 
@@ -88,21 +57,7 @@ async fn churn(
 ) -> Result<(), String> {
     let data: Vec<u8> = (0..256u32).map(|i| i as u8).collect();
     while !stop.load(Ordering::Relaxed) {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        s.write_all(&data)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
-        let mut back = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
-            .await
-            .map_err(|_| "no echo within 10 s".to_owned())?
-            .map_err(|e| format!("read: {e}"))?;
-        if back != data {
-            return Err(format!("corrupted echo: {} bytes back", back.len()));
-        }
+        reload::echo_once(addr, &data).await?;
         made.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -140,39 +95,8 @@ fn twenty_reloads_under_load_fail_no_connect_and_corrupt_no_byte() {
     for round in 1..=20 {
         std::fs::write(&ringlb.config_path, round_config(round, &addrs, extra.addr)).unwrap();
         let before = made.load(Ordering::Relaxed);
-        if round.is_multiple_of(4) {
-            // SIGHUP does the same as the API.
-            ringlb.signal(libc::SIGHUP);
-            assert!(wait_for(Duration::from_secs(10), || {
-                get(admin, "/status").json()["config_version"] == (round + 1) as u64
-            }));
-        } else {
-            let answer = post(admin, "/reload");
-            assert_eq!(answer.code, 200, "round {round}: {}", answer.body);
-            let report = answer.json();
-            assert_eq!(report["version"], (round + 1) as u64);
-            let has_extra = round.is_multiple_of(2);
-            assert_eq!(
-                report["services_added"].as_array().unwrap().len(),
-                usize::from(has_extra),
-                "{report}"
-            );
-            if has_extra {
-                // The added service serves at once, at the address the reload reports.
-                let address: SocketAddr = report["listening"][0]["address"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                rt.block_on(async {
-                    let mut s = TcpStream::connect(address).await.unwrap();
-                    s.write_all(b"extra").await.unwrap();
-                    let mut back = [0u8; 5];
-                    s.read_exact(&mut back).await.unwrap();
-                    assert_eq!(&back, b"extra");
-                });
-            }
-        }
+        // Every fourth round by SIGHUP, which does the same as the API.
+        reload::reload_round(&ringlb, &rt, round, round.is_multiple_of(4));
         // New connections keep being made between reloads.
         assert!(
             wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed)

@@ -15,10 +15,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,8 +24,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::admin::{Metrics, get, post};
-use common::{Backend, Ringlb, config, pattern, runtime, service_config, sha, wait_for};
+use common::admin::Metrics;
+use common::udp::{Reply, UdpBackend, stop_and_read_totals};
+use common::{
+    Backend, BenchServe, Ringlb, config, pattern, reload, runtime, service_config, sha, wait_for,
+};
 
 /// The tests of this file run one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -37,73 +37,6 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 // ---- helpers: backend processes, socket states ----
-
-/// A `ringlb bench serve` process on a loopback port: a backend that SIGKILL really kills.
-struct ServeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServeProcess {
-    /// Starts `ringlb bench serve` (TCP, one thread) with `extra` options; returns once it
-    /// listens.
-    fn start(extra: &[&str]) -> ServeProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlb"));
-        command
-            .args([
-                "bench",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe; it allocates nothing and touches no shared state.
-        unsafe {
-            command.pre_exec(|| {
-                // A test that dies must not leave its backends running.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("ringlb bench serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("bench serve prints its address");
-        // "listening tcp 127.0.0.1:PORT (echo, 1 threads)"
-        let addr = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected bench serve line {line:?}"));
-        ServeProcess { child, addr }
-    }
-
-    /// SIGKILL, and reaps the process.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One row of `/proc/net/tcp` or `/proc/net/tcp6`.
 #[derive(Debug)]
@@ -202,26 +135,15 @@ async fn echo_stream(
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let piece = pattern((id << 32) | round, chunk);
-        s.write_all(&piece)
-            .await
-            .map_err(|e| format!("stream {id} write: {e}"))?;
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
-            .await
-            .map_err(|_| format!("stream {id}: no echo within 10 s"))?
-            .map_err(|e| format!("stream {id} read: {e}"))?;
-        if back != piece {
-            return Err(format!("stream {id}: corrupted echo in round {round}"));
-        }
+        reload::echo_piece(&mut s, id, round, &piece, &mut back).await?;
         sent.update(&piece);
         received.update(&back);
         total += chunk as u64;
         round += 1;
         tokio::time::sleep(pause).await;
     }
-    s.shutdown().await.map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await.map_err(|e| e.to_string())?;
-    if !rest.is_empty() || sent.finalize() != received.finalize() {
+    reload::finish_stream(s, id).await?;
+    if sent.finalize() != received.finalize() {
         return Err(format!("stream {id}: digests differ at the end"));
     }
     Ok(total)
@@ -229,13 +151,36 @@ async fn echo_stream(
 
 // ---- 1. a backend killed mid-stream ----
 
-/// How the client's read ended after its backend was killed, and how long after the kill.
-async fn read_end(s: &mut TcpStream) -> (Result<usize, std::io::ErrorKind>, Instant) {
-    let mut buf = [0u8; 4096];
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("the client's read ends within 5 s of the kill");
-    (r.map_err(|e| e.kind()), Instant::now())
+/// Kills `backend` while `client` (served by it through ringlb) waits in a read; returns how
+/// that read ended and how long after the kill. The client is closed afterwards.
+fn kill_under(
+    rt: &tokio::runtime::Runtime,
+    mut client: TcpStream,
+    backend: &mut BenchServe,
+) -> (Result<usize, std::io::ErrorKind>, Duration) {
+    let reader = rt.spawn(async move {
+        let mut buf = [0u8; 4096];
+        let r = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the client's read ends within 5 s of the kill");
+        (r.map_err(|e| e.kind()), Instant::now())
+    });
+    let killed = Instant::now();
+    backend.kill();
+    let (end, at) = rt.block_on(reader).unwrap();
+    (end, at - killed)
+}
+
+/// How long until ringlb (`pid`) holds no CLOSE_WAIT socket, at most `bound`; `after` names
+/// what came before, for the message.
+fn close_wait_cleared(pid: u32, bound: Duration, after: &str) -> Duration {
+    let t = Instant::now();
+    assert!(
+        wait_for(bound, || close_wait_of(pid) == 0),
+        "ringlb holds {} CLOSE_WAIT sockets {bound:?} after the {after}",
+        close_wait_of(pid)
+    );
+    t.elapsed()
 }
 
 #[test]
@@ -247,8 +192,8 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
     let rt = runtime();
     let steady = rt.block_on(Backend::echo(None));
     // Echoes each read after 60 s: what arrives meanwhile stays unread in its receive queue.
-    let mut stalled = ServeProcess::start(&["--delay", "60s"]);
-    let mut echo = ServeProcess::start(&[]);
+    let mut stalled = BenchServe::start(&["--delay", "60s"]);
+    let mut echo = BenchServe::start(&[]);
     let lb = Ringlb::start(&config(
         "",
         &[
@@ -275,7 +220,7 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
         .collect();
 
     // Reset: the backend dies with bytes it never read.
-    let mut client = rt.block_on(async {
+    let client = rt.block_on(async {
         let mut s = TcpStream::connect(lb.addr("rst")).await.unwrap();
         s.write_all(&pattern(7, 128 * 1024)).await.unwrap();
         s
@@ -289,30 +234,16 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
         unread_on_port(stalled.addr.port())
     );
     let unread = unread_on_port(stalled.addr.port()).unwrap();
-    let reader = rt.spawn(async move {
-        let end = read_end(&mut client).await;
-        (end, client)
-    });
-    let killed = Instant::now();
-    stalled.kill();
-    let ((rst_end, rst_at), client) = rt.block_on(reader).unwrap();
-    let rst_delay = rst_at - killed;
+    let (rst_end, rst_delay) = kill_under(&rt, client, &mut stalled);
     assert_eq!(
         rst_end,
         Err(std::io::ErrorKind::ConnectionReset),
         "the backend's reset reaches the client as a reset"
     );
-    drop(client);
-    let t = Instant::now();
-    assert!(
-        wait_for(BOUND, || close_wait_of(pid) == 0),
-        "ringlb holds {} CLOSE_WAIT sockets 1 s after the reset",
-        close_wait_of(pid)
-    );
-    let rst_clean = t.elapsed();
+    let rst_clean = close_wait_cleared(pid, BOUND, "reset");
 
     // Close: the backend dies with nothing unread; the kernel sends a FIN.
-    let mut client = rt.block_on(async {
+    let client = rt.block_on(async {
         let mut s = TcpStream::connect(lb.addr("fin")).await.unwrap();
         let data = pattern(8, 64 * 1024);
         s.write_all(&data).await.unwrap();
@@ -326,27 +257,13 @@ fn a_backend_killed_mid_stream_resets_or_closes_its_client_at_once() {
         Some(0),
         "the echo backend read everything"
     );
-    let reader = rt.spawn(async move {
-        let end = read_end(&mut client).await;
-        (end, client)
-    });
-    let killed = Instant::now();
-    echo.kill();
-    let ((fin_end, fin_at), client) = rt.block_on(reader).unwrap();
-    let fin_delay = fin_at - killed;
+    let (fin_end, fin_delay) = kill_under(&rt, client, &mut echo);
     assert_eq!(
         fin_end,
         Ok(0),
         "the backend's FIN reaches the client as EOF"
     );
-    drop(client);
-    let t = Instant::now();
-    assert!(
-        wait_for(BOUND, || close_wait_of(pid) == 0),
-        "ringlb holds {} CLOSE_WAIT sockets 1 s after the close",
-        close_wait_of(pid)
-    );
-    let fin_clean = t.elapsed();
+    let fin_clean = close_wait_cleared(pid, BOUND, "close");
 
     assert!(
         rst_delay < BOUND,
@@ -449,30 +366,16 @@ async fn digest_echo(mut s: TcpStream, map: Arc<Mutex<HashMap<u64, Vec<u8>>>>) {
 /// Round `round` of the reload test: service "main" over one of three backend sets (all four,
 /// the first two, the last two) with changing weights, and service "extra" on even rounds.
 fn reload_config(round: usize, backends: &[SocketAddr], extra: SocketAddr) -> String {
-    let mut c = String::from(
-        "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [[service]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n\
-         algorithm = \"weighted_round_robin\"\nbacklog = 4096\n",
-    );
     let set: &[usize] = match round % 3 {
         0 => &[0, 1, 2, 3],
         1 => &[0, 1],
         _ => &[2, 3],
     };
-    for &i in set {
-        c.push_str(&format!(
-            "[[service.backend]]\naddress = \"{}\"\nweight = {}\n",
-            backends[i],
-            1 + (round + i) % 4
-        ));
-    }
-    if round.is_multiple_of(2) {
-        c.push_str(&format!(
-            "[[service]]\nname = \"extra\"\nlisten = \"127.0.0.1:0\"\n\
-             [[service.backend]]\naddress = \"{extra}\"\n"
-        ));
-    }
-    c
+    let main: Vec<(SocketAddr, usize)> = set
+        .iter()
+        .map(|&i| (backends[i], 1 + (round + i) % 4))
+        .collect();
+    reload::round_config(round, "backlog = 4096", &main, extra)
 }
 
 /// A stream of the reload test: its id first, then 2 KiB pieces, each echo checked, until
@@ -494,17 +397,8 @@ async fn digest_stream(
     let mut round = 0u64;
     let mut piece = head.to_vec();
     loop {
-        s.write_all(&piece)
-            .await
-            .map_err(|e| format!("stream {id} write: {e}"))?;
         let echo = &mut back[..piece.len()];
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(echo))
-            .await
-            .map_err(|_| format!("stream {id}: no echo within 10 s"))?
-            .map_err(|e| format!("stream {id} read: {e}"))?;
-        if *echo != piece[..] {
-            return Err(format!("stream {id}: corrupted echo in round {round}"));
-        }
+        reload::echo_piece(&mut s, id, round, &piece, echo).await?;
         sent.update(&piece);
         received.update(&*echo);
         total += piece.len() as u64;
@@ -515,18 +409,7 @@ async fn digest_stream(
         piece = pattern((id << 32) | round, CHUNK);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    s.shutdown().await.map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
-        .await
-        .map_err(|_| format!("stream {id}: no EOF within 20 s"))?
-        .map_err(|e| format!("stream {id} read: {e}"))?;
-    if !rest.is_empty() {
-        return Err(format!(
-            "stream {id}: {} unexpected bytes at the end",
-            rest.len()
-        ));
-    }
+    reload::finish_stream(s, id).await?;
     Ok((
         id,
         total,
@@ -549,25 +432,7 @@ async fn churn(
         id += 1;
         let mut data = id.to_le_bytes().to_vec();
         data.extend_from_slice(&pattern(id, 256));
-        let attempt = async {
-            let mut s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            s.write_all(&data)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
-            let mut back = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
-                .await
-                .map_err(|_| "no echo within 10 s".to_owned())?
-                .map_err(|e| format!("read: {e}"))?;
-            if back != data {
-                return Err(format!("corrupted echo: {} bytes back", back.len()));
-            }
-            Ok::<(), String>(())
-        };
-        match attempt.await {
+        match reload::echo_once(addr, &data).await {
             Ok(()) => {
                 made.fetch_add(1, Ordering::Relaxed);
             }
@@ -624,41 +489,7 @@ fn a_hundred_reloads_under_load_fail_no_connect_and_keep_every_stream_exact() {
         .unwrap();
         let before = made.load(Ordering::Relaxed);
         let t = Instant::now();
-        if round.is_multiple_of(10) {
-            lb.signal(libc::SIGHUP);
-            assert!(
-                wait_for(Duration::from_secs(10), || {
-                    get(admin, "/status").json()["config_version"] == (round + 1) as u64
-                }),
-                "round {round}: SIGHUP reload not applied"
-            );
-        } else {
-            let answer = post(admin, "/reload");
-            assert_eq!(answer.code, 200, "round {round}: {}", answer.body);
-            let report = answer.json();
-            assert_eq!(report["version"], (round + 1) as u64);
-            let has_extra = round.is_multiple_of(2);
-            let key = if has_extra {
-                "services_added"
-            } else {
-                "services_removed"
-            };
-            assert_eq!(report[key].as_array().unwrap().len(), 1, "{report}");
-            if has_extra {
-                let address: SocketAddr = report["listening"][0]["address"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                rt.block_on(async {
-                    let mut s = TcpStream::connect(address).await.unwrap();
-                    s.write_all(b"extra").await.unwrap();
-                    let mut back = [0u8; 5];
-                    s.read_exact(&mut back).await.unwrap();
-                    assert_eq!(&back, b"extra");
-                });
-            }
-        }
+        reload::reload_round(&lb, &rt, round, round.is_multiple_of(10));
         reload_times.push(t.elapsed());
         assert!(
             wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed)
@@ -943,62 +774,6 @@ fn five_thousand_silent_clients_are_closed_by_the_idle_timeout() {
 
 // ---- 4. 200,000 UDP source addresses ----
 
-/// A UDP backend that counts every datagram and answers only those starting with "hot", with
-/// the source address it saw (the upstream socket of the flow).
-struct UdpCounter {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl UdpCounter {
-    fn start() -> UdpCounter {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let s2 = socket2::Socket::from(socket);
-        s2.set_recv_buffer_size(4 << 20).unwrap();
-        let socket: UdpSocket = s2.into();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, halt) = (received.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !halt.load(Ordering::Relaxed) {
-                let Ok((n, src)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                count.fetch_add(1, Ordering::Relaxed);
-                if buf[..n].starts_with(b"hot") {
-                    let _ = socket.send_to(src.to_string().as_bytes(), src);
-                }
-            }
-        });
-        UdpCounter {
-            addr,
-            received,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for UdpCounter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Process `pid`'s open fds by kind ("socket", "anon_inode:[eventfd]", "pipe", ...).
 fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, usize> {
     let mut kinds = std::collections::BTreeMap::new();
@@ -1054,7 +829,7 @@ fn two_hundred_thousand_udp_sources_stay_within_the_flow_bound() {
     let fd_bound = MAX_FLOWS + WORKERS * CLOSING_SLACK;
     let _serial = serial();
     let started = Instant::now();
-    let backend = UdpCounter::start();
+    let backend = UdpBackend::start(Reply::WhoamiIfPrefixed("flood", b"hot"));
     let mut lb = Ringlb::start(&format!(
         "[runtime]\nworkers = {WORKERS}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[service]]\nname = \"flood\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"udp\"\n\
@@ -1225,20 +1000,4 @@ fn two_hundred_thousand_udp_sources_stay_within_the_flow_bound() {
     // Each flow holds one upstream socket, and each worker a few more still closing: ringlb's
     // fds stay within the bound too.
     assert_eq!(over_bound, None);
-}
-
-/// Stops ringlb with SIGTERM and returns the figures of its `udp totals` line for `service`.
-fn stop_and_read_totals(lb: &mut Ringlb, service: &str) -> HashMap<String, u64> {
-    lb.signal(libc::SIGTERM);
-    assert_eq!(lb.wait_exit(Duration::from_secs(10)), Some(0));
-    let wanted = format!("service={service} ");
-    let line = lb
-        .wait_log_all(&["udp totals", &wanted], Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no udp totals line; log:\n{}", lb.log_text()));
-    line.split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod reload;
 pub mod udp;
 
 use std::collections::HashMap;
@@ -24,8 +25,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_for_every(Duration::from_millis(10), timeout, cond)
+}
+
+/// Polls `cond` every `interval` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for_every(
+    interval: Duration,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -34,7 +44,20 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(interval);
+    }
+}
+
+/// Makes the process `command` starts receive SIGKILL when the test process dies, so a test
+/// killed mid-way leaves nothing running behind it.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe; it allocates nothing and touches no shared state.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -83,15 +106,7 @@ impl Ringlb {
             }
             None => Command::new(env!("CARGO_BIN_EXE_ringlb")),
         };
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe; it allocates nothing and touches no shared state.
-        unsafe {
-            command.pre_exec(|| {
-                // A test process killed mid-test must not leave ringlb running behind it.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let mut child = command
             .args(["run", "--config"])
             .arg(&path)
@@ -250,6 +265,65 @@ impl Ringlb {
 }
 
 impl Drop for Ringlb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `ringlb bench serve` process on a loopback port (one thread; echo unless `extra` says
+/// otherwise), killed when dropped: a backend that SIGKILL really kills.
+pub struct BenchServe {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BenchServe {
+    /// Starts `ringlb bench serve` with `extra` options; returns once it listens.
+    pub fn start(extra: &[&str]) -> BenchServe {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+        command
+            .args([
+                "bench",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("ringlb bench serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("bench serve prints its address");
+        // "listening tcp 127.0.0.1:PORT (echo, 1 threads)"
+        let addr = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from bench serve: {line:?}"));
+        BenchServe { child, addr }
+    }
+
+    /// SIGKILL, and reaps the process.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for BenchServe {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -30,6 +30,8 @@ pub enum Reply {
     Whoami(&'static str),
     /// Two datagrams: `"<name> <source> 1"` and `"<name> <source> 2"`.
     Twice(&'static str),
+    /// Like [`Reply::Whoami`] to datagrams that start with the given bytes; nothing to others.
+    WhoamiIfPrefixed(&'static str, &'static [u8]),
 }
 
 /// A UDP backend on loopback served by one thread until dropped (or [`UdpBackend::close`]d,
@@ -64,6 +66,10 @@ impl UdpBackend {
                     Reply::Twice(name) => socket
                         .send_to(format!("{name} {src} 1").as_bytes(), src)
                         .and_then(|_| socket.send_to(format!("{name} {src} 2").as_bytes(), src)),
+                    Reply::WhoamiIfPrefixed(name, prefix) if buf[..n].starts_with(prefix) => {
+                        socket.send_to(format!("{name} {src}").as_bytes(), src)
+                    }
+                    Reply::WhoamiIfPrefixed(..) => Ok(0),
                 };
             }
         });
@@ -162,18 +168,9 @@ pub fn stop_and_read_totals(lb: &mut Ringlb, service: &str) -> HashMap<String, u
         "ringlb exits 0 after SIGTERM"
     );
     let wanted = format!("service={service} ");
-    let mut line = None;
-    wait_for(Duration::from_secs(5), || {
-        line = lb
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("udp totals") && l.contains(&wanted))
-            .cloned();
-        line.is_some()
-    });
-    let line = line.unwrap_or_else(|| panic!("no udp totals line; log:\n{}", lb.log_text()));
+    let line = lb
+        .wait_log_all(&["udp totals", &wanted], Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no udp totals line; log:\n{}", lb.log_text()));
     line.split_whitespace()
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
