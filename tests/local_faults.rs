@@ -12,12 +12,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::admin::{Metrics, get};
+use common::netns::Netns;
 use common::{Ringlb, runtime, wait_for_every};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -33,65 +32,6 @@ const WEBHOOK: &str = "127.0.0.1:7300";
 const CLIENTS: u16 = 100;
 /// Clients bind their own ports, outside the ephemeral range, so they leave it to ringlb.
 const CLIENT_PORTS: u16 = 50000;
-
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    /// A new namespace with `lo` up and `sysctls` (`key=value`) set inside it.
-    fn new(sysctls: &[&str]) -> Netns {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("ringlb-lf-{}-{nanos}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        for s in sysctls {
-            ip(&["netns", "exec", &ns.name, "sysctl", "-q", "-w", s]);
-        }
-        ns
-    }
-
-    /// Runs `f` on a thread that entered the namespace first; returns its result, or resumes
-    /// its panic here.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("the namespace's file");
-                // SAFETY: setns(2) on a valid open namespace fd only changes this thread's
-                // network namespace; no memory is involved. The thread was started for this.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 /// An echo backend on `addr`, line by line.
 async fn echo(addr: &str) {
@@ -192,10 +132,13 @@ fn shortages(m: &Metrics, source: &str) -> f64 {
 fn running_out_of_local_ports_marks_no_backend_down_and_service_resumes_when_they_free() {
     // tcp_tw_reuse = 2 is Linux's default (TIME_WAIT ports reused for loopback connects a second
     // after their last packet); set here so the bound on recovery does not hang on it.
-    let ns = Netns::new(&[
-        &format!("net.ipv4.ip_local_port_range={PORT_RANGE}"),
-        "net.ipv4.tcp_tw_reuse=2",
-    ]);
+    let ns = Netns::new(
+        "lf",
+        &[
+            &format!("net.ipv4.ip_local_port_range={PORT_RANGE}"),
+            "net.ipv4.tcp_tw_reuse=2",
+        ],
+    );
     ns.run(|| {
         let rt = runtime();
         let events = rt.block_on(async {

@@ -12,12 +12,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::admin::Metrics;
+use common::netns::Netns;
 use common::{Ringlb, config, pattern, runtime, service_config, sha, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -140,65 +140,6 @@ fn connections_rotate_over_the_source_addresses_and_bytes_arrive_exactly() {
     assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
 }
 
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-fn run_ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    /// A new namespace with `lo` up and `sysctls` (`key=value`) set inside it.
-    fn new(sysctls: &[&str]) -> Netns {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("ringlb-src-{}-{nanos}", std::process::id());
-        run_ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        run_ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        for s in sysctls {
-            run_ip(&["netns", "exec", &ns.name, "sysctl", "-q", "-w", s]);
-        }
-        ns
-    }
-
-    /// Runs `f` on a thread that entered the namespace first (a child process started from it,
-    /// such as ringlb, starts there too); returns its result, or resumes its panic here.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("the namespace's file");
-                // SAFETY: setns(2) on a valid open namespace fd only changes this thread's
-                // network namespace; no memory is involved. The thread was started for this.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// The namespace's one ephemeral port.
 const PORT: u16 = 40000;
 const A: &str = "127.0.0.1:7101";
@@ -240,7 +181,10 @@ fn socket_exists(local: &str, remote: &str) -> bool {
 
 #[test]
 fn one_local_port_serves_two_backends_and_a_second_address_doubles_the_connections() {
-    let ns = Netns::new(&[&format!("net.ipv4.ip_local_port_range={PORT} {PORT}")]);
+    let ns = Netns::new(
+        "src",
+        &[&format!("net.ipv4.ip_local_port_range={PORT} {PORT}")],
+    );
     ns.run(|| {
         let rt = runtime();
         let ((a, a_peers), (b, b_peers)) =

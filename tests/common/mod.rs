@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod netns;
 pub mod reload;
 pub mod udp;
 
