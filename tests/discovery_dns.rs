@@ -58,12 +58,13 @@ fn timed_next(
 #[test]
 fn a_records_become_instances_and_follow_live_changes() {
     let rt = rt();
-    let server = DnsServer::start(&["--local-ttl=1".to_string()]);
+    // A TTL far above max_ttl: the answer must not come from a resolver cache.
+    let server = DnsServer::start(&["--local-ttl=3600".to_string()]);
     server.write_hosts(
         "web",
         "127.0.0.12 web.test.ringlb\n127.0.0.11 web.test.ringlb\n",
     );
-    let mut watch = DnsWatch::new(&settings(&server, "web.test.ringlb:8080", 1, 5), 16).unwrap();
+    let mut watch = DnsWatch::new(&settings(&server, "web.test.ringlb:8080", 1, 1), 16).unwrap();
 
     let (first, took) = timed_next(&rt, &mut watch);
     let first = first.unwrap();
@@ -131,6 +132,9 @@ fn srv_records_give_ports_weights_and_backups() {
         "--srv-host=_pg._tcp.test.ringlb,db1.test.ringlb,5432,10,30".to_string(),
         "--srv-host=_pg._tcp.test.ringlb,db2.test.ringlb,5433,10,0".to_string(),
         "--srv-host=_pg._tcp.test.ringlb,db3.test.ringlb,6000,20,60000".to_string(),
+        // A target with no address (not in the additional section, NXDOMAIN when looked up):
+        // it adds no instance and fails nothing.
+        "--srv-host=_pg._tcp.test.ringlb,gone.test.ringlb,5434,10,5".to_string(),
         "--local-ttl=3".to_string(),
     ]);
     let mut watch = DnsWatch::new(&settings(&server, "_pg._tcp.test.ringlb", 1, 60), 16).unwrap();

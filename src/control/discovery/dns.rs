@@ -324,7 +324,6 @@ fn build_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, Discovery
     let opts: &mut ResolverOpts = builder.options_mut();
     // Answers are never reused: each resolution empties the cache first; keep it small.
     opts.cache_size = 64;
-    opts.preserve_intermediates = true;
     builder
         .build()
         .map_err(|e| DiscoveryError::Resolver(format!("building the resolver: {e}")))
