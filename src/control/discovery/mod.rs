@@ -11,6 +11,9 @@
 //! the record's TTL has run out and it was resolved again. The caller compares the answer with
 //! the set it applied last and applies a change only when they differ.
 
+pub mod dns;
+mod dns_settings;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
