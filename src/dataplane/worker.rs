@@ -223,6 +223,16 @@ async fn serve(setup: WorkerSetup) {
             worker.aborted.set();
         })
     };
+    // The heartbeat `GET /health` reads: it only advances while this worker's loop turns.
+    let heartbeat = {
+        let worker = worker.clone();
+        compio::runtime::spawn(async move {
+            loop {
+                worker.stats.beat();
+                compio::time::sleep(super::HEARTBEAT_EVERY).await;
+            }
+        })
+    };
     for command in setup.initial {
         if let Err(e) = handle(&worker, command) {
             let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
@@ -252,6 +262,7 @@ async fn serve(setup: WorkerSetup) {
     wait_until(&worker.loop_ended, || worker.loops.get() == 0).await;
     wait_until_empty(&worker).await;
     drop(abort_relay);
+    drop(heartbeat);
     tracing::debug!(worker = worker.index, "worker drained");
 }
 
