@@ -482,6 +482,28 @@ impl Pair {
         })
     }
 
+    /// Connects from the client every 20 ms from `start` until `role` alone holds the virtual
+    /// address and a connection through it reached a backend: the window and the failed
+    /// attempts meanwhile.
+    fn window_to(&self, role: &str, start: Instant, limit: Duration) -> (Duration, u32) {
+        let other = if role == "a" { "b" } else { "a" };
+        in_netns(&self.net.ns("c"), || {
+            let mut failures = 0;
+            let deadline = start + limit;
+            while Instant::now() < deadline {
+                let moved = self.net.holds_vip(role) && !self.net.holds_vip(other);
+                let to = SocketAddr::new(VIP.into(), PORT);
+                match who(CLIENT.into(), to, Duration::from_millis(300)) {
+                    Ok(_) if moved => return (start.elapsed(), failures),
+                    Ok(_) => {}
+                    Err(_) => failures += 1,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("the address did not move to {role} within {limit:?}");
+        })
+    }
+
     /// The bound a failover window is asserted against: 3 advert intervals, 1 s (keepalived's
     /// shortest script interval) and [`MARGIN`].
     fn bound(&self) -> Duration {
@@ -586,12 +608,17 @@ fn unhealthy_master(nopreempt: bool) {
     });
     let start = Instant::now();
     pair.aux.get_mut("a").unwrap().kill();
-    let (window, failures) = pair.window(start, Duration::from_secs(15));
-    pair.wait_master("b", Duration::from_secs(5));
+    let (window, failures) = pair.window_to("b", start, Duration::from_secs(15));
     println!(
-        "failover, A unhealthy (no ready backend), advert_int 0.2s: first connection through B \
-         after {} ms, {failures} connect failures",
+        "failover, A unhealthy (no ready backend), advert_int 0.2s: B holds the address and \
+         serves {} ms after the backend stopped, {failures} connect failures",
         window.as_millis()
+    );
+    // ringlb notices (health interval 200 ms, fall 1), then the track_script (1 s).
+    assert!(
+        window <= pair.bound() + Duration::from_millis(200),
+        "window {window:?}\n{}",
+        pair.logs()
     );
     // A's ringlb says why.
     let check = Command::new("ip")
@@ -624,6 +651,7 @@ fn unhealthy_master(nopreempt: bool) {
             .is_ok_and(|o| o.status.success())
     });
     assert!(healthy, "A did not become healthy again");
+    let back = Instant::now();
     if nopreempt {
         // A is healthy and has the higher priority, yet B keeps the address: watch for the
         // script's two rises and 15 advert intervals more.
@@ -634,11 +662,72 @@ fn unhealthy_master(nopreempt: bool) {
             pair.logs()
         );
         assert!(pair.net.holds_vip("b"));
+        let (_, failures) = pair.window(Instant::now(), Duration::from_secs(5));
+        println!(
+            "A healthy again with nopreempt: B keeps the address, {failures} connect failures"
+        );
     } else {
-        pair.wait_master("a", Duration::from_secs(10));
+        let (window, failures) = pair.window_to("a", back, Duration::from_secs(10));
+        println!(
+            "A healthy again with preemption: A holds the address and serves {} ms after \
+             its health returned, {failures} connect failures",
+            window.as_millis()
+        );
     }
-    let (_, failures) = pair.window(Instant::now(), Duration::from_secs(5));
-    println!("after recovery (nopreempt {nopreempt}): {failures} connect failures");
+}
+
+/// Failover rounds for `tools/ha-failover.sh`: `RINGLB_HA_ROUNDS` (default 20) failovers each
+/// way (ringlb killed on A, then on B; nopreempt, so each host keeps the address until its
+/// ringlb dies) at advert_int `RINGLB_HA_ADVERT` (default 1). Prints one line per failover.
+#[test]
+#[ignore = "long: run by tools/ha-failover.sh"]
+fn failover_rounds() {
+    let _serial = lock();
+    let rounds: usize = std::env::var("RINGLB_HA_ROUNDS").map_or(20, |v| v.parse().unwrap());
+    let advert: &'static str = Box::leak(
+        std::env::var("RINGLB_HA_ADVERT")
+            .unwrap_or_else(|_| "1".into())
+            .into(),
+    );
+    let mut pair = Pair::start(&Setup {
+        advert,
+        nopreempt: true,
+    });
+    let mut master = "a";
+    for round in 0..rounds * 2 {
+        let other = if master == "a" { "b" } else { "a" };
+        let start = Instant::now();
+        pair.ringlb.get_mut(master).unwrap().kill();
+        let (window, failures) = pair.window_to(other, start, Duration::from_secs(15));
+        println!(
+            "round {round} advert_int {advert} {master}->{other} window_ms {} failures {failures}",
+            window.as_millis()
+        );
+        // Restart the killed ringlb and wait until keepalived saw its host healthy again (two
+        // passing checks: FAULT to BACKUP); nopreempt keeps it backup.
+        let transitions = pair.net.path(&format!("vrrp-{master}.log"));
+        let seen = |t: &Path| {
+            fs::read_to_string(t)
+                .unwrap_or_default()
+                .matches("BACKUP")
+                .count()
+        };
+        let before = seen(&transitions);
+        let config = pair.net.path(&format!("ringlb-{master}.toml"));
+        let restarted = start_ringlb(&pair.net, master, &config);
+        pair.ringlb.insert(master, restarted);
+        let ns = pair.net.ns(master);
+        let healthy = wait_for(Duration::from_secs(10), || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_ringlb")])
+                .args(["status", "--check", "--admin", "127.0.0.1:9090"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        assert!(healthy, "{master} did not come back");
+        assert!(wait_for(Duration::from_secs(10), || seen(&transitions) > before));
+        master = other;
+    }
 }
 
 #[test]
