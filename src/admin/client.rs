@@ -1,5 +1,6 @@
 //! `ringlb status` and `ringlb connections`: read the admin API of a running ringlb and print
-//! it as tables; `ringlb status --check` asks `/health` and answers with its exit code. One GET per command, with reqwest (the HTTP client the alert webhooks use).
+//! it as tables; `ringlb status --check` asks `/health` and answers with its exit code. One GET
+//! per command, with reqwest (the HTTP client the alert webhooks use).
 //!
 //! This module owns the CLI side of the admin API (the request, its errors, the tables); the
 //! API itself is in `super::api`.
@@ -33,11 +34,6 @@ impl Target {
 
     /// GETs `path_and_query` and returns the body of a 2xx answer; any other answer is an error
     /// carrying the API's `error` message.
-    ///
-    /// The request runs on a current-thread tokio runtime made for it, rather than through
-    /// reqwest's `blocking` feature: that feature runs its own runtime on a background thread
-    /// per client (and is one more feature to build), where a command that makes one request
-    /// only needs to block on it here.
     fn get(&self, path_and_query: &str) -> anyhow::Result<String> {
         let (url, code, body) = self.fetch(path_and_query)?;
         if !code.is_success() {
@@ -51,6 +47,11 @@ impl Target {
     }
 
     /// GETs `path_and_query`: the URL, the status and the body, whatever the status.
+    ///
+    /// The request runs on a current-thread tokio runtime made for it, rather than through
+    /// reqwest's `blocking` feature: that feature runs its own runtime on a background thread
+    /// per client (and is one more feature to build), where a command that makes one request
+    /// only needs to block on it here.
     fn fetch(&self, path_and_query: &str) -> anyhow::Result<(String, reqwest::StatusCode, String)> {
         let url = format!("{}{path_and_query}", self.base);
         let runtime = tokio::runtime::Builder::new_current_thread()
