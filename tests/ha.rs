@@ -880,3 +880,62 @@ fn two_balancers_with_backends_in_different_orders_agree_on_every_client() {
         assert_eq!(mapping(r), first);
     }
 }
+
+/// `GET /health` and `ringlb status --check` on loopback: healthy with ready backends, 503 and
+/// exit 1 with the reason once a `require_backends` service has none, healthy again after.
+#[test]
+fn health_follows_the_backends_of_a_require_backends_service() {
+    let mut backend = Some(Named::start(None, "127.0.0.1:0".parse().unwrap(), "b"));
+    let addr = backend.as_ref().unwrap().addr;
+    let service = common::service_config(
+        "redis",
+        "source_hash",
+        &[addr],
+        "[service.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1",
+    );
+    let r = common::Ringlb::start(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\nrequire_backends = true\n",
+        common::config("", &[service])
+    ));
+    let admin = r.admin.unwrap();
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["status", "--check", "--admin", &admin.to_string()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let health = || common::admin::http(admin, "GET", "/health", None, None);
+    assert!(wait_for(Duration::from_secs(5), || health().code == 200));
+    assert_eq!(health().json(), serde_json::json!({"healthy": true}));
+    assert_eq!(check(), (Some(0), "healthy".to_owned()));
+
+    drop(backend.take());
+    assert!(wait_for(Duration::from_secs(5), || health().code == 503));
+    assert_eq!(
+        health().json(),
+        serde_json::json!({"healthy": false, "reason": "service redis has no ready backend"})
+    );
+    assert_eq!(
+        check(),
+        (
+            Some(1),
+            "unhealthy: service redis has no ready backend".to_owned()
+        )
+    );
+
+    let _back = Named::start(None, addr, "b");
+    assert!(wait_for(Duration::from_secs(5), || health().code == 200));
+
+    // A ringlb that is gone is unhealthy too.
+    drop(r);
+    let (code, said) = check();
+    assert_eq!(code, Some(1));
+    assert!(
+        said.starts_with("unhealthy: cannot reach the admin API"),
+        "{said}"
+    );
+}
