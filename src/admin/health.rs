@@ -2,10 +2,11 @@
 //! keepalived `track_script` (through `ringlb status --check`) or a load balancer in front.
 //!
 //! Owns: the decision ([`judge`], pure code over [`Facts`]) and gathering those facts from a
-//! running [`Instance`]. Serving means: every service of the running config has its listener
-//! bound, every worker's loop turned within [`STALE_AFTER`] (each worker records a heartbeat
-//! every `dataplane::HEARTBEAT_EVERY`), and, with `[admin] require_backends = true`, every
-//! service has a ready backend. Does not own the HTTP route (`api`) nor the heartbeat itself
+//! running [`Instance`]. Serving means: ringlb is not stopping (a drain closes the listeners
+//! at once, so the address should move before the drain ends), every service of the running
+//! config has its listener bound, every worker's loop turned within [`STALE_AFTER`] (each
+//! worker records a heartbeat every `dataplane::HEARTBEAT_EVERY`), and, with
+//! `[admin] require_backends = true`, every service has a ready backend. Does not own the HTTP route (`api`) nor the heartbeat itself
 //! (the workers').
 
 use std::time::Duration;
@@ -59,6 +60,8 @@ pub struct ServiceFacts {
 /// What [`judge`] decides from.
 #[derive(Clone, Debug)]
 pub struct Facts {
+    /// Whether ringlb is stopping (its listeners closed, its live connections draining).
+    pub draining: bool,
     /// Services in config order.
     pub services: Vec<ServiceFacts>,
     /// Per worker, how long since its loop last turned (`None`: never).
@@ -67,9 +70,12 @@ pub struct Facts {
     pub require_backends: bool,
 }
 
-/// Healthy when every listener is bound, every worker turned within [`STALE_AFTER`], and (when
+/// Healthy when ringlb is not stopping, every listener is bound, every worker turned within [`STALE_AFTER`], and (when
 /// required) every service has a ready backend; otherwise the first fault, in that order.
 pub fn judge(facts: &Facts) -> Health {
+    if facts.draining {
+        return Health::fault("draining: ringlb is stopping and accepts no connection".to_owned());
+    }
     if let Some(s) = facts.services.iter().find(|s| !s.listening) {
         return Health::fault(format!("service {} has no bound listener", s.name));
     }
@@ -112,6 +118,7 @@ pub fn facts_of(instance: &Instance) -> Facts {
         })
         .collect();
     Facts {
+        draining: dataplane.draining(),
         services,
         workers: dataplane.stats().iter().map(|w| w.since_beat()).collect(),
         require_backends: config.admin.as_ref().is_some_and(|a| a.require_backends),
@@ -124,6 +131,7 @@ mod tests {
 
     fn facts() -> Facts {
         Facts {
+            draining: false,
             services: vec![
                 ServiceFacts {
                     name: "redis".into(),
@@ -180,6 +188,15 @@ mod tests {
         );
         f.workers.clear();
         assert!(!judge(&f).healthy);
+    }
+
+    #[test]
+    fn a_stopping_ringlb_is_unhealthy_whatever_else_holds() {
+        let mut f = facts();
+        f.draining = true;
+        let h = judge(&f);
+        assert!(!h.healthy);
+        assert!(h.reason.unwrap().starts_with("draining"));
     }
 
     #[test]

@@ -235,6 +235,7 @@ pub struct DataPlaneHandle {
     control: Arc<Mutex<Control>>,
     stats: Arc<[Arc<WorkerStats>]>,
     workers: usize,
+    shutdown: Arc<Shutdown>,
 }
 
 /// Running workers.
@@ -315,13 +316,14 @@ impl DataPlane {
         Ok(DataPlane {
             threads,
             exited,
-            shutdown,
             snapshot,
             handle: DataPlaneHandle {
                 control: Arc::new(Mutex::new(Control { mailboxes, bound })),
                 stats: stats.into(),
                 workers,
+                shutdown: shutdown.clone(),
             },
+            shutdown,
         })
     }
 
@@ -385,6 +387,11 @@ impl DataPlaneHandle {
     /// Each worker's counters, by worker index.
     pub fn stats(&self) -> &[Arc<WorkerStats>] {
         &self.stats
+    }
+
+    /// Whether the drain began: the listeners are closed and no new connection is accepted.
+    pub fn draining(&self) -> bool {
+        self.shutdown.is_draining()
     }
 
     /// Up to `limit` live tracked connections of every worker (of one service, or all), as
