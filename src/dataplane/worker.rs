@@ -2,8 +2,9 @@
 //!
 //! Owns: the accept loop of each service on this worker (with the pause at `max_connections` and
 //! on fd exhaustion), the worker's mailbox (listeners added and retired by reloads, connection
-//! listings for the admin API), and the worker's exit once a drain has closed its last
-//! connection.
+//! listings for the admin API), the worker's heartbeat (a timer task on its ring that records
+//! every `HEARTBEAT_EVERY` that the loop turns, for `GET /health`), and the worker's exit once a
+//! drain has closed its last connection.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
