@@ -39,7 +39,14 @@ enum Command {
     /// Load generator (connect, rr, stream, udp, idle) and echo/sink server (serve).
     Bench(ringlb::loadtool::BenchArgs),
     /// Print the services and backends of a running ringlb (from its admin API).
-    Status(AdminArgs),
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only ask whether it serves (`GET /health`): print the answer, exit 0 when healthy
+        /// and 1 otherwise (for keepalived's `track_script`).
+        #[arg(long)]
+        check: bool,
+    },
     /// Print the live connections of a running ringlb (from its admin API).
     Connections {
         #[command(flatten)]
@@ -72,7 +79,24 @@ fn main() -> ExitCode {
         Some(Command::Check) => return check(cli.config.as_deref()),
         Some(Command::Demo(options)) => ringlb::demo::run(&options),
         Some(Command::Bench(args)) => ringlb::loadtool::run(&args),
-        Some(Command::Status(admin)) => admin_target(&admin, cli.config.as_deref())
+        Some(Command::Status { admin, check }) if check => {
+            return match admin_target(&admin, cli.config.as_deref()) {
+                Ok(target) => {
+                    let (healthy, line) = client::check(&target);
+                    let _ = writeln!(std::io::stdout(), "{line}");
+                    if healthy {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Status { admin, .. }) => admin_target(&admin, cli.config.as_deref())
             .and_then(|t| client::status(&t))
             .map(|table| print!("{table}")),
         Some(Command::Connections {

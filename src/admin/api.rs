@@ -3,6 +3,8 @@
 //!
 //! Routes:
 //! - `GET /metrics`: Prometheus text (see `metrics`).
+//! - `GET /health`: 200 `{"healthy":true}` while ringlb serves, else 503 with a short
+//!   `reason` (see `health` for what serving means); for keepalived and other checkers.
 //! - `GET /status`: JSON of services and backends, the config file, snapshot version, uptime.
 //! - `GET /connections?service=NAME&limit=N`: live tracked connections, oldest first (each
 //!   worker answers from its own table through its mailbox; default limit 100, at most 10,000).
@@ -132,6 +134,7 @@ fn router(app: App) -> (Router, Arc<AdminStats>) {
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     let routes = Router::new()
         .route("/metrics", get(metrics))
+        .route("/health", get(health))
         .route("/status", get(status))
         .route("/connections", get(connections))
         .merge(changes)
@@ -340,6 +343,16 @@ pub fn status_of(instance: &Instance) -> Status {
         workers: instance.dataplane().workers(),
         services,
     }
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let health = super::health::judge(&super::health::facts_of(&app.instance));
+    let code = if health.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(health)).into_response()
 }
 
 async fn status(State(app): State<App>) -> Response {

@@ -1,5 +1,6 @@
 //! `ringlb status` and `ringlb connections`: read the admin API of a running ringlb and print
-//! it as tables. One GET per command, with reqwest (the HTTP client the alert webhooks use).
+//! it as tables; `ringlb status --check` asks `/health` and answers with its exit code. One GET
+//! per command, with reqwest (the HTTP client the alert webhooks use).
 //!
 //! This module owns the CLI side of the admin API (the request, its errors, the tables); the
 //! API itself is in `super::api`.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::api::{ConnectionStatus, Status};
+use super::health::Health;
 
 /// How long a command waits for the API.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,12 +34,25 @@ impl Target {
 
     /// GETs `path_and_query` and returns the body of a 2xx answer; any other answer is an error
     /// carrying the API's `error` message.
+    fn get(&self, path_and_query: &str) -> anyhow::Result<String> {
+        let (url, code, body) = self.fetch(path_and_query)?;
+        if !code.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or(body);
+            bail!("{url}: {code}: {message}");
+        }
+        Ok(body)
+    }
+
+    /// GETs `path_and_query`: the URL, the status and the body, whatever the status.
     ///
     /// The request runs on a current-thread tokio runtime made for it, rather than through
     /// reqwest's `blocking` feature: that feature runs its own runtime on a background thread
     /// per client (and is one more feature to build), where a command that makes one request
     /// only needs to block on it here.
-    fn get(&self, path_and_query: &str) -> anyhow::Result<String> {
+    fn fetch(&self, path_and_query: &str) -> anyhow::Result<(String, reqwest::StatusCode, String)> {
         let url = format!("{}{path_and_query}", self.base);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -67,14 +82,28 @@ impl Target {
                 .with_context(|| format!("cannot read the answer of {url}"))?;
             anyhow::Ok((code, body))
         })?;
-        if !code.is_success() {
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or(body);
-            bail!("{url}: {code}: {message}");
-        }
-        Ok(body)
+        Ok((url, code, body))
+    }
+}
+
+/// `ringlb status --check`: whether the ringlb at `target` serves (`GET /health`), and the line
+/// to print. An API that cannot be reached or answers something else is unhealthy too, so a
+/// keepalived `track_script` gives the address up when ringlb is gone.
+pub fn check(target: &Target) -> (bool, String) {
+    let (url, code, body) = match target.fetch("/health") {
+        Ok(answer) => answer,
+        Err(e) => return (false, format!("unhealthy: {e:#}")),
+    };
+    match serde_json::from_str::<Health>(&body) {
+        Ok(h) if h.healthy && code.is_success() => (true, "healthy".to_owned()),
+        Ok(h) => (
+            false,
+            format!(
+                "unhealthy: {}",
+                h.reason.unwrap_or_else(|| format!("{url} answered {code}"))
+            ),
+        ),
+        Err(_) => (false, format!("unhealthy: {url} answered {code}: {body}")),
     }
 }
 

@@ -13,6 +13,7 @@ mod api;
 mod change;
 pub mod client;
 mod exposition;
+pub mod health;
 mod instance;
 mod metrics;
 mod serve;

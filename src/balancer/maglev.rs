@@ -13,13 +13,16 @@
 //! `offset` and `skip` come from xxh3 of its key with two fixed seeds. Backends then take
 //! turns claiming their next preferred free slot until the table is full. The turns are
 //! weighted by stride scheduling: the next turn goes to the backend with the smallest
-//! `(claims + 1) / weight` (exact rational comparison, ties to the lower index), so after any
-//! number of turns every backend holds its weight share of the claimed slots to within about
-//! one slot. With equal weights this is the round robin of the paper.
+//! `(claims + 1) / weight` (exact rational comparison, ties to the backend whose key sorts
+//! first), so after any number of turns every backend holds its weight share of the claimed
+//! slots to within about one slot. With equal weights this is the round robin of the paper.
 //!
-//! Because the permutations depend only on the keys, every ringlb process built from the same
-//! backend keys, weights and size gets the same table, bit for bit, on every platform and Rust
-//! version.
+//! The build runs over the backends sorted by key (then weight), never in listing order: the
+//! permutations depend only on the keys and the turns only on the sorted order, so every ringlb
+//! process given the same set of backend keys, weights and size gets the same table (the same
+//! backend in every slot), whatever order its config lists them in and whatever backends it
+//! had before a reload, on every platform and Rust version. Two balancers behind one virtual
+//! address therefore send a `source_hash` client to the same backend.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -82,7 +85,8 @@ impl fmt::Debug for Maglev {
 }
 
 impl Maglev {
-    /// Builds the table for `backends` (in this order: slot values are indices into it).
+    /// Builds the table for `backends`: slot values are indices into `backends`, but which
+    /// backend owns a slot does not depend on their order (see the module docs).
     ///
     /// Never panics. What it does with unusual input:
     /// - `size` is clamped to `MIN_SIZE..=MAX_SIZE` and, if not prime, rounded up to the next
@@ -108,16 +112,25 @@ impl Maglev {
                 backends: 0,
             };
         }
+        // Build over the backends in key order, so the listing order does not matter; slots
+        // are translated back to listing indices at the end. Ties on the key (duplicates) fall
+        // to the weight, then to the listing order, where identical specs are interchangeable.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            (backends[a].key.as_bytes(), backends[a].weight)
+                .cmp(&(backends[b].key.as_bytes(), backends[b].weight))
+        });
+        let sorted: Vec<&BackendSpec<'_>> = order.iter().map(|&i| &backends[i]).collect();
         // size fits in u64 (MAX_SIZE is 2^24), so the casts below are lossless.
         let size64 = size as u64;
-        let mut cursors: Vec<Permutation> = backends[..n]
+        let mut cursors: Vec<Permutation> = sorted
             .iter()
             .map(|b| Permutation {
                 pos: (xxh3_64_with_seed(b.key.as_bytes(), OFFSET_SEED) % size64) as usize,
                 skip: (xxh3_64_with_seed(b.key.as_bytes(), SKIP_SEED) % (size64 - 1) + 1) as usize,
             })
             .collect();
-        let mut turns: BinaryHeap<Turn> = backends[..n]
+        let mut turns: BinaryHeap<Turn> = sorted
             .iter()
             .enumerate()
             .map(|(index, b)| Turn {
@@ -136,8 +149,8 @@ impl Maglev {
             while table[cursor.pos] != EMPTY {
                 cursor.advance(size);
             }
-            // index < n <= MAX_BACKENDS = u16::MAX, so it fits and is never EMPTY.
-            table[cursor.pos] = turn.index as u16;
+            // order[i] < n <= MAX_BACKENDS = u16::MAX, so it fits and is never EMPTY.
+            table[cursor.pos] = order[turn.index] as u16;
             cursor.advance(size);
             filled += 1;
             turn.claims += 1;
@@ -208,7 +221,7 @@ impl Permutation {
 }
 
 /// A backend's place in the stride schedule of turns. The heap pops the greatest, so the
-/// ordering is "goes first": smaller `(claims + 1) / weight`, then smaller index.
+/// ordering is "goes first": smaller `(claims + 1) / weight`, then smaller index in key order.
 #[derive(PartialEq, Eq)]
 struct Turn {
     claims: u64,
@@ -428,6 +441,45 @@ mod tests {
         assert_eq!(m.table(), GOLDEN_TABLE_13);
     }
     const GOLDEN_TABLE_13: &[u16] = &[1, 1, 1, 1, 0, 2, 0, 2, 2, 0, 0, 2, 0];
+
+    /// The table as backend keys, slot by slot: comparable between builds whose lists differ
+    /// in order.
+    fn by_key<'a>(m: &Maglev, s: &[BackendSpec<'a>]) -> Vec<&'a str> {
+        m.table().iter().map(|&b| s[usize::from(b)].key).collect()
+    }
+
+    #[test]
+    fn the_same_set_in_any_order_gives_the_same_backend_in_every_slot() {
+        let k = keys(9);
+        let w = [1, 2, 3, 1, 1, 4, 2, 1, 5];
+        let reference = specs(&k, &w);
+        let want = by_key(&Maglev::build(&reference, 4099), &reference);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut shuffled = reference.clone();
+        shuffled.reverse();
+        for round in 0..20 {
+            let m = Maglev::build(&shuffled, 4099);
+            assert_eq!(by_key(&m, &shuffled), want, "order {round}");
+            rng.shuffle(&mut shuffled);
+        }
+    }
+
+    #[test]
+    fn a_backend_added_then_removed_leaves_the_table_of_a_fresh_build() {
+        let k = keys(6);
+        let all = specs(&k, &[1, 2, 1, 3, 1, 1]);
+        let fresh = Maglev::build(&all[..5], 1009);
+        // The extra backend listed first, as a reload might put it.
+        let mut with_extra = vec![all[5]];
+        with_extra.extend_from_slice(&all[..5]);
+        let grown = Maglev::build(&with_extra, 1009);
+        assert_ne!(by_key(&grown, &with_extra), by_key(&fresh, &all[..5]));
+        // Reloaded without it, listed in another order.
+        let mut back: Vec<_> = all[..5].to_vec();
+        back.rotate_left(2);
+        let shrunk = Maglev::build(&back, 1009);
+        assert_eq!(by_key(&shrunk, &back), by_key(&fresh, &all[..5]));
+    }
 
     /// Share check for one backend set: each backend's share of the slots is within 1 % (of the
     /// table) of its weight share.

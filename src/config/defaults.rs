@@ -18,6 +18,11 @@ pub const DEFAULT_PIN_WORKERS: bool = false;
 /// and stays well below systemd's default stop timeout (90 s), so ringlb exits on its own first.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `runtime.freebind`: off. A listen address that is not on this host is then a start-up
+/// error, which catches a typo; hosts sharing a virtual address (keepalived) turn it on so the
+/// backup's ringlb runs before the address moves to it.
+pub const DEFAULT_FREEBIND: bool = false;
+
 /// Upper bound of `runtime.workers` (one worker per core): more cores than ringlb's hosts have,
 /// low enough to catch a typo such as `workers = 10000`.
 pub const MAX_WORKERS: usize = 1024;
@@ -28,6 +33,12 @@ pub const MAX_WORKERS: usize = 1024;
 /// operator's commands; 64 leaves room for them many times over, and the cap's descriptors are
 /// kept aside from the data plane's connection budget.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 64;
+
+/// `admin.require_backends`: off. `GET /health` then says whether ringlb itself serves
+/// (listeners bound, workers turning); with it on, a service without a ready backend also makes
+/// the host unhealthy, so a keepalived pair moves the virtual address to a host that can reach
+/// its backends.
+pub const DEFAULT_REQUIRE_BACKENDS: bool = false;
 
 /// Largest `admin.max_connections`: each one is a descriptor taken from the data plane's
 /// budget, and an admin API with more clients than this is a typo.

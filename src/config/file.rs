@@ -35,6 +35,7 @@ pub(crate) struct AdminFile {
     pub(crate) max_connections: Option<Spanned<u32>>,
     pub(crate) header_timeout: Option<Spanned<DurationText>>,
     pub(crate) body_timeout: Option<Spanned<DurationText>>,
+    pub(crate) require_backends: Option<bool>,
 }
 
 /// `[runtime]`.
@@ -44,6 +45,7 @@ pub(crate) struct RuntimeFile {
     pub(crate) workers: Option<Spanned<usize>>,
     pub(crate) pin_workers: Option<bool>,
     pub(crate) drain_timeout: Option<Spanned<DurationText>>,
+    pub(crate) freebind: Option<bool>,
 }
 
 /// One `[[service]]`. The `udp_*` keys fill [`super::UdpSettings`].

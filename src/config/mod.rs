@@ -94,6 +94,9 @@ pub struct AdminSettings {
     /// How long a request's body may take once its headers are in.
     /// Default [`defaults::DEFAULT_ADMIN_BODY_TIMEOUT`].
     pub body_timeout: Duration,
+    /// Whether `GET /health` (and `ringlb status --check`) also needs every service to have a
+    /// ready backend. Default [`defaults::DEFAULT_REQUIRE_BACKENDS`].
+    pub require_backends: bool,
 }
 
 /// Process-wide settings: the `[runtime]` table.
@@ -107,6 +110,10 @@ pub struct Runtime {
     /// How long a stop waits for open connections to finish; zero closes them at once.
     /// Default [`defaults::DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
+    /// Bind listeners with `IP_FREEBIND`, so an address this host does not have yet (a
+    /// virtual address held by another host) can be listened on. Default
+    /// [`defaults::DEFAULT_FREEBIND`].
+    pub freebind: bool,
 }
 
 /// Transport protocol of a service.

@@ -267,7 +267,8 @@ backend = [{ address = "[::1]:5354" }, { address = "127.0.0.1:5355", weight = 10
         Runtime {
             workers: 2,
             pin_workers: true,
-            drain_timeout: Duration::from_millis(250)
+            drain_timeout: Duration::from_millis(250),
+            freebind: false,
         }
     );
     let redis = &config.services[0];

@@ -122,6 +122,7 @@ fn admin(
             "admin.body_timeout",
             DEFAULT_ADMIN_BODY_TIMEOUT,
         )?,
+        require_backends: file.require_backends.unwrap_or(DEFAULT_REQUIRE_BACKENDS),
     })
 }
 
@@ -138,6 +139,7 @@ fn runtime(file: Option<RuntimeFile>, doc: &Doc<'_>) -> Result<Runtime, ConfigEr
             workers: default_workers(),
             pin_workers: DEFAULT_PIN_WORKERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            freebind: DEFAULT_FREEBIND,
         });
     };
     let workers = match &file.workers {
@@ -153,6 +155,7 @@ fn runtime(file: Option<RuntimeFile>, doc: &Doc<'_>) -> Result<Runtime, ConfigEr
         workers,
         pin_workers: file.pin_workers.unwrap_or(DEFAULT_PIN_WORKERS),
         drain_timeout,
+        freebind: file.freebind.unwrap_or(DEFAULT_FREEBIND),
     })
 }
 

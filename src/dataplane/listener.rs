@@ -3,6 +3,11 @@
 //! Owns: creating one `SO_REUSEPORT` TCP listener (or UDP socket) per (worker, service), so the
 //! kernel spreads new connections (or client addresses) over the workers. Binding happens on the starting thread, so an address in use
 //! is reported to the operator before any worker runs.
+//!
+//! With `[runtime] freebind`, listeners set `IP_FREEBIND` (`IPV6_FREEBIND`): they bind an
+//! address this host does not have yet, such as a virtual address that keepalived moves to
+//! this host on a failover, and start receiving the moment it arrives. The host-wide sysctl
+//! `net.ipv4.ip_nonlocal_bind` (`net.ipv6.ip_nonlocal_bind`) does the same for every process.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,6 +15,13 @@ use std::net::SocketAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::DataPlaneError;
+
+/// How listening sockets are bound, beyond their address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindOptions {
+    /// Set `IP_FREEBIND`: bind an address not (yet) assigned to this host.
+    pub freebind: bool,
+}
 
 /// Binds `count` listeners on `addr` sharing the port through `SO_REUSEPORT`.
 ///
@@ -20,7 +32,17 @@ pub fn bind_tcp(
     count: usize,
     backlog: u32,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), DataPlaneError> {
-    bind_shared(addr, count, |a| bind_one(a, backlog))
+    bind_tcp_with(addr, count, backlog, BindOptions::default())
+}
+
+/// [`bind_tcp`] with `options`.
+pub fn bind_tcp_with(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+    options: BindOptions,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), DataPlaneError> {
+    bind_shared(addr, count, |a| bind_one(a, backlog, options))
         .map(|(v, a)| (v.into_iter().map(std::net::TcpListener::from).collect(), a))
 }
 
@@ -35,6 +57,7 @@ fn bind_shared(
     for _ in 0..count {
         let socket = bind(bound).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => DataPlaneError::ListenerAddressInUse(bound),
+            io::ErrorKind::AddrNotAvailable => DataPlaneError::AddressNotLocal(bound),
             _ => DataPlaneError::Bind {
                 address: bound,
                 source: e,
@@ -69,15 +92,37 @@ pub fn bind_udp(
     addr: SocketAddr,
     count: usize,
 ) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), DataPlaneError> {
-    bind_shared(addr, count, bind_one_udp)
+    bind_udp_with(addr, count, BindOptions::default())
+}
+
+/// [`bind_udp`] with `options`.
+pub fn bind_udp_with(
+    addr: SocketAddr,
+    count: usize,
+    options: BindOptions,
+) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), DataPlaneError> {
+    bind_shared(addr, count, |a| bind_one_udp(a, options))
         .map(|(v, a)| (v.into_iter().map(std::net::UdpSocket::from).collect(), a))
 }
 
-fn bind_one_udp(addr: SocketAddr) -> io::Result<Socket> {
+/// Sets `IP_FREEBIND` (or `IPV6_FREEBIND`) on `socket` when `options` ask for it.
+fn set_freebind(socket: &Socket, addr: SocketAddr, options: BindOptions) -> io::Result<()> {
+    if !options.freebind {
+        return Ok(());
+    }
+    if addr.is_ipv6() {
+        socket.set_freebind_v6(true)
+    } else {
+        socket.set_freebind_v4(true)
+    }
+}
+
+fn bind_one_udp(addr: SocketAddr, options: BindOptions) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    set_freebind(&socket, addr, options)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     // Best effort: the kernel silently caps both at its sysctl maximum.
@@ -87,12 +132,13 @@ fn bind_one_udp(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+fn bind_one(addr: SocketAddr, backlog: u32, options: BindOptions) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // Dual-stack behaviour varies by host; a v6 listen address means v6 only.
         socket.set_only_v6(true)?;
     }
+    set_freebind(&socket, addr, options)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux.

@@ -48,7 +48,9 @@ use crate::balancer::conntrack::{Conn, ConnState};
 use crate::config::{Config, Protocol};
 use crate::control::{ConnectionBudget, Counter, ServiceId, SharedSnapshot, Shutdown};
 
-pub use listener::{UDP_SOCKET_BUFFER, bind_tcp, bind_udp};
+pub use listener::{
+    BindOptions, UDP_SOCKET_BUFFER, bind_tcp, bind_tcp_with, bind_udp, bind_udp_with,
+};
 pub use reload::PreparedListeners;
 use reload::{Bound, commands, log_listening, prepare};
 pub use source::{bind_no_port, set_bind_address_no_port};
@@ -87,6 +89,13 @@ pub enum DataPlaneError {
     /// Another process (without `SO_REUSEPORT` sharing) holds the listen address.
     #[error("listen address {0} is already in use by another process")]
     ListenerAddressInUse(SocketAddr),
+    /// The listen address is not assigned to this host (and `[runtime] freebind` is off).
+    #[error(
+        "cannot listen on {0}: the address is not assigned to this host; for a virtual address \
+         that moves between hosts set `freebind = true` in [runtime] (or the sysctl \
+         net.ipv4.ip_nonlocal_bind = 1)"
+    )]
+    AddressNotLocal(SocketAddr),
     /// Binding or listening failed for another reason.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -136,6 +145,36 @@ pub struct WorkerStats {
     pub accepts: CachePadded<Counter>,
     /// Connections this worker tracks now.
     pub live: CachePadded<AtomicU64>,
+    /// When this worker's loop last turned, as milliseconds since [`WorkerStats::clock`]'s
+    /// epoch plus one (0: never). Written by a timer task on the worker's ring at most every
+    /// [`HEARTBEAT_EVERY`], read by `GET /health`.
+    heartbeat: CachePadded<AtomicU64>,
+}
+
+/// How often a worker's timer task records that its loop turns. A store every 100 ms costs
+/// nothing measurable; a stuck worker shows within the health check's staleness limit.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl WorkerStats {
+    /// The monotonic clock heartbeats are measured on: time since the first call in this
+    /// process.
+    fn clock() -> std::time::Duration {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        EPOCH.get_or_init(Instant::now).elapsed()
+    }
+
+    /// Records that the worker's loop turned now.
+    pub(crate) fn beat(&self) {
+        let ms = u64::try_from(Self::clock().as_millis()).unwrap_or(u64::MAX - 1);
+        self.heartbeat.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// How long ago the worker's loop last turned; `None` before its first turn.
+    pub fn since_beat(&self) -> Option<std::time::Duration> {
+        let beat = self.heartbeat.load(Ordering::Relaxed).checked_sub(1)?;
+        let now = u64::try_from(Self::clock().as_millis()).unwrap_or(u64::MAX);
+        Some(std::time::Duration::from_millis(now.saturating_sub(beat)))
+    }
 }
 
 /// One live tracked connection, as the admin API lists it.
@@ -196,6 +235,7 @@ pub struct DataPlaneHandle {
     control: Arc<Mutex<Control>>,
     stats: Arc<[Arc<WorkerStats>]>,
     workers: usize,
+    shutdown: Arc<Shutdown>,
 }
 
 /// Running workers.
@@ -276,13 +316,14 @@ impl DataPlane {
         Ok(DataPlane {
             threads,
             exited,
-            shutdown,
             snapshot,
             handle: DataPlaneHandle {
                 control: Arc::new(Mutex::new(Control { mailboxes, bound })),
                 stats: stats.into(),
                 workers,
+                shutdown: shutdown.clone(),
             },
+            shutdown,
         })
     }
 
@@ -346,6 +387,11 @@ impl DataPlaneHandle {
     /// Each worker's counters, by worker index.
     pub fn stats(&self) -> &[Arc<WorkerStats>] {
         &self.stats
+    }
+
+    /// Whether the drain began: the listeners are closed and no new connection is accepted.
+    pub fn draining(&self) -> bool {
+        self.shutdown.is_draining()
     }
 
     /// Up to `limit` live tracked connections of every worker (of one service, or all), as

@@ -14,7 +14,8 @@ use crate::config::{Config, Protocol, Service, UdpSettings};
 use crate::control::Snapshot;
 
 use super::{
-    DataPlaneError, DataPlaneHandle, ListenerKey, Listening, bind_tcp, bind_udp, udp, worker,
+    BindOptions, DataPlaneError, DataPlaneHandle, ListenerKey, Listening, bind_tcp_with,
+    bind_udp_with, udp, worker,
 };
 
 /// A service's listener as bound now: what a reload compares against.
@@ -120,6 +121,9 @@ pub(super) fn prepare(
     workers: usize,
 ) -> Result<PreparedListeners, DataPlaneError> {
     let mut new = Vec::new();
+    let options = BindOptions {
+        freebind: config.runtime.freebind,
+    };
     for service in &config.services {
         let existing = bound.iter().find(|(name, _)| *name == service.name);
         if existing.is_some_and(|(_, b)| b.serves(service)) {
@@ -127,11 +131,12 @@ pub(super) fn prepare(
         }
         let (sockets, address) = match service.protocol {
             Protocol::Tcp => {
-                let (listeners, address) = bind_tcp(service.listen, workers, service.backlog)?;
+                let (listeners, address) =
+                    bind_tcp_with(service.listen, workers, service.backlog, options)?;
                 (Sockets::Tcp(listeners), address)
             }
             Protocol::Udp => {
-                let (sockets, address) = bind_udp(service.listen, workers)?;
+                let (sockets, address) = bind_udp_with(service.listen, workers, options)?;
                 (Sockets::Udp(sockets), address)
             }
         };

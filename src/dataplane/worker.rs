@@ -2,8 +2,9 @@
 //!
 //! Owns: the accept loop of each service on this worker (with the pause at `max_connections` and
 //! on fd exhaustion), the worker's mailbox (listeners added and retired by reloads, connection
-//! listings for the admin API), and the worker's exit once a drain has closed its last
-//! connection.
+//! listings for the admin API), the worker's heartbeat (a timer task on its ring that records
+//! every `HEARTBEAT_EVERY` that the loop turns, for `GET /health`), and the worker's exit once a
+//! drain has closed its last connection.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -223,6 +224,16 @@ async fn serve(setup: WorkerSetup) {
             worker.aborted.set();
         })
     };
+    // The heartbeat `GET /health` reads: it only advances while this worker's loop turns.
+    let heartbeat = {
+        let worker = worker.clone();
+        compio::runtime::spawn(async move {
+            loop {
+                worker.stats.beat();
+                compio::time::sleep(super::HEARTBEAT_EVERY).await;
+            }
+        })
+    };
     for command in setup.initial {
         if let Err(e) = handle(&worker, command) {
             let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
@@ -252,6 +263,7 @@ async fn serve(setup: WorkerSetup) {
     wait_until(&worker.loop_ended, || worker.loops.get() == 0).await;
     wait_until_empty(&worker).await;
     drop(abort_relay);
+    drop(heartbeat);
     tracing::debug!(worker = worker.index, "worker drained");
 }
 

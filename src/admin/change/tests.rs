@@ -258,6 +258,7 @@ fn a_change_keeps_what_stays_and_drops_what_goes() {
         max_connections: crate::config::defaults::DEFAULT_ADMIN_MAX_CONNECTIONS,
         header_timeout: crate::config::defaults::DEFAULT_ADMIN_HEADER_TIMEOUT,
         body_timeout: crate::config::defaults::DEFAULT_ADMIN_BODY_TIMEOUT,
+        require_backends: false,
     });
     let next = Change::Replace(wanted).next(&c7, &s7).unwrap();
     assert_eq!(next.needs_restart, ["[runtime]", "[admin]"]);
