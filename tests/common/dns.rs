@@ -5,12 +5,12 @@
 //! Nothing here checks what a resolver makes of the answers: that is for the tests.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use crate::common::udp::{client, dns_query, try_ask};
+use crate::common::udp::{client, dns_query, dnsmasq_command, free_dns_port, try_ask};
 use crate::common::{TempDir, temp_dir, wait_for};
 
 /// A dnsmasq on 127.0.0.1:<port> with its own hosts directory; killed on drop.
@@ -27,14 +27,7 @@ impl DnsServer {
     pub fn start(args: &[String]) -> DnsServer {
         let dir = temp_dir();
         std::fs::create_dir(dir.path().join("hosts")).unwrap();
-        // A port free for both UDP and TCP (dnsmasq listens on both).
-        let port = loop {
-            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let port = u.local_addr().unwrap().port();
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        };
+        let port = free_dns_port();
         let mut server = DnsServer {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             args: args.to_vec(),
@@ -70,40 +63,10 @@ impl DnsServer {
     /// answers.
     pub fn restart(&mut self) {
         self.stop();
-        let binary = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect(
-                "dnsmasq is not installed: this test needs it (Debian: apt-get install dnsmasq; \
-                 .ci/run installs it)",
-            );
-        let mut cmd = Command::new(binary);
-        cmd.args([
-            "--no-resolv",
-            "--no-hosts",
-            "--keep-in-foreground",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--conf-file=/dev/null",
-            "--log-facility=-",
-            "--local=/test.ringlb/",
-            "--address=/ready.ringlb/127.0.0.1",
-        ])
-        .arg(format!("--port={}", self.addr.port()))
-        .arg(format!("--hostsdir={}", self.hosts_dir().display()))
-        .arg(format!(
-            "--pid-file={}",
-            self.dir.path().join("dnsmasq.pid").display()
-        ))
-        .args(&self.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        // SAFETY: geteuid(2) has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            // As root dnsmasq would switch to user "nobody"; stay root, nothing to protect here.
-            cmd.arg("--user=root");
-        }
+        let mut cmd = dnsmasq_command(self.addr.port(), &self.dir.path().join("dnsmasq.pid"));
+        cmd.args(["--local=/test.ringlb/", "--address=/ready.ringlb/127.0.0.1"])
+            .arg(format!("--hostsdir={}", self.hosts_dir().display()))
+            .args(&self.args);
         let mut child = cmd.spawn().expect("dnsmasq starts");
         let probe = client();
         let ready = wait_for(Duration::from_secs(10), || {

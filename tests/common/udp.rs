@@ -181,6 +181,50 @@ pub fn stop_and_read_totals(lb: &mut Ringlb, service: &str) -> HashMap<String, u
 
 // ---- DNS ----
 
+/// A loopback port free for both UDP and TCP (dnsmasq listens on both).
+pub fn free_dns_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    }
+}
+
+/// dnsmasq in the foreground on 127.0.0.1:`port`, answering only what the caller adds (no
+/// upstream, no /etc/hosts, no config file), its pid in `pid_file`, its output discarded.
+pub fn dnsmasq_command(port: u16, pid_file: &std::path::Path) -> Command {
+    let binary = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "dnsmasq is not installed: this test needs it (Debian: apt-get install dnsmasq; \
+             .ci/run installs it)",
+        );
+    let mut cmd = Command::new(binary);
+    cmd.args([
+        "--no-resolv",
+        "--no-hosts",
+        "--keep-in-foreground",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--conf-file=/dev/null",
+        "--log-facility=-",
+    ])
+    .arg(format!("--port={port}"))
+    .arg(format!("--pid-file={}", pid_file.display()))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // As root dnsmasq would switch to user "nobody"; stay root, nothing to protect here.
+        cmd.arg("--user=root");
+    }
+    cmd
+}
+
 /// A dnsmasq process answering `test.ringlb` with `answer`, killed on drop.
 pub struct Dnsmasq {
     pub addr: SocketAddr,
@@ -190,46 +234,10 @@ pub struct Dnsmasq {
 
 impl Dnsmasq {
     pub fn start(answer: Ipv4Addr) -> Dnsmasq {
-        let binary = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect(
-                "dnsmasq is not installed: this test needs it (Debian: apt-get install dnsmasq; \
-                 .ci/run installs it)",
-            );
         let dir = temp_dir();
-        // A port free for both UDP and TCP (dnsmasq listens on both).
-        let port = loop {
-            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let port = u.local_addr().unwrap().port();
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        };
-        let mut cmd = Command::new(binary);
-        cmd.args([
-            "--no-resolv",
-            "--no-hosts",
-            "--keep-in-foreground",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--conf-file=/dev/null",
-            "--log-facility=-",
-        ])
-        .arg(format!("--address=/test.ringlb/{answer}"))
-        .arg(format!("--port={port}"))
-        .arg(format!(
-            "--pid-file={}",
-            dir.path().join("dnsmasq.pid").display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        // SAFETY: geteuid(2) has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            // As root dnsmasq would switch to user "nobody"; stay root, nothing to protect here.
-            cmd.arg("--user=root");
-        }
+        let port = free_dns_port();
+        let mut cmd = dnsmasq_command(port, &dir.path().join("dnsmasq.pid"));
+        cmd.arg(format!("--address=/test.ringlb/{answer}"));
         let child = cmd.spawn().expect("dnsmasq starts");
         let mut d = Dnsmasq {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
