@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::netns::{ip, run_in};
 use common::{TempDir, temp_dir, wait_for};
 
 /// The namespace tests run one at a time.
@@ -44,31 +45,12 @@ fn dist(file: &str) -> PathBuf {
         .join(file)
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `f` on a thread that joined network namespace `ns`: sockets it creates live there.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let file = fs::File::open(format!("/run/netns/{ns}")).expect("namespace exists");
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns(2) with a valid namespace descriptor (open for the whole call) only
-            // changes the network namespace of this new thread, which no other code uses.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    })
+/// `ringlb status --check` against the admin API of the ringlb in namespace `ns`.
+fn status_check(ns: &str) -> std::io::Result<std::process::Output> {
+    Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ringlb")])
+        .args(["status", "--check", "--admin", "127.0.0.1:9090"])
+        .output()
 }
 
 /// A process started with `ip netns exec`, killed when dropped.
@@ -131,7 +113,7 @@ impl Named {
     fn start(ns: Option<&str>, addr: SocketAddr, name: &str) -> Named {
         let bind = move || std::net::TcpListener::bind(addr).expect("backend binds");
         let listener = match ns {
-            Some(ns) => in_netns(ns, bind),
+            Some(ns) => run_in(ns, bind),
             None => bind(),
         };
         listener.set_nonblocking(true).unwrap();
@@ -273,7 +255,7 @@ impl Net {
 
     /// The names of the backends of the 50 client addresses, connecting to the virtual address.
     fn mapping(&self) -> BTreeMap<u8, String> {
-        in_netns(&self.ns("c"), || {
+        run_in(&self.ns("c"), || {
             SOURCES
                 .map(|i| {
                     let source = IpAddr::V4(Ipv4Addr::new(198, 18, 0, i));
@@ -467,7 +449,7 @@ impl Pair {
     /// From `start`, connects from the client every 20 ms until one connection reaches a
     /// backend through the virtual address: the window and the failed attempts.
     fn window(&self, start: Instant, limit: Duration) -> (Duration, u32) {
-        in_netns(&self.net.ns("c"), || {
+        run_in(&self.net.ns("c"), || {
             let mut failures = 0;
             let deadline = start + limit;
             while Instant::now() < deadline {
@@ -487,7 +469,7 @@ impl Pair {
     /// attempts meanwhile.
     fn window_to(&self, role: &str, start: Instant, limit: Duration) -> (Duration, u32) {
         let other = if role == "a" { "b" } else { "a" };
-        in_netns(&self.net.ns("c"), || {
+        run_in(&self.net.ns("c"), || {
             let mut failures = 0;
             let deadline = start + limit;
             while Instant::now() < deadline {
@@ -519,7 +501,7 @@ fn start_serve(net: &Net, role: &str, addr: &str) -> Proc {
         net.path(&format!("serve-{role}-{}.log", addr.replace(':', "_"))),
     );
     let up = wait_for(Duration::from_secs(10), || {
-        in_netns(&net.ns("k"), || {
+        run_in(&net.ns("k"), || {
             let addr: SocketAddr = addr.parse().unwrap();
             // Bound: a bind on the same address fails.
             std::net::TcpListener::bind(addr).is_err()
@@ -621,16 +603,7 @@ fn unhealthy_master(nopreempt: bool) {
         pair.logs()
     );
     // A's ringlb says why.
-    let check = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.net.ns("a"),
-            env!("CARGO_BIN_EXE_ringlb"),
-        ])
-        .args(["status", "--check", "--admin", "127.0.0.1:9090"])
-        .output()
-        .unwrap();
+    let check = status_check(&pair.net.ns("a")).unwrap();
     let said = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(1), "{said}");
     assert!(said.contains("service aux has no ready backend"), "{said}");
@@ -639,16 +612,7 @@ fn unhealthy_master(nopreempt: bool) {
     pair.aux
         .insert("a", start_serve(&pair.net, "a", "198.18.0.20:7001"));
     let healthy = wait_for(Duration::from_secs(10), || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &pair.net.ns("a"),
-                env!("CARGO_BIN_EXE_ringlb"),
-            ])
-            .args(["status", "--check", "--admin", "127.0.0.1:9090"])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        status_check(&pair.net.ns("a")).is_ok_and(|o| o.status.success())
     });
     assert!(healthy, "A did not become healthy again");
     let back = Instant::now();
@@ -718,11 +682,7 @@ fn failover_rounds() {
         pair.ringlb.insert(master, restarted);
         let ns = pair.net.ns(master);
         let healthy = wait_for(Duration::from_secs(10), || {
-            Command::new("ip")
-                .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_ringlb")])
-                .args(["status", "--check", "--admin", "127.0.0.1:9090"])
-                .output()
-                .is_ok_and(|o| o.status.success())
+            status_check(&ns).is_ok_and(|o| o.status.success())
         });
         assert!(healthy, "{master} did not come back");
         assert!(wait_for(Duration::from_secs(10), || seen(&transitions) > before));
@@ -823,7 +783,7 @@ fn freebind_lets_ringlb_listen_on_an_address_this_host_lacks() {
         "dev",
         &net.dev("a"),
     ]);
-    let name = in_netns(&net.ns("c"), || {
+    let name = run_in(&net.ns("c"), || {
         let mut last = None;
         let ok = wait_for(Duration::from_secs(5), || {
             last = Some(who(

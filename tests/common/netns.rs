@@ -41,20 +41,26 @@ impl Netns {
     /// Runs `f` on a thread that entered the namespace first; returns its result, or resumes
     /// its panic here.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("the namespace's file");
-                // SAFETY: setns(2) on a valid open namespace fd only changes this thread's
-                // network namespace; no memory is involved. The thread was started for this.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        run_in(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread that entered network namespace `name` (made by `ip netns add`): the
+/// sockets it creates live there. Returns `f`'s result, or resumes its panic here.
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).expect("the namespace's file");
+            // SAFETY: setns(2) on a valid open namespace fd only changes this thread's
+            // network namespace; no memory is involved. The thread was started for this.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 impl Drop for Netns {
