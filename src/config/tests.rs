@@ -118,6 +118,7 @@ fn annotated_example_states_the_defaults() {
             backends: defaults.backends.clone(),
             health: None,
             persistence: None,
+            discovery: None,
             ..tcp.clone()
         },
         *defaults,
@@ -214,6 +215,7 @@ fn a_minimal_service_gets_every_default() {
             max_connections: None,
             backup: false,
             source: Vec::new(),
+            origin: Origin::Static,
         }]
     );
     assert_eq!(s.health, None, "no [service.health]: no checks");

@@ -49,6 +49,7 @@ fn backend(port: u16, weight: u32) -> Backend {
         max_connections: None,
         backup: false,
         source: Vec::new(),
+        origin: crate::config::Origin::Static,
     }
 }
 
