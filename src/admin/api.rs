@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::balancer::health::Admin;
 use crate::config::Discovery;
-use crate::control::discovery::{Version, WatchStatus};
 use crate::config::{AdminSettings, Secret};
+use crate::control::discovery::{Version, WatchStatus};
 
 use super::instance::{ChangeError, Instance};
 use super::serve::AdminStats;

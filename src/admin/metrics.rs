@@ -573,7 +573,12 @@ fn discovery(
     let mut backends: Vec<(Labels, u64)> = Vec::new();
     for s in services.iter().filter(|s| s.config.discovery.is_some()) {
         for origin in [Origin::Static, Origin::Consul, Origin::Dns] {
-            let n = s.config.backends.iter().filter(|b| b.origin == origin).count();
+            let n = s
+                .config
+                .backends
+                .iter()
+                .filter(|b| b.origin == origin)
+                .count();
             if n > 0 || origin != Origin::Static {
                 let labels = vec![
                     ("service", s.config.name.clone()),

@@ -70,7 +70,11 @@ impl Discovery {
     pub fn target(&self) -> String {
         match self {
             Discovery::Consul(c) => {
-                let mut t = format!("{} at {}", c.service, c.address.origin().ascii_serialization());
+                let mut t = format!(
+                    "{} at {}",
+                    c.service,
+                    c.address.origin().ascii_serialization()
+                );
                 if let Some(dc) = &c.datacenter {
                     t.push_str(&format!(" (dc {dc})"));
                 }

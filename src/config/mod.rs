@@ -55,9 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
-pub use discovery::{
-    ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery, Origin,
-};
+pub use discovery::{ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery, Origin};
 pub use error::{ConfigError, Location, Problem};
 pub use policy::{
     HealthCheck, HealthKind, OnBackendDown, Persistence, PersistenceKind, PostgresRole, Probe,

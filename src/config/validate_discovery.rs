@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::Secret;
 use super::defaults::*;
 use super::discovery::{ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery};
 use super::error::{ConfigError, Problem};
 use super::file::{DiscoveryFile, DiscoveryKind, DurationText};
 use super::validate::{ServiceCheck, duration, given, in_range};
-use super::Secret;
 
 impl ServiceCheck<'_, '_> {
     /// The discovery settings of the service.

@@ -262,9 +262,12 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
         Err(e) => {
             if board.failed(&service, &e) {
                 tracing::warn!(service, reason = %e, "discovery failed: the last good backend set stays");
-                target
-                    .alerts()
-                    .publish(crate::config::AlertKind::DiscoveryDown, &service, None, &e);
+                target.alerts().publish(
+                    crate::config::AlertKind::DiscoveryDown,
+                    &service,
+                    None,
+                    &e,
+                );
             }
             return;
         }
@@ -298,7 +301,11 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
         })
         .collect();
     let same = {
-        let now: Vec<&Backend> = s.backends.iter().filter(|b| b.origin != Origin::Static).collect();
+        let now: Vec<&Backend> = s
+            .backends
+            .iter()
+            .filter(|b| b.origin != Origin::Static)
+            .collect();
         now.len() == discovered.len() && now.iter().zip(&discovered).all(|(a, b)| *a == b)
     };
     let mut outcome = Ok(());
@@ -317,7 +324,11 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
     match outcome {
         Ok(()) => {
             if board.answered(&service, &answer, !same) {
-                tracing::info!(service, instances = answer.instances.len(), "discovery recovered");
+                tracing::info!(
+                    service,
+                    instances = answer.instances.len(),
+                    "discovery recovered"
+                );
                 target.alerts().publish(
                     crate::config::AlertKind::DiscoveryUp,
                     &service,
@@ -330,9 +341,12 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
             let e = DiscoveryError::Malformed(format!("the answer was not applied: {reason}"));
             if board.failed(&service, &e) {
                 tracing::warn!(service, reason = %e, "discovery failed: the last good backend set stays");
-                target
-                    .alerts()
-                    .publish(crate::config::AlertKind::DiscoveryDown, &service, None, &e);
+                target.alerts().publish(
+                    crate::config::AlertKind::DiscoveryDown,
+                    &service,
+                    None,
+                    &e,
+                );
             }
         }
     }

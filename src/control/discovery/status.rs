@@ -46,9 +46,7 @@ impl Board {
     /// its counters stay, its answer state starts again.
     pub fn watching(&self, service: &str, source: &Discovery) {
         let mut map = self.services.lock();
-        let (updates, failures) = map
-            .get(service)
-            .map_or((0, 0), |s| (s.updates, s.failures));
+        let (updates, failures) = map.get(service).map_or((0, 0), |s| (s.updates, s.failures));
         map.insert(
             service.to_owned(),
             WatchStatus {
