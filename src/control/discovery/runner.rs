@@ -187,7 +187,7 @@ fn follow(
 
 /// Either source, so one loop drives both.
 enum AnySource {
-    Consul(ConsulWatch),
+    Consul(Box<ConsulWatch>),
     Dns(DnsWatch),
 }
 
@@ -195,7 +195,7 @@ impl AnySource {
     fn new(settings: &DiscoverySettings) -> Result<AnySource, DiscoveryError> {
         let max = settings.max_backends;
         Ok(match &settings.source {
-            Discovery::Consul(c) => AnySource::Consul(ConsulWatch::new(c, max)?),
+            Discovery::Consul(c) => AnySource::Consul(Box::new(ConsulWatch::new(c, max)?)),
             Discovery::Dns(d) => AnySource::Dns(DnsWatch::new(d, max)?),
         })
     }
