@@ -120,7 +120,14 @@ impl Consul {
     }
 
     /// Registers (or replaces) instance `id`.
-    pub fn register(&self, id: &str, service: &str, address: SocketAddr, tags: &[&str], weight: u32) {
+    pub fn register(
+        &self,
+        id: &str,
+        service: &str,
+        address: SocketAddr,
+        tags: &[&str],
+        weight: u32,
+    ) {
         let inst = Instance {
             service: service.to_owned(),
             address,
@@ -187,7 +194,9 @@ impl Consul {
         }
         // The abort lands on the runtime; wait until the port no longer accepts.
         let addr = self.addr;
-        assert!(super::wait_for(Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err()));
+        assert!(super::wait_for(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(addr).is_err()
+        }));
     }
 
     /// Listens again on the same address.
@@ -222,7 +231,10 @@ async fn read_head(s: &mut TcpStream) -> Option<String> {
 }
 
 fn parse_wait(text: &str) -> Duration {
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: u64 = num.parse().unwrap_or(0);
     match unit {
         "ms" => Duration::from_millis(n),
@@ -237,33 +249,48 @@ async fn handle(mut s: TcpStream, state: Arc<Mutex<State>>, mut changed: watch::
         return;
     };
     let mut lines = head.split("\r\n");
-    let target = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or("/").to_owned();
+    let target = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
     let token = lines
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.eq_ignore_ascii_case("x-consul-token"))
         .map(|(_, v)| v.trim().to_owned());
     let url = url::Url::parse(&format!("http://x{target}")).unwrap();
-    let Some(name) = url.path().strip_prefix("/v1/health/service/").map(str::to_owned) else {
+    let Some(name) = url
+        .path()
+        .strip_prefix("/v1/health/service/")
+        .map(str::to_owned)
+    else {
         let _ = respond(&mut s, 404, "", b"not found").await;
         return;
     };
-    let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+    let query: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
-    let tags: Vec<String> = query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.clone()).collect();
+    let tags: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.clone())
+        .collect();
     let passing = get("passing").is_some_and(|v| v != "false");
     let dc = get("dc").unwrap_or_else(|| "dc1".to_owned());
     let index: u64 = get("index").and_then(|i| i.parse().ok()).unwrap_or(0);
     let wait = get("wait").map_or(Duration::from_secs(300), |w| parse_wait(&w));
 
-    {
+    let refused = {
         let st = state.lock().unwrap();
-        if let Some(want) = &st.token
-            && token.as_deref() != Some(want.as_str())
-        {
-            drop(st);
-            let _ = respond(&mut s, 403, "", b"ACL not found").await;
-            return;
-        }
+        st.token
+            .as_ref()
+            .is_some_and(|want| token.as_deref() != Some(want.as_str()))
+    };
+    if refused {
+        let _ = respond(&mut s, 403, "", b"ACL not found").await;
+        return;
     }
     // A blocking query: wait while the index is still the one the client has.
     if index > 0 {
@@ -273,7 +300,10 @@ async fn handle(mut s: TcpStream, state: Arc<Mutex<State>>, mut changed: watch::
             if now != index {
                 break;
             }
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -301,7 +331,13 @@ async fn handle(mut s: TcpStream, state: Arc<Mutex<State>>, mut changed: watch::
             let _ = respond(&mut s, 500, "", b"rpc error").await;
         }
         Fault::Garbage => {
-            let _ = respond(&mut s, 200, &format!("X-Consul-Index: {index}\r\n"), b"<html>nope").await;
+            let _ = respond(
+                &mut s,
+                200,
+                &format!("X-Consul-Index: {index}\r\n"),
+                b"<html>nope",
+            )
+            .await;
         }
     }
 }
