@@ -261,3 +261,120 @@ fn an_index_reset_restarts_the_watch_with_the_right_set() {
     );
     assert_eq!(names(&rt, lb.addr("orders"), 5), set(&["b"]));
 }
+
+#[test]
+fn churn_under_load_loses_no_connection_and_no_byte() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const STREAMS: usize = 100;
+    const CHANGES: u64 = 100;
+    let rt = runtime();
+    let consul = rt.block_on(Consul::start(None));
+    let echo: Vec<Backend> = (0..6).map(|_| rt.block_on(Backend::echo(None))).collect();
+    for (i, b) in echo.iter().enumerate().take(3) {
+        consul.register(&format!("i{i}"), "orders", b.addr, &[], 1);
+    }
+    let lb = Ringlb::start(&config(&consul, ""));
+    let addr = lb.addr("orders");
+    let admin = lb.admin.unwrap();
+    let applied = |index: u64| {
+        wait_for(Duration::from_secs(5), || {
+            get(admin, "/status").json()["services"][0]["discovery"]["consul_index"]
+                .as_u64()
+                .is_some_and(|i| i >= index)
+        })
+    };
+    assert!(applied(consul.index()));
+    // Measured while the watch's blocking query holds its one connection, as at the end.
+    let one_query = || {
+        wait_for(Duration::from_secs(5), || {
+            consul.open.load(Ordering::SeqCst) == 1
+        })
+    };
+    assert!(one_query());
+    let baseline = lb.fd_count();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let connects = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    // Long-lived streams: 1 KiB chunks echoed back until the churn ends, hashed both ways.
+    let streams: Vec<_> = (0..STREAMS as u64)
+        .map(|seed| {
+            let stop = stop.clone();
+            rt.spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let (mut sent, mut got) = (Vec::new(), Vec::new());
+                for chunk in 0..2000u64 {
+                    let data = common::pattern(seed * 10_000 + chunk, 1024);
+                    s.write_all(&data).await.unwrap();
+                    let mut back = vec![0u8; data.len()];
+                    s.read_exact(&mut back).await.unwrap();
+                    sent.extend_from_slice(&data);
+                    got.extend_from_slice(&back);
+                    if stop.load(Ordering::SeqCst) && chunk >= 2 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(common::sha(&got), common::sha(&sent), "stream {seed}");
+            })
+        })
+        .collect();
+    // New connections all along, each a short echo exchange.
+    let newcomer = {
+        let (stop, connects, failed) = (stop.clone(), connects.clone(), failed.clone());
+        rt.spawn(async move {
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let ok = async {
+                    let mut s = TcpStream::connect(addr).await.ok()?;
+                    s.write_all(b"ping1234").await.ok()?;
+                    let mut b = [0u8; 8];
+                    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    (&b == b"ping1234").then_some(())
+                }
+                .await;
+                connects.fetch_add(1, Ordering::SeqCst);
+                if ok.is_none() {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    // 100 changes: instances added, removed and reweighted; i0 always stays.
+    for k in 0..CHANGES {
+        let i = 1 + (k % 5) as usize;
+        let id = format!("i{i}");
+        match k % 3 {
+            0 => consul.deregister(&id),
+            1 => consul.register(&id, "orders", echo[i].addr, &[], 1 + (k % 7) as u32),
+            _ => consul.set_weight("i0", 1 + (k % 9) as u32),
+        }
+        assert!(applied(consul.index()), "change {k} not applied");
+    }
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(async {
+        for s in streams {
+            s.await.unwrap();
+        }
+        newcomer.await.unwrap();
+    });
+    let (n, bad) = (
+        connects.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+    );
+    assert!(n > 0, "new connections were made");
+    assert_eq!(bad, 0, "{bad} of {n} new connections failed");
+    let m = Metrics::scrape(admin);
+    assert!(
+        m.sum("ringlb_discovery_updates_total", &[("service", "orders")]) >= CHANGES as f64 / 2.0
+    );
+    assert!(one_query());
+    lb.assert_fds_back_to(baseline, Duration::from_secs(10));
+}

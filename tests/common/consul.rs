@@ -56,8 +56,10 @@ pub struct Consul {
     changed: watch::Sender<u64>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     rt: tokio::runtime::Handle,
-    /// Requests served (any path).
+    /// Connections accepted (any path).
     pub requests: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections open now (a blocking query holds one while it waits).
+    pub open: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Consul {
@@ -78,6 +80,7 @@ impl Consul {
             server: Mutex::new(None),
             rt: tokio::runtime::Handle::current(),
             requests: Arc::default(),
+            open: Arc::default(),
         };
         consul.serve(listener);
         consul
@@ -87,6 +90,7 @@ impl Consul {
         let state = self.state.clone();
         let changed = self.changed.subscribe();
         let requests = self.requests.clone();
+        let open = self.open.clone();
         let task = self.rt.spawn(async move {
             // Dropping the set (when this task is aborted) closes every connection.
             let mut conns = JoinSet::new();
@@ -95,7 +99,13 @@ impl Consul {
                     accepted = listener.accept() => {
                         let Ok((s, _)) = accepted else { continue };
                         requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        conns.spawn(handle(s, state.clone(), changed.clone()));
+                        let open = open.clone();
+                        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let served = handle(s, state.clone(), changed.clone());
+                        conns.spawn(async move {
+                            let _open = Open(open);
+                            served.await;
+                        });
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
@@ -213,6 +223,15 @@ impl Drop for Consul {
         if let Some(task) = self.server.lock().unwrap().take() {
             task.abort();
         }
+    }
+}
+
+/// Counts a connection as open until dropped (also when its task is aborted).
+struct Open(Arc<std::sync::atomic::AtomicU64>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
