@@ -254,7 +254,9 @@ mod tests {
                 "service_down",
                 "service_up",
                 "local_exhaustion",
-                "local_recovery"
+                "local_recovery",
+                "discovery_down",
+                "discovery_up"
             ]
         );
     }

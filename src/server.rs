@@ -16,7 +16,13 @@
 //!    workers so the process holds every descriptor of its own before it is ready;
 //! 5. the data plane: every listener bound and every worker running its ring, or an error;
 //! 6. the [`Instance`] that applies changes from then on;
-//! 7. the admin API, when the config has `[admin]`.
+//! 7. the discovery runner, on its own thread (idle while no service has
+//!    `[service.discovery]`, so a reload may add one): it follows the health checker and needs the instance, through which its answers are applied
+//!    (until its first answer a discovering service runs with its file's backends only);
+//! 8. the admin API, when the config has `[admin]`.
+//!
+//! Stop runs the other way: the discovery runner first (so no change starts while the rest
+//! stops), then the data plane, the health checker and the alerts.
 //!
 //! A start that fails at some step stops what the steps before it started. Once
 //! [`Server::start`] returns, every listener is bound and the workers accept:
@@ -31,6 +37,7 @@ use std::time::{Duration, Instant};
 use crate::admin::{AdminServer, Change, ChangeError, ChangeReport, Instance};
 use crate::config::Config;
 use crate::control::alerts::Alerts;
+use crate::control::discovery::DiscoveryRunner;
 use crate::control::health::HealthChecker;
 use crate::control::{ConnectionBudget, ProcessWide, SharedSnapshot, Shutdown, Snapshot};
 use crate::dataplane::{DataPlane, DataPlaneError, Listening};
@@ -44,6 +51,9 @@ pub enum StartError {
     /// The health checker's thread could not start.
     #[error("cannot start health checks: {0}")]
     Health(#[source] io::Error),
+    /// The discovery thread could not start.
+    #[error("cannot start service discovery: {0}")]
+    Discovery(#[source] io::Error),
     /// A listener could not be bound or a worker could not start.
     #[error(transparent)]
     DataPlane(#[from] DataPlaneError),
@@ -60,6 +70,8 @@ pub struct Server {
     dataplane: Option<DataPlane>,
     shutdown: Arc<Shutdown>,
     admin: Option<SocketAddr>,
+    /// The discovery runner; `None` once stopped.
+    discovery: Option<DiscoveryRunner>,
 }
 
 impl Server {
@@ -92,7 +104,11 @@ impl Server {
             dataplane: Some(dataplane),
             shutdown,
             admin: None,
+            discovery: None,
         };
+        // Always started (an idle thread), so a reload may add a discovering service.
+        server.discovery =
+            Some(DiscoveryRunner::start(server.instance.clone()).map_err(StartError::Discovery)?);
         if let Some(admin) = admin {
             // On an error, dropping `server` stops what started.
             let api =
@@ -168,6 +184,9 @@ impl Server {
     }
 
     fn stop_parts(&mut self) {
+        if let Some(discovery) = self.discovery.take() {
+            discovery.stop();
+        }
         self.drain_until(Instant::now());
         self.instance.stop_control_plane();
     }

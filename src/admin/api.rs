@@ -32,7 +32,9 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 
 use crate::balancer::health::Admin;
+use crate::config::Discovery;
 use crate::config::{AdminSettings, Secret};
+use crate::control::discovery::{Version, WatchStatus};
 
 use super::instance::{ChangeError, Instance};
 use super::serve::AdminStats;
@@ -226,8 +228,34 @@ pub struct ServiceStatus {
     pub active: u64,
     /// Client connections accepted since start (UDP: flows opened).
     pub total: u64,
-    /// Backends in config order.
+    /// Backends: the file's, in file order, then the discovered ones.
     pub backends: Vec<BackendStatus>,
+    /// Where further backends come from, when the service has `[service.discovery]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// A service's discovery in `/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    /// "consul" or "dns".
+    pub kind: String,
+    /// What is watched: the Consul service at its agent, or the DNS name.
+    pub target: String,
+    /// When the registry last answered (seconds since the Unix epoch); `None` until it has.
+    pub last_update: Option<u64>,
+    /// The last answer's `X-Consul-Index` (Consul).
+    pub consul_index: Option<u64>,
+    /// The last answer's TTL in seconds (DNS).
+    pub dns_ttl_seconds: Option<f64>,
+    /// Instances in the last answer.
+    pub instances: usize,
+    /// Why discovery is failing now (the last good set stays); `None` while it answers.
+    pub last_error: Option<String>,
+    /// Answers that changed the backend set.
+    pub updates: u64,
+    /// Failed attempts.
+    pub failures: u64,
 }
 
 /// One backend in `/status`.
@@ -253,6 +281,9 @@ pub struct BackendStatus {
     pub connect_failures: u64,
     /// The last health probe, when checked.
     pub last_check: Option<CheckStatus>,
+    /// "static" (the config file), "consul" or "dns".
+    #[serde(default)]
+    pub origin: String,
 }
 
 /// A backend's last probe in `/status`.
@@ -328,9 +359,14 @@ pub fn status_of(instance: &Instance) -> Status {
                             connections: b.counters.connections.get(),
                             connect_failures: b.counters.connect_failures.get(),
                             last_check,
+                            origin: b.config.origin.name().to_owned(),
                         }
                     })
                     .collect(),
+                discovery: s.config.discovery.as_ref().map(|d| {
+                    let w = instance.discovery().get(&s.config.name);
+                    discovery_status(&d.source, w)
+                }),
             }
         })
         .collect();
@@ -353,6 +389,25 @@ async fn health(State(app): State<App>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(health)).into_response()
+}
+
+fn discovery_status(source: &Discovery, w: Option<WatchStatus>) -> DiscoveryStatus {
+    let (consul_index, dns_ttl_seconds) = match w.as_ref().and_then(|w| w.version) {
+        Some(Version::ConsulIndex(i)) => (Some(i), None),
+        Some(Version::DnsTtl(t)) => (None, Some(t.as_secs_f64())),
+        None => (None, None),
+    };
+    DiscoveryStatus {
+        kind: source.kind().to_owned(),
+        target: source.target(),
+        last_update: w.as_ref().and_then(|w| w.last_update).map(unix),
+        consul_index,
+        dns_ttl_seconds,
+        instances: w.as_ref().map_or(0, |w| w.instances),
+        last_error: w.as_ref().and_then(|w| w.last_error.clone()),
+        updates: w.as_ref().map_or(0, |w| w.updates),
+        failures: w.as_ref().map_or(0, |w| w.failures),
+    }
 }
 
 async fn status(State(app): State<App>) -> Response {

@@ -11,7 +11,7 @@
 //! drain, disable). They are live state, flipped in place by the health checker, the workers and
 //! the operator, and carried across changes like the rest of a backend's state.
 
-use crate::config::{Backend, Config, Protocol, defaults};
+use crate::config::{Backend, Config, Origin, Protocol, defaults};
 use crate::control::Snapshot;
 
 use super::ChangeError;
@@ -32,12 +32,15 @@ pub enum Change {
         /// Between 1 and [`defaults::MAX_WEIGHT`].
         weight: u32,
     },
-    /// One service's backend list replaced (service discovery), until the next reload or the
-    /// next such answer. Backends at an address the service already has keep their state.
+    /// One service's backend list replaced (service discovery): the backends written in the
+    /// file followed by those the registry lists. Backends at an address the service already
+    /// has keep their state. A reload keeps the discovered ones while the service's
+    /// `[service.discovery]` stays the same (see [`Change::next`]).
     SetBackends {
         /// The service's name.
         service: String,
-        /// The new list: not empty, one backend per address, some not `backup`.
+        /// The new list: one backend per address. Without `[service.discovery]` not empty and
+        /// some not `backup`; with it, it may be empty (the service is then down).
         backends: Vec<Backend>,
     },
 }
@@ -84,10 +87,18 @@ impl Change {
     ///   through the API lasts until the next reload);
     /// - changes to `[runtime]` and `[admin]`: not applied, listed in
     ///   [`Next::needs_restart`].
+    ///
+    /// Discovered backends (those whose [`Origin`] is not `static`) and a reload: a service
+    /// whose `[service.discovery]` is the same in the new file keeps its discovered backends
+    /// (after the file's own, minus any at an address the file now lists), and the discovery
+    /// runner keeps its watch; a service whose `[service.discovery]` changed or went loses them,
+    /// and the runner starts a new watch (or none), whose first answer brings them back.
+    /// `SetWeight` on a discovered backend lasts until the registry's next different answer.
     pub fn next(self, config: &Config, snapshot: &Snapshot) -> Result<Next, ChangeError> {
         let mut needs_restart = Vec::new();
         let next = match self {
             Change::Replace(mut next) => {
+                keep_discovered(config, &mut next);
                 if next.runtime != config.runtime {
                     needs_restart.push("[runtime]".to_owned());
                     next.runtime = config.runtime.clone();
@@ -122,7 +133,7 @@ impl Change {
             Change::SetBackends { service, backends } => {
                 let mut next = config.clone();
                 let s = service_mut(&mut next, &service)?;
-                check_backends(&service, s.protocol, &backends)?;
+                check_backends(&service, s.protocol, s.discovery.is_some(), &backends)?;
                 s.backends = backends;
                 next
             }
@@ -153,17 +164,40 @@ fn service_mut<'a>(
         .ok_or_else(|| ChangeError::NoService(name.to_owned()))
 }
 
-/// The rules the config file's validation applies to a service's backend list.
+/// Carries the discovered backends of each service of `config` into `next` when its
+/// `[service.discovery]` is unchanged there.
+fn keep_discovered(config: &Config, next: &mut Config) {
+    for s in &mut next.services {
+        let Some(before) = config.services.iter().find(|b| b.name == s.name) else {
+            continue;
+        };
+        if s.discovery.is_none() || s.discovery != before.discovery {
+            continue;
+        }
+        let kept: Vec<Backend> = before
+            .backends
+            .iter()
+            .filter(|b| b.origin != Origin::Static)
+            .filter(|b| s.backends.iter().all(|o| o.address != b.address))
+            .cloned()
+            .collect();
+        s.backends.extend(kept);
+    }
+}
+
+/// The rules the config file's validation applies to a service's backend list (relaxed for a
+/// `discovering` service: empty, or only backups, is allowed).
 fn check_backends(
     service: &str,
     protocol: Protocol,
+    discovering: bool,
     backends: &[Backend],
 ) -> Result<(), ChangeError> {
     let invalid = |what: String| Err(ChangeError::Invalid(format!("service {service:?}: {what}")));
-    if backends.is_empty() {
+    if backends.is_empty() && !discovering {
         return invalid("a backend list cannot be empty".to_owned());
     }
-    if backends.iter().all(|b| b.backup) {
+    if !discovering && backends.iter().all(|b| b.backup) {
         return invalid("every backend is a backup: at least one must not be".to_owned());
     }
     for (i, b) in backends.iter().enumerate() {

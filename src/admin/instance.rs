@@ -30,7 +30,8 @@ use parking_lot::Mutex;
 
 use crate::balancer::health::Admin;
 use crate::config::{Config, ConfigError};
-use crate::control::alerts::{AlertStats, Alerts};
+use crate::control::alerts::{AlertPublisher, AlertStats, Alerts};
+use crate::control::discovery::{Board, Target};
 use crate::control::health::HealthChecker;
 use crate::control::{ConnectionBudget, Counter, SharedSnapshot, Snapshot};
 use crate::dataplane::{DataPlaneError, DataPlaneHandle, Listening};
@@ -107,6 +108,8 @@ pub struct Instance {
     alerts: Mutex<Option<Alerts>>,
     /// Serializes changes.
     changing: Mutex<()>,
+    /// The discovery status of each discovering service (written by the discovery runner).
+    discovery: Board,
     started: Instant,
     started_wall: SystemTime,
     loaded_wall: Mutex<SystemTime>,
@@ -138,6 +141,7 @@ impl Instance {
             health: Mutex::new(Some(health)),
             alerts: Mutex::new(Some(alerts)),
             changing: Mutex::new(()),
+            discovery: Board::default(),
             started: Instant::now(),
             started_wall: SystemTime::now(),
             loaded_wall: Mutex::new(SystemTime::now()),
@@ -169,6 +173,11 @@ impl Instance {
     /// The process-wide connection budget.
     pub fn budget(&self) -> &ConnectionBudget {
         &self.budget
+    }
+
+    /// The discovery status of each discovering service.
+    pub fn discovery(&self) -> &Board {
+        &self.discovery
     }
 
     /// The counters of the alerts (all zero once they are stopped).
@@ -318,6 +327,27 @@ impl Instance {
         let report = report(&current, &next, opened, needs_restart);
         self.config.store(Arc::new(config));
         Ok(report)
+    }
+}
+
+/// The discovery runner applies its answers to the instance, through [`Instance::apply`].
+impl Target for Instance {
+    fn config(&self) -> Arc<Config> {
+        Instance::config(self)
+    }
+
+    fn apply(&self, change: Change) -> Result<(), String> {
+        Instance::apply(self, change)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn alerts(&self) -> AlertPublisher {
+        self.snapshot.load().process().alerts.clone()
+    }
+
+    fn board(&self) -> &Board {
+        &self.discovery
     }
 }
 

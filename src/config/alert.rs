@@ -14,8 +14,9 @@ pub struct AlertSettings {
     pub webhooks: Vec<Webhook>,
 }
 
-/// What an alert is about: a backend or a whole service going down or coming back up, or
-/// ringlb itself running short of local resources and recovering.
+/// What an alert is about: a backend or a whole service going down or coming back up, ringlb
+/// itself running short of local resources and recovering, or a service's registry failing and
+/// answering again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
@@ -33,17 +34,24 @@ pub enum AlertKind {
     LocalExhaustion,
     /// The probes stopped by a local shortage run again.
     LocalRecovery,
+    /// A service's registry (Consul, DNS) stopped answering usefully: its last good backend
+    /// set stays in place. Sent once when the failure begins.
+    DiscoveryDown,
+    /// A service's registry answers again.
+    DiscoveryUp,
 }
 
 impl AlertKind {
     /// Every kind, in the order the config reference lists them.
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 8] = [
         AlertKind::BackendDown,
         AlertKind::BackendUp,
         AlertKind::ServiceDown,
         AlertKind::ServiceUp,
         AlertKind::LocalExhaustion,
         AlertKind::LocalRecovery,
+        AlertKind::DiscoveryDown,
+        AlertKind::DiscoveryUp,
     ];
 
     /// The name used in config files and in the alert's JSON `event` field (its serde name).
@@ -77,7 +85,9 @@ impl AlertKinds {
             | AlertKind::ServiceDown.bit()
             | AlertKind::ServiceUp.bit()
             | AlertKind::LocalExhaustion.bit()
-            | AlertKind::LocalRecovery.bit(),
+            | AlertKind::LocalRecovery.bit()
+            | AlertKind::DiscoveryDown.bit()
+            | AlertKind::DiscoveryUp.bit(),
     );
 
     /// Whether `kind` is in the set.

@@ -215,6 +215,36 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// `backup`: false. A backup takes traffic only while no primary backend is up.
 pub const DEFAULT_BACKUP: bool = false;
 
+// ---- [service.discovery] ----
+
+/// `max_backends` of a discovering service: 10,000. Far above any real service, low enough that
+/// a runaway registry answer cannot make a snapshot (and its selectors) huge.
+pub const DEFAULT_DISCOVERY_MAX_BACKENDS: usize = 10_000;
+
+/// Largest `max_backends`.
+pub const MAX_DISCOVERY_MAX_BACKENDS: usize = 100_000;
+
+/// `wait` of a Consul blocking query: 5 minutes, Consul's own default.
+pub const DEFAULT_CONSUL_WAIT: Duration = Duration::from_secs(300);
+
+/// Shortest `wait`: 1 s; shorter turns a blocking query into polling.
+pub const MIN_CONSUL_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest `wait`: 10 minutes, Consul's own cap.
+pub const MAX_CONSUL_WAIT: Duration = Duration::from_secs(600);
+
+/// `passing_only`: true, only instances whose checks all pass.
+pub const DEFAULT_CONSUL_PASSING_ONLY: bool = true;
+
+/// `min_ttl` of DNS discovery: 1 s, so a zero TTL does not make ringlb resolve in a loop.
+pub const DEFAULT_DNS_MIN_TTL: Duration = Duration::from_secs(1);
+
+/// `max_ttl` of DNS discovery: 60 s, so a long TTL still lets changes in within a minute.
+pub const DEFAULT_DNS_MAX_TTL: Duration = Duration::from_secs(60);
+
+/// Longest `max_ttl` (and `min_ttl`): 1 hour.
+pub const MAX_DNS_TTL: Duration = Duration::from_secs(3600);
+
 // ---- [[alert.webhook]] ----
 
 /// `events` of a webhook: all of them. A webhook is usually one team's pager or chat channel,

@@ -75,6 +75,7 @@ pub(crate) struct ServiceFile {
     pub(crate) persistence: Option<Spanned<PersistenceFile>>,
     /// TCP: local addresses backend connections are made from, in turn.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) discovery: Option<Spanned<DiscoveryFile>>,
     pub(crate) backend: Option<Spanned<Vec<Spanned<BackendFile>>>>,
 }
 
@@ -115,6 +116,37 @@ pub(crate) struct BackendFile {
     pub(crate) backup: Option<Spanned<bool>>,
     /// TCP: this backend's own source addresses, instead of the service's.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[service.discovery]`: the keys of both kinds; validation refuses those of the other kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DiscoveryFile {
+    pub(crate) kind: Spanned<DiscoveryKind>,
+    pub(crate) max_backends: Option<Spanned<usize>>,
+    // kind = "consul"
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) service: Option<Spanned<String>>,
+    pub(crate) tags: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) datacenter: Option<Spanned<String>>,
+    pub(crate) passing_only: Option<Spanned<bool>>,
+    pub(crate) token: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<String>>,
+    pub(crate) wait: Option<Spanned<DurationText>>,
+    pub(crate) backup_tag: Option<Spanned<String>>,
+    // kind = "dns"
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) resolver: Option<Spanned<String>>,
+    pub(crate) min_ttl: Option<Spanned<DurationText>>,
+    pub(crate) max_ttl: Option<Spanned<DurationText>>,
+}
+
+/// `kind` of `[service.discovery]`; an unknown kind is a schema error that points at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DiscoveryKind {
+    Consul,
+    Dns,
 }
 
 /// `[alert]`.

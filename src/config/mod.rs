@@ -26,12 +26,13 @@
 //! `config/x.toml:12:10: service[1].listen: "127.0.0.1:99999" is not a socket address (IP:port)`.
 //!
 //! Guarantee: a `Config` returned by [`Config::load`] or [`Config::parse`] has at least one service,
-//! every service at least one backend, every number within the limits in [`defaults`], distinct
+//! every service without `[service.discovery]` at least one backend, every number within the limits in [`defaults`], distinct
 //! service names and no two services of one protocol on the same (or an overlapping) address;
 //! every webhook has an `http` URL with a host, at least one event and a name no other has.
 
 mod alert;
 pub mod defaults;
+mod discovery;
 mod error;
 mod file;
 mod policy;
@@ -39,6 +40,7 @@ mod problem;
 mod validate;
 mod validate_alert;
 mod validate_backend;
+mod validate_discovery;
 mod validate_policy;
 mod validate_source;
 mod values;
@@ -53,6 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
+pub use discovery::{ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery, Origin};
 pub use error::{ConfigError, Location, Problem};
 pub use policy::{
     HealthCheck, HealthKind, OnBackendDown, Persistence, PersistenceKind, PostgresRole, Probe,
@@ -215,8 +218,13 @@ pub struct Service {
     /// Unicast, none twice, of the backends' family. Empty (default): no bind, the kernel picks
     /// the address.
     pub source: Vec<IpAddr>,
-    /// The backends, in file order; never empty, no two with the same address, at least one
-    /// that is not a backup.
+    /// Where further backends come from while ringlb runs (`[service.discovery]`); `None`:
+    /// only the backends written in the file.
+    pub discovery: Option<DiscoverySettings>,
+    /// The backends: those written in the file, in file order, then those discovery found
+    /// (see [`Backend::origin`]). No two with the same address. Without discovery never
+    /// empty and at least one is not a backup; with discovery it may be empty (no candidate:
+    /// the service is down until the registry lists an instance).
     pub backends: Vec<Backend>,
 }
 
@@ -253,6 +261,8 @@ pub struct Backend {
     /// TCP: this backend's own source addresses, used instead of the service's; empty
     /// (default): the service's.
     pub source: Vec<IpAddr>,
+    /// Written in the file, or found by the service's discovery.
+    pub origin: Origin,
 }
 
 impl Backend {
@@ -360,6 +370,15 @@ impl Config {
             summarize_source(&mut out, &s.source);
             out.push('\n');
             summarize_policy(&mut out, s);
+            if let Some(d) = &s.discovery {
+                let _ = writeln!(
+                    out,
+                    "  discovery {}: {}, max {} backends",
+                    d.source.kind(),
+                    d.source.target(),
+                    d.max_backends
+                );
+            }
             for b in &s.backends {
                 let _ = write!(out, "  backend {}", b.address);
                 if b.spec != b.address.to_string() {

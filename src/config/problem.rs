@@ -316,6 +316,60 @@ pub enum Problem {
          the webhook"
     )]
     NoEvents,
+    /// A `[service.discovery]` key of the other kind.
+    #[error("applies only to kind = \"{applies_to}\", and this discovery's kind is \"{kind}\"")]
+    NotForDiscoveryKind {
+        /// The kind the key belongs to.
+        applies_to: &'static str,
+        /// The table's kind.
+        kind: &'static str,
+    },
+    /// A key the discovery kind needs is missing.
+    #[error("kind = \"{kind}\" needs `{key}` ({example})")]
+    MissingDiscoveryKey {
+        /// The table's kind.
+        kind: &'static str,
+        /// The missing key.
+        key: &'static str,
+        /// An example value.
+        example: &'static str,
+    },
+    /// Both `token` and `token_file`.
+    #[error("give the ACL token either as `token` or as `token_file`, not both")]
+    TokenTwice,
+    /// The token file cannot be read, or holds no token.
+    #[error("cannot read the token from {path:?}: {reason}")]
+    BadTokenFile {
+        /// The path as written.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Consul agent's address is not a usable URL.
+    #[error("{value:?} is not a usable Consul agent address: {reason}")]
+    BadRegistryAddress {
+        /// The value as written.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A DNS discovery name is neither `host:port` nor an SRV name.
+    #[error(
+        "{value:?} is not a discovery name: write \"host:port\" for A/AAAA records or an SRV \
+         name that starts with '_' (e.g. \"_postgres._tcp.orders.service.consul\")"
+    )]
+    BadDiscoveryName {
+        /// The value as written.
+        value: String,
+    },
+    /// `min_ttl` above `max_ttl`.
+    #[error("min_ttl ({min:?}) is above max_ttl ({max:?})")]
+    TtlOrder {
+        /// `min_ttl`.
+        min: std::time::Duration,
+        /// `max_ttl`.
+        max: std::time::Duration,
+    },
 }
 
 /// What [`Problem::NotUtf8`] found, in words: "invalid bytes 0xE2 0x28".

@@ -118,6 +118,7 @@ fn annotated_example_states_the_defaults() {
             backends: defaults.backends.clone(),
             health: None,
             persistence: None,
+            discovery: None,
             ..tcp.clone()
         },
         *defaults,
@@ -214,6 +215,7 @@ fn a_minimal_service_gets_every_default() {
             max_connections: None,
             backup: false,
             source: Vec::new(),
+            origin: Origin::Static,
         }]
     );
     assert_eq!(s.health, None, "no [service.health]: no checks");
@@ -414,7 +416,7 @@ fn messages_name_file_line_column_key_and_value() {
          `max_connections`, `retries`, `buffer_size`, `backlog`, `splice`, \
          `access_log`, \
          `udp_idle_timeout`, `udp_max_flows`, `udp_replies`, `udp_mode`, `on_backend_down`, \
-         `slow_start`, `health`, `persistence`, `source`, `backend`"
+         `slow_start`, `health`, `persistence`, `source`, `discovery`, `backend`"
     );
     assert_eq!(
         error("[runtime\nworkers = 2\n"),

@@ -414,7 +414,11 @@ impl ServiceCheck<'_, '_> {
 
         let source_offset = s.source.as_ref().map(|v| v.span().start);
         let source = self.source(s.source, || self.key("source"))?;
-        let backends = self.backends(s.backend)?;
+        let discovery = match s.discovery {
+            Some(d) => Some(self.discovery(d)?),
+            None => None,
+        };
+        let backends = self.backends(s.backend, discovery.is_some())?;
         if let Some(offset) = source_offset {
             self.service_source_fits(&source, offset, &backends)?;
         }
@@ -466,6 +470,7 @@ impl ServiceCheck<'_, '_> {
             slow_start,
             persistence,
             source,
+            discovery,
             backends,
         };
         Ok((service, seen))

@@ -1,6 +1,7 @@
 //! Stage two for a service's `[[service.backend]]` tables: addresses (resolved once, here),
 //! duplicates, weights and limits, a backend's own `source` list (`validate_source`), and the
-//! rule that not every backend may be a backup.
+//! rule that not every backend may be a backup (all of which a service with
+//! `[service.discovery]` may break: its other backends come from the registry).
 
 use toml::Spanned;
 
@@ -9,18 +10,20 @@ use super::error::{ConfigError, Problem};
 use super::file::BackendFile;
 use super::validate::{ServiceCheck, given, in_range};
 use super::values::{AddrProblem, resolve_backend};
-use super::{Backend, Protocol};
+use super::{Backend, Origin, Protocol};
 
 impl ServiceCheck<'_, '_> {
-    /// The backends of the service, in file order.
+    /// The backends of the service, in file order. A service whose backends come from
+    /// discovery (`discovering`) may have none written, or only backups.
     pub(super) fn backends(
         &self,
         list: Option<Spanned<Vec<Spanned<BackendFile>>>>,
+        discovering: bool,
     ) -> Result<Vec<Backend>, ConfigError> {
         let doc = self.doc;
         let offset = list.as_ref().map_or(self.header, |l| l.span().start);
         let list = list.map(Spanned::into_inner).unwrap_or_default();
-        if list.is_empty() {
+        if list.is_empty() && !discovering {
             return Err(ConfigError::new(
                 doc.at(offset, self.key("backend")),
                 Problem::NoBackends,
@@ -92,9 +95,11 @@ impl ServiceCheck<'_, '_> {
                 max_connections,
                 backup,
                 source,
+                origin: Origin::Static,
             });
         }
-        if backends.iter().all(|b| b.backup)
+        if !discovering
+            && backends.iter().all(|b| b.backup)
             && let Some((offset, key)) = last_backup
         {
             return Err(ConfigError::new(

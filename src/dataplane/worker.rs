@@ -21,7 +21,7 @@ use futures_util::future::{Either, select};
 use crate::balancer::conntrack::ConnTable;
 use crate::control::log_limit::Reason;
 use crate::control::wait::wait_until;
-use crate::control::{ServiceId, SharedSnapshot, Shutdown};
+use crate::control::{ServiceId, ServiceState, SharedSnapshot, Shutdown};
 
 use super::{ConnInfo, DataPlaneError, ListenerKey, WorkerStats, forward, udp};
 
@@ -322,6 +322,19 @@ async fn wait_until_empty(worker: &Worker) {
     wait_until(&worker.conn_closed, || worker.table.borrow().is_empty()).await
 }
 
+/// Takes the service's state from the published snapshot when its version moved past
+/// `version`. Not there: the service was removed, and the control plane retires the listener
+/// right after; until then, the last state serves.
+fn follow(worker: &Worker, id: ServiceId, version: &mut u64, state: &mut Arc<ServiceState>) {
+    let snapshot = worker.snapshot.load();
+    if snapshot.version != *version {
+        *version = snapshot.version;
+        if let Some(current) = snapshot.service_by_id(id) {
+            *state = current.clone();
+        }
+    }
+}
+
 /// Accepts connections for one service until the drain begins or a reload retires the
 /// listener, then closes the listener. Follows the service's state through reloads.
 async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, retire: &Retire) {
@@ -336,17 +349,8 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
         let mut starved: Option<bool> = None;
         let mut stop = std::pin::pin!(worker.retiring(retire));
         loop {
-            // A reload publishes a new state for the service (backends, weights, limits).
-            let snapshot = worker.snapshot.load();
-            if snapshot.version != version {
-                version = snapshot.version;
-                // Not there: the service was removed, and the control plane retires this
-                // listener right after; until then, the last state serves.
-                if let Some(current) = snapshot.service_by_id(id) {
-                    state = current.clone();
-                }
-            }
-            drop(snapshot);
+            // A change publishes a new state for the service (backends, weights, limits).
+            follow(worker, id, &mut version, &mut state);
             if state.at_limit() {
                 // Pause: leave new connections in the kernel's accept queue until a slot frees.
                 let slot = std::pin::pin!(state.wait_for_slot());
@@ -359,6 +363,9 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
             match select(accept, stop.as_mut()).await {
                 Either::Right(_) => break,
                 Either::Left((Ok((stream, peer)), _)) => {
+                    // The accept may have waited across a change (discovery's first backends,
+                    // a removed one): serve the connection with the state published now.
+                    follow(worker, id, &mut version, &mut state);
                     // Said only when the pause was: both lines are as rare as the limited one.
                     if starved.take() == Some(true) {
                         tracing::info!(service = %state.config.name, "accepting again");

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod consul;
 pub mod health;
 pub mod netns;
 pub mod reload;

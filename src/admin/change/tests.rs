@@ -49,6 +49,7 @@ fn backend(port: u16, weight: u32) -> Backend {
         max_connections: None,
         backup: false,
         source: Vec::new(),
+        origin: crate::config::Origin::Static,
     }
 }
 
@@ -321,4 +322,80 @@ fn an_invalid_change_is_refused() {
         .unwrap_err(),
         ChangeError::NoService(_)
     ));
+}
+
+/// Service "db" discovering Consul service `consul_service`, with one static backup at 9001.
+fn discovering(consul_service: &str) -> Config {
+    let text = format!(
+        "[[service]]\nname = \"db\"\nlisten = \"127.0.0.1:7001\"\n\
+         [service.discovery]\nkind = \"consul\"\naddress = \"http://127.0.0.1:8500\"\n\
+         service = \"{consul_service}\"\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9001\"\nbackup = true\n"
+    );
+    Config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn consul_backend(port: u16) -> Backend {
+    Backend {
+        origin: crate::config::Origin::Consul,
+        ..backend(port, 1)
+    }
+}
+
+#[test]
+fn a_reload_keeps_the_discovered_backends_while_discovery_is_unchanged() {
+    let process = ProcessWide {
+        budget: Arc::new(ConnectionBudget::new(100)),
+        alerts: AlertPublisher::disabled(),
+    };
+    let c1 = discovering("orders");
+    let s1 = Snapshot::from_config(&c1, &process);
+    assert_eq!(
+        service(&s1, "db").backends.len(),
+        1,
+        "only the static backup"
+    );
+    let mut static_backup = c1.services[0].backends[0].clone();
+    static_backup.backup = true;
+    let listed = vec![
+        static_backup.clone(),
+        consul_backend(9002),
+        consul_backend(9003),
+    ];
+    let n2 = Change::SetBackends {
+        service: "db".into(),
+        backends: listed.clone(),
+    }
+    .next(&c1, &s1)
+    .unwrap();
+    assert_eq!(n2.config.services[0].backends, listed);
+    assert!(service(&n2.snapshot, "db").available());
+
+    // The same file again: the discovered backends stay, with their state.
+    let n3 = Change::Replace(discovering("orders"))
+        .next(&n2.config, &n2.snapshot)
+        .unwrap();
+    assert_eq!(n3.config.services[0].backends, listed);
+    assert!(same_backend(
+        service(&n2.snapshot, "db"),
+        service(&n3.snapshot, "db"),
+        9002
+    ));
+
+    // Another Consul service: the discovered ones go (the new watch brings its own).
+    let n4 = Change::Replace(discovering("billing"))
+        .next(&n3.config, &n3.snapshot)
+        .unwrap();
+    assert_eq!(n4.config.services[0].backends, vec![static_backup]);
+
+    // The registry lists nothing: a discovering service may have no backend at all.
+    let empty = Change::SetBackends {
+        service: "db".into(),
+        backends: Vec::new(),
+    }
+    .next(&n4.config, &n4.snapshot)
+    .unwrap();
+    let db = service(&empty.snapshot, "db");
+    assert!(db.backends.is_empty());
+    assert!(!db.available(), "no candidate: the service is down");
 }

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::{Answer, Discovered, DiscoveryError, Source, Version};
 use crate::config::defaults::MAX_WEIGHT;
 
-pub use super::dns_settings::DnsDiscovery;
+pub use crate::config::DnsDiscovery;
 
 /// The longest one resolution (an SRV lookup and the lookups of its targets) may take before
 /// it is reported as [`DiscoveryError::Timeout`].

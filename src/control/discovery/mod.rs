@@ -10,9 +10,18 @@
 //! say: Consul when its blocking query returns (the index moved, or the wait ended), DNS when
 //! the record's TTL has run out and it was resolved again. The caller compares the answer with
 //! the set it applied last and applies a change only when they differ.
+//!
+//! The runner (`runner`) drives the sources on the discovery thread, retries after faults,
+//! applies answers and keeps the [`Board`] that `/status` and `/metrics` read; the Consul source
+//! is `consul`, the DNS source `dns`.
 
+pub mod consul;
 pub mod dns;
-mod dns_settings;
+mod runner;
+mod status;
+
+pub use runner::{BACKOFF_CAP, BACKOFF_FIRST, DiscoveryRunner, Target, backoff};
+pub use status::{Board, WatchStatus};
 
 use std::future::Future;
 use std::net::SocketAddr;
