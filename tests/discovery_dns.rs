@@ -277,3 +277,95 @@ fn resolver_down_is_an_error_and_recovers() {
         "after an error the next call asks at once ({took:?})"
     );
 }
+
+/// End to end: a ringlb service whose backends are the A records of a name, served by dnsmasq
+/// from a hosts directory the test rewrites. New connections follow each change within the TTL
+/// (1 s) plus the watch's margin; a name that disappears (NXDOMAIN) leaves the service with no
+/// backend, and it says so in `/status`.
+#[test]
+fn a_service_follows_its_a_records_through_ringlb() {
+    use common::admin::get;
+    use common::health::greeting;
+    use common::{Backend, Ringlb, runtime, wait_for};
+    use std::collections::BTreeSet;
+
+    let rt = runtime();
+    let a = rt.block_on(Backend::echo_at("127.0.0.2:0", Some("a\n")));
+    let port = a.addr.port();
+    let b = rt.block_on(Backend::echo_at(&format!("127.0.0.3:{port}"), Some("b\n")));
+    let server = DnsServer::start(&["--local-ttl=1".to_owned()]);
+    server.write_hosts("web", "127.0.0.2 web.test.ringlb\n");
+    let config = format!(
+        "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[service]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\n\
+         [service.discovery]\nkind = \"dns\"\nname = \"web.test.ringlb:{port}\"\n\
+         resolver = \"{}\"\nmin_ttl = \"1s\"\nmax_ttl = \"1s\"\n",
+        server.addr
+    );
+    let lb = Ringlb::start(&config);
+    let status = || get(lb.admin.unwrap(), "/status").json()["services"][0].clone();
+    let listed = || -> BTreeSet<SocketAddr> {
+        status()["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["address"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let greeted = |n: usize| -> BTreeSet<String> {
+        rt.block_on(async {
+            let mut seen = BTreeSet::new();
+            for _ in 0..n {
+                if let Ok(name) = greeting(lb.addr("web"), None).await {
+                    seen.insert(name);
+                }
+            }
+            seen
+        })
+    };
+    let names = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| (*s).to_owned()).collect() };
+
+    assert!(
+        wait_for(Duration::from_secs(5), || listed()
+            == BTreeSet::from([a.addr])),
+        "{}",
+        status()
+    );
+    assert_eq!(greeted(10), names(&["a"]));
+    assert_eq!(status()["discovery"]["kind"], "dns", "{}", status());
+
+    // A second address: both serve within the TTL and the watch's margin.
+    server.write_hosts(
+        "web",
+        "127.0.0.2 web.test.ringlb\n127.0.0.3 web.test.ringlb\n",
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || listed()
+            == BTreeSet::from([a.addr, b.addr])),
+        "{}",
+        status()
+    );
+    assert_eq!(greeted(20), names(&["a", "b"]));
+
+    // The first goes: only the second gets new connections.
+    server.write_hosts("web", "127.0.0.3 web.test.ringlb\n");
+    assert!(
+        wait_for(Duration::from_secs(5), || listed()
+            == BTreeSet::from([b.addr])),
+        "{}",
+        status()
+    );
+    assert_eq!(greeted(10), names(&["b"]));
+
+    // The name is gone (NXDOMAIN): the registry is truth, so no backend is left.
+    server.write_hosts("web", "");
+    assert!(
+        wait_for(Duration::from_secs(5), || listed().is_empty()),
+        "{}",
+        status()
+    );
+    assert!(
+        greeted(5).is_empty(),
+        "a connection was served with no backend"
+    );
+}

@@ -388,7 +388,12 @@ pub struct Backend {
 
 impl Backend {
     pub async fn echo(greeting: Option<&str>) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::echo_at("127.0.0.1:0", greeting).await
+    }
+
+    /// [`Backend::echo`] listening on `address` (`IP:port`, port 0 for any).
+    pub async fn echo_at(address: &str, greeting: Option<&str>) -> Backend {
+        let listener = TcpListener::bind(address).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
         let count = accepted.clone();
