@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::admin::{Metrics, get};
 use common::consul::{Consul, Fault};
 use common::health::greeting;
+use common::webhook::webhook;
 use common::{Backend, Ringlb, runtime, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -175,7 +176,13 @@ fn a_registry_outage_keeps_the_last_set_and_recovery_is_seen() {
     let c = rt.block_on(Backend::echo(Some("c\n")));
     consul.register("a", "orders", a.addr, &[], 1);
     consul.register("b", "orders", b.addr, &[], 1);
-    let lb = Ringlb::start(&config(&consul, ""));
+    let (hook, events) = rt.block_on(webhook("127.0.0.1:0"));
+    let alerts = format!(
+        "[[alert.webhook]]\nurl = \"http://{hook}/hook\"\n\
+         events = [\"discovery_down\", \"discovery_up\"]\n"
+    );
+    // The webhook table goes after the service's tables.
+    let lb = Ringlb::start(&format!("{}{alerts}", config(&consul, "")));
     let addr = lb.addr("orders");
     assert!(wait_for(Duration::from_secs(5), || backends(&lb).len() == 2));
 
@@ -216,6 +223,17 @@ fn a_registry_outage_keeps_the_last_set_and_recovery_is_seen() {
             .is_some()
     );
     assert!(status(&lb)["discovery"]["last_error"].is_null());
+    // The outage and the recovery reached the webhook, once each.
+    assert!(
+        wait_for(Duration::from_secs(5), || events.lock().unwrap().len() >= 2),
+        "{:?}",
+        events.lock().unwrap()
+    );
+    assert_eq!(
+        *events.lock().unwrap(),
+        ["discovery_down", "discovery_up"],
+        "one alert per transition"
+    );
     assert!(wait_for(Duration::from_secs(2), || names(&rt, addr, 30)
         == set(&["a", "b", "c"])));
 

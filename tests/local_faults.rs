@@ -12,11 +12,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::admin::{Metrics, get};
 use common::netns::Netns;
+use common::webhook::webhook;
 use common::{Ringlb, runtime, wait_for_every};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -48,52 +48,6 @@ async fn echo(addr: &str) {
             });
         }
     });
-}
-
-/// A webhook that answers 200 to every POST and keeps each alert's `event`, in order.
-async fn webhook(addr: &str) -> Arc<Mutex<Vec<String>>> {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let events2 = events.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            let events = events2.clone();
-            tokio::spawn(async move {
-                let mut s = BufReader::new(s);
-                loop {
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        if s.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let lower = line.to_ascii_lowercase();
-                        if let Some(v) = lower.strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    s.read_exact(&mut body).await.unwrap();
-                    let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    events
-                        .lock()
-                        .unwrap()
-                        .push(alert["event"].as_str().unwrap().to_owned());
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                    if s.get_mut().write_all(ok).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    events
 }
 
 /// A client from its own `port`: sends a line and waits for it back. Returns the stream when
@@ -145,7 +99,7 @@ fn running_out_of_local_ports_marks_no_backend_down_and_service_resumes_when_the
             for b in BACKENDS {
                 echo(b).await;
             }
-            webhook(WEBHOOK).await
+            webhook(WEBHOOK).await.1
         });
         let config = format!(
             "[runtime]\nworkers = 2\n\n[admin]\nlisten = \"{ADMIN}\"\n\n\

@@ -12,6 +12,7 @@ pub mod health;
 pub mod netns;
 pub mod reload;
 pub mod udp;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
