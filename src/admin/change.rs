@@ -200,11 +200,13 @@ fn check_backends(
     if !discovering && backends.iter().all(|b| b.backup) {
         return invalid("every backend is a backup: at least one must not be".to_owned());
     }
-    for (i, b) in backends.iter().enumerate() {
+    // A set, not a scan of the earlier entries: discovered lists run to tens of thousands.
+    let mut seen = std::collections::HashSet::with_capacity(backends.len());
+    for b in backends {
         if b.address.port() == 0 {
             return invalid(format!("backend {} has port 0", b.address));
         }
-        if backends[..i].iter().any(|o| o.address == b.address) {
+        if !seen.insert(b.address) {
             return invalid(format!("backend {} is listed twice", b.address));
         }
         if !(1..=defaults::MAX_WEIGHT).contains(&b.weight) {

@@ -373,7 +373,9 @@ fn report(
     };
     let (old_names, new_names) = (names(before), names(after));
     let (old_backends, new_backends) = (backends(before), backends(after));
+    // Through a set: a discovered service may list tens of thousands of backends.
     let minus = |a: &[String], b: &[String]| -> Vec<String> {
+        let b: std::collections::HashSet<&String> = b.iter().collect();
         a.iter().filter(|x| !b.contains(x)).cloned().collect()
     };
     ChangeReport {
