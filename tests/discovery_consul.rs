@@ -199,8 +199,8 @@ fn a_registry_outage_keeps_the_last_set_and_recovery_is_seen() {
     };
     let first = failures();
     assert!(first >= 1.0);
-    // Down for a few seconds: retries keep failing, traffic goes on to the last set.
-    let until = Instant::now() + Duration::from_secs(2);
+    // Down for 10 s: retries keep failing, traffic goes on to the last set.
+    let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         assert_eq!(names(&rt, addr, 10), set(&["a", "b"]));
     }
@@ -285,7 +285,7 @@ fn churn_under_load_loses_no_connection_and_no_byte() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    const STREAMS: usize = 100;
+    const STREAMS: usize = 200;
     const CHANGES: u64 = 100;
     let rt = runtime();
     let consul = rt.block_on(Consul::start(None));
