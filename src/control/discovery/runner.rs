@@ -251,6 +251,17 @@ pub fn backoff(n: u32) -> Duration {
     crate::control::alerts::retry_delay(BACKOFF_FIRST, BACKOFF_CAP, n)
 }
 
+/// Records a failed query or an answer that could not be applied; the first failure after a
+/// success is logged and alerted (`discovery_down`), later ones only counted.
+fn failed<T: Target>(target: &Arc<T>, service: &str, e: &DiscoveryError) {
+    if target.board().failed(service, e) {
+        tracing::warn!(service, reason = %e, "discovery failed: the last good backend set stays");
+        target
+            .alerts()
+            .publish(crate::config::AlertKind::DiscoveryDown, service, None, e);
+    }
+}
+
 /// Applies an answer that differs from the service's discovered set, and records the outcome.
 async fn handle<T: Target>(target: &Arc<T>, report: Report) {
     let Report {
@@ -260,15 +271,7 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
     let answer = match result {
         Ok(answer) => answer,
         Err(e) => {
-            if board.failed(&service, &e) {
-                tracing::warn!(service, reason = %e, "discovery failed: the last good backend set stays");
-                target.alerts().publish(
-                    crate::config::AlertKind::DiscoveryDown,
-                    &service,
-                    None,
-                    &e,
-                );
-            }
+            failed(target, &service, &e);
             return;
         }
     };
@@ -339,15 +342,7 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
         }
         Err(reason) => {
             let e = DiscoveryError::Malformed(format!("the answer was not applied: {reason}"));
-            if board.failed(&service, &e) {
-                tracing::warn!(service, reason = %e, "discovery failed: the last good backend set stays");
-                target.alerts().publish(
-                    crate::config::AlertKind::DiscoveryDown,
-                    &service,
-                    None,
-                    &e,
-                );
-            }
+            failed(target, &service, &e);
         }
     }
 }
