@@ -45,6 +45,14 @@ fn dist(file: &str) -> PathBuf {
         .join(file)
 }
 
+/// Debian's keepalived (in /usr/sbin, which a non-login PATH may lack).
+fn keepalived_binary() -> &'static str {
+    ["/usr/sbin/keepalived", "/sbin/keepalived", "/usr/bin/keepalived"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("keepalived is not installed: this test needs it (Debian: apt-get install keepalived; .ci/run installs it)")
+}
+
 /// `ringlb status --check` against the admin API of the ringlb in namespace `ns`.
 fn status_check(ns: &str) -> std::io::Result<std::process::Output> {
     Command::new("ip")
@@ -394,7 +402,7 @@ impl Pair {
                 role,
                 Proc::start(
                     &ns,
-                    "keepalived",
+                    keepalived_binary(),
                     &args,
                     net.path(&format!("keepalived-{role}.log")),
                 ),
