@@ -513,6 +513,32 @@ pub(super) fn given<T: Copy>(value: &Option<Spanned<T>>, default: T) -> T {
     value.as_ref().map_or(default, |v| *v.get_ref())
 }
 
+/// An optional duration (longer than zero) within `range`, or `default` when not given; out of
+/// range is refused with `allowed` as the text of what is allowed.
+pub(super) fn duration_within(
+    doc: &Doc<'_>,
+    value: &Option<Spanned<DurationText>>,
+    key: String,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    allowed: impl FnOnce() -> String,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    let d = duration(doc, v, key.clone(), false)?;
+    if !range.contains(&d) {
+        return Err(ConfigError::new(
+            doc.at(v.span().start, key),
+            Problem::OutOfRange {
+                value: format!("{:?}", v.get_ref().0),
+                allowed: allowed(),
+            },
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses a duration value; zero is refused unless `allow_zero`.
 pub(super) fn duration(
     doc: &Doc<'_>,

@@ -8,7 +8,7 @@ use toml::Spanned;
 use super::defaults::*;
 use super::error::{ConfigError, Doc, Problem};
 use super::file::{AlertFile, DurationText, WebhookFile};
-use super::validate::{duration, in_range, is_service_name};
+use super::validate::{duration_within, in_range, is_service_name};
 use super::values::parse_webhook_url;
 use super::{AlertKinds, AlertSettings, Webhook};
 use crate::units::format_duration;
@@ -136,20 +136,9 @@ fn bounded(
     default: Duration,
     max: Duration,
 ) -> Result<Duration, ConfigError> {
-    let Some(v) = value else {
-        return Ok(default);
-    };
-    let d = duration(doc, v, key.clone(), false)?;
-    if d > max {
-        return Err(ConfigError::new(
-            doc.at(v.span().start, key),
-            Problem::OutOfRange {
-                value: format!("{:?}", v.get_ref().0),
-                allowed: format!("longer than zero and at most {}", format_duration(max)),
-            },
-        ));
-    }
-    Ok(d)
+    duration_within(doc, value, key, default, Duration::ZERO..=max, || {
+        format!("longer than zero and at most {}", format_duration(max))
+    })
 }
 
 #[cfg(test)]

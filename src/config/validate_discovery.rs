@@ -18,7 +18,7 @@ use super::defaults::*;
 use super::discovery::{ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery};
 use super::error::{ConfigError, Problem};
 use super::file::{DiscoveryFile, DiscoveryKind, DurationText};
-use super::validate::{ServiceCheck, duration, given, in_range};
+use super::validate::{ServiceCheck, duration_within, given, in_range};
 
 impl ServiceCheck<'_, '_> {
     /// The discovery settings of the service.
@@ -262,20 +262,9 @@ fn bounded(
     min: Duration,
     max: Duration,
 ) -> Result<Duration, ConfigError> {
-    let Some(v) = value else {
-        return Ok(default);
-    };
-    let d = duration(check.doc, v, key.clone(), false)?;
-    if d < min || d > max {
-        return Err(ConfigError::new(
-            check.doc.at(v.span().start, key),
-            Problem::OutOfRange {
-                value: format!("{:?}", v.get_ref().0),
-                allowed: format!("between {} and {}", show(min), show(max)),
-            },
-        ));
-    }
-    Ok(d)
+    duration_within(check.doc, value, key, default, min..=max, || {
+        format!("between {} and {}", show(min), show(max))
+    })
 }
 
 fn show(d: Duration) -> impl Display {
