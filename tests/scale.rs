@@ -846,21 +846,21 @@ fn two_hundred_thousand_udp_sources_stay_within_the_flow_bound() {
     // the upstream socket the backend saw: one flow, one upstream socket, never replaced.
     let hot = UdpSocket::bind("127.0.0.1:0").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let replies = {
-        let (hot, stop) = (hot.try_clone().unwrap(), stop.clone());
+        let (hot, stop, answered) = (hot.try_clone().unwrap(), stop.clone(), answered.clone());
         hot.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         std::thread::spawn(move || {
-            let mut answered = 0u64;
             let mut upstreams = HashSet::new();
             let mut buf = [0u8; 128];
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, _)) = hot.recv_from(&mut buf) {
-                    answered += 1;
+                    answered.fetch_add(1, Ordering::Relaxed);
                     upstreams.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
                 }
             }
-            (answered, upstreams)
+            upstreams
         })
     };
     // The table's size as /metrics reports it, sampled throughout.
@@ -942,9 +942,12 @@ fn two_hundred_thousand_udp_sources_stay_within_the_flow_bound() {
     wait_for(Duration::from_secs(5), || {
         backend.received() >= sent + hot_sent
     });
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for(Duration::from_secs(5), || {
+        answered.load(Ordering::Relaxed) >= hot_sent
+    });
     stop.store(true, Ordering::Relaxed);
-    let (answered, upstreams) = replies.join().unwrap();
+    let upstreams = replies.join().unwrap();
+    let answered = answered.load(Ordering::Relaxed);
     let (peak_active, samples) = sampler.join().unwrap();
     let rss_end = lb.rss_kib();
     let m = Metrics::scrape(admin);
