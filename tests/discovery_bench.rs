@@ -113,6 +113,7 @@ struct Row {
     status_fetch: Duration,
     load: Duration,
     rss_kib: u64,
+    cpu_per_change: Duration,
 }
 
 /// Starts ringlb on `n` registered instances; returns it once `/status` lists all of them.
@@ -155,6 +156,40 @@ fn time_changes(lb: &Ringlb, consul: &Consul, port: u16) -> Vec<Duration> {
 /// One `bench rr` run while instance `i0` is deregistered and registered again 10 times a
 /// second (at most 10 per second of the run, bounded by the run's length plus 2 s): the report, the changes made and the discovery
 /// updates `/metrics` counted meanwhile (changes that land together count as one update).
+/// ringlb's own CPU time (user + system, from /proc) per applied change: `CPU_CHANGES` changes
+/// paced 10 a second with nobody polling `/status` in between (a poll at 10,000 backends costs
+/// more than the change), less the idle CPU of an equal window without changes.
+fn cpu_per_change(lb: &Ringlb, consul: &Consul, port: u16) -> Duration {
+    const CPU_CHANGES: u32 = 30;
+    let window = Duration::from_millis(100) * CPU_CHANGES;
+    let idle = {
+        let before = lb.cpu_time();
+        std::thread::sleep(window);
+        lb.cpu_time().saturating_sub(before)
+    };
+    let before = lb.cpu_time();
+    let start = Instant::now();
+    for k in 0..CPU_CHANGES {
+        // i0 is registered before and after (an even number of changes).
+        if k.is_multiple_of(2) {
+            consul.deregister("i0");
+        } else {
+            consul.register("i0", "orders", backend(0, port), &[], 1);
+        }
+        let next = start + Duration::from_millis(100) * (k + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let want = consul.index();
+    assert!(
+        common::wait_for_every(Duration::from_millis(50), Duration::from_secs(10), || {
+            discovery(lb).0 >= want
+        }),
+        "the last change was not applied"
+    );
+    let used = lb.cpu_time().saturating_sub(before);
+    used.saturating_sub(idle) / CPU_CHANGES
+}
+
 fn churned_rr(lb: &Ringlb, consul: &Consul, port: u16) -> (serde_json::Value, u64, f64) {
     let before = updates(lb);
     let mut bench = bench_rr(lb.addr("orders"));
@@ -206,11 +241,23 @@ fn discovery_scale() {
 
     let mut rows = Vec::new();
     let mut rr = Vec::new();
-    for n in [100, 1_000, 10_000] {
+    // `DISCOVERY_BENCH_SIZES=1000` (a comma list) measures only those sizes, and
+    // `DISCOVERY_BENCH_RR=0` skips the rr runs (to profile the change path alone).
+    let sizes: Vec<usize> = std::env::var("DISCOVERY_BENCH_SIZES").map_or_else(
+        |_| vec![100, 1_000, 10_000],
+        |v| {
+            v.split(',')
+                .map(|n| n.trim().parse().expect("a size"))
+                .collect()
+        },
+    );
+    let with_rr = std::env::var("DISCOVERY_BENCH_RR").map_or(true, |v| v != "0");
+    for n in sizes {
         let consul = rt.block_on(Consul::start(None));
         let (lb, load_time) = load(&consul, n, port);
         eprintln!("N = {n}: listed in {load_time:?}");
         let took = time_changes(&lb, &consul, port);
+        let cpu_per_change = cpu_per_change(&lb, &consul, port);
         let fetch = {
             let t = Instant::now();
             discovery(&lb);
@@ -223,8 +270,9 @@ fn discovery_scale() {
             status_fetch: fetch,
             load: load_time,
             rss_kib: lb.rss_kib(),
+            cpu_per_change,
         });
-        if n == 1_000 {
+        if n == 1_000 && with_rr {
             // i0 is registered again after an even number of changes: all n are in the set.
             assert_eq!(discovery(&lb).1, n);
             let addr = lb.addr("orders");
@@ -232,8 +280,17 @@ fn discovery_scale() {
             // shows instead of passing for an effect of churn.
             let mut runs = Vec::new();
             for _ in 0..2 {
+                let cpu = lb.cpu_time();
                 let quiet = report(bench_rr(addr));
+                let quiet_cpu = lb.cpu_time().saturating_sub(cpu);
+                let cpu = lb.cpu_time();
                 let (churned, made, counted) = churned_rr(&lb, &consul, port);
+                let churned_cpu = lb.cpu_time().saturating_sub(cpu);
+                // ringlb's CPU per request, in microseconds.
+                let per_request = |r: &serde_json::Value, cpu: Duration| {
+                    let requests = r["requests_per_s"].as_f64().unwrap() * RR_SECS as f64;
+                    cpu.as_secs_f64() * 1e6 / requests
+                };
                 for r in [&quiet, &churned] {
                     assert_eq!(r["errors_total"], 0, "{r}");
                 }
@@ -242,6 +299,8 @@ fn discovery_scale() {
                     churned["requests_per_s"].as_f64().unwrap(),
                     made,
                     counted,
+                    per_request(&quiet, quiet_cpu),
+                    per_request(&churned, churned_cpu),
                 ));
             }
             rr = runs;
@@ -251,26 +310,35 @@ fn discovery_scale() {
     eprintln!();
     eprintln!("baseline RSS (1 backend): {rss_base} KiB");
     eprintln!(
-        "{:>7} | {:>12} | {:>14} | {:>11} | {:>12} | {:>9} | {:>14}",
-        "N", "first load", "change median", "change max", "/status GET", "RSS KiB", "KiB / backend"
+        "{:>7} | {:>12} | {:>14} | {:>11} | {:>14} | {:>12} | {:>9} | {:>14}",
+        "N",
+        "first load",
+        "change median",
+        "change max",
+        "CPU / change",
+        "/status GET",
+        "RSS KiB",
+        "KiB / backend"
     );
     for r in &rows {
         eprintln!(
-            "{:>7} | {:>9.1} ms | {:>11.1} ms | {:>8.1} ms | {:>9.1} ms | {:>9} | {:>14.2}",
+            "{:>7} | {:>9.1} ms | {:>11.1} ms | {:>8.1} ms | {:>11.1} ms | {:>9.1} ms | {:>9} | {:>14.2}",
             r.n,
             r.load.as_secs_f64() * 1e3,
             r.median.as_secs_f64() * 1e3,
             r.max.as_secs_f64() * 1e3,
+            r.cpu_per_change.as_secs_f64() * 1e3,
             r.status_fetch.as_secs_f64() * 1e3,
             r.rss_kib,
             r.rss_kib.saturating_sub(rss_base) as f64 / r.n as f64,
         );
     }
-    eprintln!("bench rr at N = 1,000 (50 connections, 10 s per run):");
-    for (round, (quiet, churned, made, counted)) in rr.iter().enumerate() {
+    eprintln!("bench rr at N = 1,000 (50 connections, {RR_SECS} s per run):");
+    for (round, (quiet, churned, made, counted, quiet_us, churned_us)) in rr.iter().enumerate() {
         eprintln!(
             "  round {}: {quiet:.0} req/s quiet, {churned:.0} req/s with 10 changes/s \
-             ({:.1}% of quiet); {made} changes made, {counted} discovery updates counted",
+             ({:.1}% of quiet); ringlb CPU per request {quiet_us:.2} us quiet, {churned_us:.2} us \
+             churned; {made} changes made, {counted} discovery updates counted",
             round + 1,
             churned / quiet * 100.0
         );

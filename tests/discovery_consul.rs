@@ -237,14 +237,24 @@ fn a_registry_outage_keeps_the_last_set_and_recovery_is_seen() {
     assert!(wait_for(Duration::from_secs(2), || names(&rt, addr, 30)
         == set(&["a", "b", "c"])));
 
-    // Faults that answer: 500 and garbage keep the set too.
-    for fault in [Fault::ServerError, Fault::Garbage] {
+    // A 500, garbage, and a registry that takes the query and never answers (the query's
+    // bound, wait + wait/16 + 3 s, ends it) keep the set too.
+    for (k, fault) in [Fault::ServerError, Fault::Garbage, Fault::Hang]
+        .into_iter()
+        .enumerate()
+    {
+        let hangs = matches!(fault, Fault::Hang);
         consul.set_fault(fault);
-        consul.set_weight("a", 5);
-        assert!(wait_for(Duration::from_secs(5), || {
+        consul.set_weight("a", 5 + k as u32);
+        assert!(wait_for(Duration::from_secs(12), || {
             status(&lb)["discovery"]["last_error"].is_string()
         }));
+        if hangs {
+            let error = status(&lb)["discovery"]["last_error"].to_string();
+            assert!(error.contains("did not answer within"), "{error}");
+        }
         assert_eq!(backends(&lb).len(), 3);
+        assert_eq!(names(&rt, addr, 30), set(&["a", "b", "c"]));
         consul.set_fault(Fault::None);
         assert!(wait_for(Duration::from_secs(12), || {
             status(&lb)["discovery"]["last_error"].is_null()

@@ -369,3 +369,96 @@ fn a_service_follows_its_a_records_through_ringlb() {
         "a connection was served with no backend"
     );
 }
+
+#[test]
+fn a_service_follows_its_srv_records_through_ringlb() {
+    use common::admin::get;
+    use common::health::greeting;
+    use common::{Backend, Ringlb, runtime, wait_for};
+    use std::collections::BTreeMap;
+
+    let rt = runtime();
+    // Each on its own address and port: the ports come from the SRV records.
+    let a = rt.block_on(Backend::echo_at("127.0.0.2:0", Some("a\n")));
+    let b = rt.block_on(Backend::echo_at("127.0.0.3:0", Some("b\n")));
+    let c = rt.block_on(Backend::echo_at("127.0.0.4:0", Some("c\n")));
+    let srv = |host: &str, port: u16, priority: u16, weight: u16| {
+        format!("--srv-host=_db._tcp.test.ringlb,{host}.test.ringlb,{port},{priority},{weight}")
+    };
+    let server = DnsServer::start(&[
+        "--host-record=a.test.ringlb,127.0.0.2".to_owned(),
+        "--host-record=b.test.ringlb,127.0.0.3".to_owned(),
+        "--host-record=c.test.ringlb,127.0.0.4".to_owned(),
+        srv("a", a.addr.port(), 10, 1),
+        srv("b", b.addr.port(), 10, 3),
+        // A higher priority: a backup.
+        srv("c", c.addr.port(), 20, 1),
+        "--local-ttl=1".to_owned(),
+    ]);
+    let config = format!(
+        "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[service]]\nname = \"db\"\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\n\
+         algorithm = \"weighted_round_robin\"\npassive_failures = 1\n\
+         [service.discovery]\nkind = \"dns\"\nname = \"_db._tcp.test.ringlb\"\n\
+         resolver = \"{}\"\nmin_ttl = \"1s\"\nmax_ttl = \"1s\"\n",
+        server.addr
+    );
+    let lb = Ringlb::start(&config);
+    let status = || get(lb.admin.unwrap(), "/status").json()["services"][0].clone();
+    // address -> (weight, backup), as ringlb lists them.
+    let listed = || -> BTreeMap<SocketAddr, (u64, bool)> {
+        status()["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["address"].as_str().unwrap().parse().unwrap(),
+                    (
+                        b["weight"].as_u64().unwrap(),
+                        b["backup"].as_bool().unwrap(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let want = BTreeMap::from([
+        (a.addr, (1, false)),
+        (b.addr, (3, false)),
+        (c.addr, (1, true)),
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(5), || listed() == want),
+        "ports, weights and the backup from SRV: {}",
+        status()
+    );
+    assert_eq!(status()["backends"][0]["origin"], "dns", "{}", status());
+    let greeted = |n: usize| -> BTreeMap<String, usize> {
+        rt.block_on(async {
+            let mut seen = BTreeMap::new();
+            for _ in 0..n {
+                if let Ok(name) = greeting(lb.addr("db"), None).await {
+                    *seen.entry(name).or_insert(0) += 1;
+                }
+            }
+            seen
+        })
+    };
+    // Smooth weighted round robin over the primaries only, 1:3; the backup gets nothing.
+    let shares = greeted(40);
+    assert_eq!(
+        shares,
+        BTreeMap::from([("a".to_owned(), 10), ("b".to_owned(), 30)]),
+        "weights from SRV, the backup idle while primaries are up"
+    );
+
+    // Both primaries go away: after their failed connects mark them down, the backup serves.
+    drop(a);
+    drop(b);
+    assert!(
+        wait_for(Duration::from_secs(5), || greeted(4).contains_key("c")),
+        "the SRV backup took over: {}",
+        status()
+    );
+    drop(c);
+}

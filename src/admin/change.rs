@@ -11,6 +11,8 @@
 //! drain, disable). They are live state, flipped in place by the health checker, the workers and
 //! the operator, and carried across changes like the rest of a backend's state.
 
+use std::net::SocketAddr;
+
 use crate::config::{Backend, Config, Origin, Protocol, defaults};
 use crate::control::Snapshot;
 
@@ -40,7 +42,10 @@ pub enum Change {
         /// The service's name.
         service: String,
         /// The new list: one backend per address. Without `[service.discovery]` not empty and
-        /// some not `backup`; with it, it may be empty (the service is then down).
+        /// some not `backup`; with it, it may be empty (the service is then down), and only
+        /// its discovered entries count: the static ones are the running config's (the file's),
+        /// whatever the list says, so an answer computed before a reload cannot bring back the
+        /// old file's backends.
         backends: Vec<Backend>,
     },
 }
@@ -133,6 +138,10 @@ impl Change {
             Change::SetBackends { service, backends } => {
                 let mut next = config.clone();
                 let s = service_mut(&mut next, &service)?;
+                let backends = match s.discovery {
+                    Some(_) => behind_the_file(&s.backends, backends),
+                    None => backends,
+                };
                 check_backends(&service, s.protocol, s.discovery.is_some(), &backends)?;
                 s.backends = backends;
                 next
@@ -183,6 +192,24 @@ fn keep_discovered(config: &Config, next: &mut Config) {
             .collect();
         s.backends.extend(kept);
     }
+}
+
+/// A discovering service's next list: its static backends from `running` (the file's), then
+/// the discovered entries of `listed` at any other address.
+fn behind_the_file(running: &[Backend], listed: Vec<Backend>) -> Vec<Backend> {
+    let mut backends: Vec<Backend> = running
+        .iter()
+        .filter(|b| b.origin == Origin::Static)
+        .cloned()
+        .collect();
+    let statics: std::collections::HashSet<SocketAddr> =
+        backends.iter().map(|b| b.address).collect();
+    backends.extend(
+        listed
+            .into_iter()
+            .filter(|b| b.origin != Origin::Static && !statics.contains(&b.address)),
+    );
+    backends
 }
 
 /// The rules the config file's validation applies to a service's backend list (relaxed for a

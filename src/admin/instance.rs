@@ -21,6 +21,8 @@
 //! so new connections are not refused while it happens. `[runtime]` and `[admin]` take effect
 //! only at the next start; a reload that changes them says so in the log.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -361,29 +363,36 @@ fn report(
     let names = |s: &Snapshot| -> Vec<String> {
         s.services.iter().map(|s| s.config.name.clone()).collect()
     };
-    let backends = |s: &Snapshot| -> Vec<String> {
+    // (service, address) pairs, compared through a set (a discovered service may list tens of
+    // thousands of backends); only the differences are formatted.
+    fn backends(s: &Snapshot) -> Vec<(&str, SocketAddr)> {
         s.services
             .iter()
             .flat_map(|svc| {
-                svc.backends
-                    .iter()
-                    .map(move |b| format!("{}/{}", svc.config.name, b.address()))
+                let name = svc.config.name.as_str();
+                svc.backends.iter().map(move |b| (name, b.address()))
             })
             .collect()
-    };
+    }
     let (old_names, new_names) = (names(before), names(after));
     let (old_backends, new_backends) = (backends(before), backends(after));
-    // Through a set: a discovered service may list tens of thousands of backends.
     let minus = |a: &[String], b: &[String]| -> Vec<String> {
-        let b: std::collections::HashSet<&String> = b.iter().collect();
+        let b: HashSet<&String> = b.iter().collect();
         a.iter().filter(|x| !b.contains(x)).cloned().collect()
+    };
+    let minus_backends = |a: &[(&str, SocketAddr)], b: &[(&str, SocketAddr)]| -> Vec<String> {
+        let b: HashSet<&(&str, SocketAddr)> = b.iter().collect();
+        a.iter()
+            .filter(|x| !b.contains(x))
+            .map(|(service, address)| format!("{service}/{address}"))
+            .collect()
     };
     ChangeReport {
         version: after.version,
         services_added: minus(&new_names, &old_names),
         services_removed: minus(&old_names, &new_names),
-        backends_added: minus(&new_backends, &old_backends),
-        backends_removed: minus(&old_backends, &new_backends),
+        backends_added: minus_backends(&new_backends, &old_backends),
+        backends_removed: minus_backends(&old_backends, &new_backends),
         listening: opened
             .into_iter()
             .map(|l| ListeningReport {

@@ -386,16 +386,81 @@ fn a_reload_keeps_the_discovered_backends_while_discovery_is_unchanged() {
     let n4 = Change::Replace(discovering("billing"))
         .next(&n3.config, &n3.snapshot)
         .unwrap();
-    assert_eq!(n4.config.services[0].backends, vec![static_backup]);
+    assert_eq!(n4.config.services[0].backends, vec![static_backup.clone()]);
 
-    // The registry lists nothing: a discovering service may have no backend at all.
+    // The registry lists nothing: the file's static backup is all that is left, and serves.
     let empty = Change::SetBackends {
         service: "db".into(),
         backends: Vec::new(),
     }
     .next(&n4.config, &n4.snapshot)
     .unwrap();
+    assert_eq!(empty.config.services[0].backends, vec![static_backup]);
+    assert!(
+        service(&empty.snapshot, "db").available(),
+        "the backup serves"
+    );
+
+    // Without a static backend, a discovering service may have no backend at all.
+    let mut alone = discovering("orders");
+    alone.services[0].backends.clear();
+    let s = Snapshot::from_config(&alone, &process);
+    let empty = Change::SetBackends {
+        service: "db".into(),
+        backends: Vec::new(),
+    }
+    .next(&alone, &s)
+    .unwrap();
     let db = service(&empty.snapshot, "db");
     assert!(db.backends.is_empty());
     assert!(!db.available(), "no candidate: the service is down");
+}
+
+#[test]
+fn a_discovery_answer_keeps_the_static_backends_of_the_running_file() {
+    let process = ProcessWide {
+        budget: Arc::new(ConnectionBudget::new(100)),
+        alerts: AlertPublisher::disabled(),
+    };
+    let c1 = discovering("orders");
+    let s1 = Snapshot::from_config(&c1, &process);
+    // An answer computed from c1: its static backup (9001) and two discovered backends.
+    let stale = vec![
+        c1.services[0].backends[0].clone(),
+        consul_backend(9002),
+        consul_backend(9003),
+    ];
+    // Meanwhile a reload moved the static backup to 9005 (same discovery settings).
+    let mut reloaded = discovering("orders");
+    reloaded.services[0].backends[0].address = addr(9005);
+    reloaded.services[0].backends[0].spec = addr(9005).to_string();
+    let n2 = Change::Replace(reloaded).next(&c1, &s1).unwrap();
+    let n3 = Change::SetBackends {
+        service: "db".into(),
+        backends: stale,
+    }
+    .next(&n2.config, &n2.snapshot)
+    .unwrap();
+    let listed: Vec<(SocketAddr, bool)> = n3.config.services[0]
+        .backends
+        .iter()
+        .map(|b| (b.address, b.backup))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(addr(9005), true), (addr(9002), false), (addr(9003), false)],
+        "the file's static backend, then the discovered ones"
+    );
+    // A discovered backend at a static backend's address is left out.
+    let n4 = Change::SetBackends {
+        service: "db".into(),
+        backends: vec![consul_backend(9005)],
+    }
+    .next(&n3.config, &n3.snapshot)
+    .unwrap();
+    assert_eq!(n4.config.services[0].backends.len(), 1);
+    assert_eq!(
+        n4.config.services[0].backends[0].origin,
+        crate::config::Origin::Static
+    );
 }

@@ -4,10 +4,10 @@
 //! Owns: starting, restarting and stopping watches as the running config changes (a watch
 //! whose service's `[service.discovery]` is unchanged keeps running across a reload), the
 //! capped exponential backoff after a registry fault (100 ms doubling to 10 s), turning an
-//! answer that differs from the applied set into a [`Change::SetBackends`] (the file's backends
-//! followed by the discovered ones, with the service's defaults), and the per-service status
-//! ([`Board`]): counters, last update, last error, the failed/recovered transitions (one log
-//! line and one alert each). Does not own: the change itself (the [`Target`], i.e. the
+//! answer that differs from the applied set into a [`Change::SetBackends`] (the discovered
+//! backends, with the service's defaults; the change path puts the file's in front), and the
+//! per-service status ([`Board`]): counters, last update, last error, the failed/recovered
+//! transitions (one log line and one alert each). Does not own: the change itself (the [`Target`], i.e. the
 //! instance, applies it through the one change path) or talking to a registry (the sources).
 //!
 //! Changes stay serialized: only the supervisor applies, one at a time, each on a blocking
@@ -283,16 +283,16 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
         return;
     };
     let origin = settings.source.origin();
-    let statics: Vec<Backend> = s
+    let statics: std::collections::HashSet<std::net::SocketAddr> = s
         .backends
         .iter()
         .filter(|b| b.origin == Origin::Static)
-        .cloned()
+        .map(|b| b.address)
         .collect();
     let discovered: Vec<Backend> = answer
         .instances
         .iter()
-        .filter(|d| statics.iter().all(|b| b.address != d.address))
+        .filter(|d| !statics.contains(&d.address))
         .map(|d| Backend {
             address: d.address,
             spec: d.address.to_string(),
@@ -313,11 +313,11 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
     };
     let mut outcome = Ok(());
     if !same {
-        let mut backends = statics;
-        backends.extend(discovered);
+        // The discovered ones only: the change path puts the running file's static backends
+        // in front, so a reload that lands meanwhile keeps its own.
         let change = Change::SetBackends {
             service: service.clone(),
-            backends,
+            backends: discovered,
         };
         let t = target.clone();
         outcome = tokio::task::spawn_blocking(move || t.apply(change))
