@@ -398,7 +398,9 @@ fn a_service_follows_its_srv_records_through_ringlb() {
     let config = format!(
         "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[service]]\nname = \"db\"\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\n\
-         algorithm = \"weighted_round_robin\"\npassive_failures = 1\n\
+         algorithm = \"weighted_round_robin\"\n\
+         [service.health]\nkind = \"tcp\"\ninterval = \"200ms\"\nrise = 1\nfall = 1\n\
+         passive_failures = 1\n\
          [service.discovery]\nkind = \"dns\"\nname = \"_db._tcp.test.ringlb\"\n\
          resolver = \"{}\"\nmin_ttl = \"1s\"\nmax_ttl = \"1s\"\n",
         server.addr
@@ -433,6 +435,16 @@ fn a_service_follows_its_srv_records_through_ringlb() {
         status()
     );
     assert_eq!(status()["backends"][0]["origin"], "dns", "{}", status());
+    // Discovered backends are checked like static ones: the first probe decides.
+    assert!(
+        wait_for(Duration::from_secs(5), || status()["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["last_check"]["passed"] == true)),
+        "{}",
+        status()
+    );
     let greeted = |n: usize| -> BTreeMap<String, usize> {
         rt.block_on(async {
             let mut seen = BTreeMap::new();
