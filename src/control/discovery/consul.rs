@@ -11,6 +11,7 @@
 //! by up to `wait / 16`, as Consul itself does, so many ringlb processes do not return in step;
 //! the request's timeout is `wait + wait / 16` and a few seconds more.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -212,6 +213,8 @@ pub fn parse(body: &[u8], backup_tag: Option<&str>) -> Result<Vec<Discovered>, D
     let entries: Vec<Entry> =
         serde_json::from_slice(body).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
     let mut out: Vec<Discovered> = Vec::with_capacity(entries.len());
+    // A set, not a scan of `out`: answers run to tens of thousands of instances.
+    let mut seen: HashSet<SocketAddr> = HashSet::with_capacity(entries.len());
     for e in entries {
         let host = if e.service.address.is_empty() {
             &e.node.address
@@ -246,7 +249,7 @@ pub fn parse(body: &[u8], backup_tag: Option<&str>) -> Result<Vec<Discovered>, D
                 .is_some_and(|tags| tags.iter().any(|x| x == t))
         });
         let address = SocketAddr::new(ip, e.service.port);
-        if out.iter().all(|d| d.address != address) {
+        if seen.insert(address) {
             out.push(Discovered {
                 address,
                 weight,
