@@ -69,6 +69,8 @@ pub mod demo;
 pub mod loadtool;
 pub mod names;
 pub mod server;
+pub mod systemd;
 pub mod units;
+pub mod upgrade;
 
 pub use server::Server;

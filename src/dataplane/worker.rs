@@ -234,6 +234,8 @@ async fn serve(setup: WorkerSetup) {
             }
         })
     };
+    #[cfg(debug_assertions)]
+    stall_for_tests(&worker);
     for command in setup.initial {
         if let Err(e) = handle(&worker, command) {
             let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
@@ -265,6 +267,33 @@ async fn serve(setup: WorkerSetup) {
     drop(abort_relay);
     drop(heartbeat);
     tracing::debug!(worker = worker.index, "worker drained");
+}
+
+/// A test hook, compiled into debug builds only (`cfg(debug_assertions)`): with
+/// `RINGLB_TEST_STALL_WORKER=AFTER_MS:FOR_MS`, worker 0 blocks its thread for `FOR_MS` once
+/// `AFTER_MS` have passed, as a stuck worker would (the watchdog and `GET /health` must see
+/// it). Release builds, the ones operators run, do not contain this code, so no environment
+/// can stall a production worker.
+#[cfg(debug_assertions)]
+fn stall_for_tests(worker: &Rc<Worker>) {
+    let Some((after, stall)) = std::env::var("RINGLB_TEST_STALL_WORKER")
+        .ok()
+        .and_then(|v| {
+            let (a, f) = v.split_once(':')?;
+            Some((a.parse::<u64>().ok()?, f.parse::<u64>().ok()?))
+        })
+    else {
+        return;
+    };
+    if worker.index != 0 {
+        return;
+    }
+    compio::runtime::spawn(async move {
+        compio::time::sleep(Duration::from_millis(after)).await;
+        tracing::warn!("test hook: stalling worker 0 for {stall} ms");
+        std::thread::sleep(Duration::from_millis(stall));
+    })
+    .detach();
 }
 
 /// Carries out one command of the control plane.
