@@ -242,15 +242,6 @@ fn run(path: &Path) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    tracing::info!(config = %path.display(), workers, "ringlb running");
-    // A closed or full stdout must not stop the balancer: the line is for whoever reads it.
-    let _ = writeln!(std::io::stdout(), "{}", server.ready_line());
-    let _ = std::io::stdout().flush();
-    let status = systemd::status_line(server.instance());
-    systemd::ready(&status, successor.is_some().then(std::process::id));
-    if let Some(s) = successor {
-        s.ready();
-    }
     let watch = systemd::Watch::start(server.instance().clone())
         .context("cannot start the systemd status thread")?;
     let requests = match upgrade::Requests::listen() {
@@ -260,6 +251,16 @@ fn run(path: &Path) -> anyhow::Result<()> {
             None
         }
     };
+    // Ready once everything that serves runs, upgrade requests included.
+    tracing::info!(config = %path.display(), workers, "ringlb running");
+    // A closed or full stdout must not stop the balancer: the line is for whoever reads it.
+    let _ = writeln!(std::io::stdout(), "{}", server.ready_line());
+    let _ = std::io::stdout().flush();
+    let status = systemd::status_line(server.instance());
+    systemd::ready(&status, successor.is_some().then(std::process::id));
+    if let Some(s) = successor {
+        s.ready();
+    }
 
     // Signals arrive on a channel, beside upgrade requests.
     let handle = signals.handle();
