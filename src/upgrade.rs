@@ -400,14 +400,22 @@ pub enum Answer {
 pub struct Pending {
     /// What was asked.
     pub request: Request,
-    reply: crossbeam::channel::Sender<Answer>,
+    asker: UnixStream,
 }
 
 impl Pending {
-    /// Answers the asker.
-    pub fn answer(self, answer: Answer) {
-        let _ = self.reply.send(answer);
+    /// Answers the asker, on the calling thread: the answer is written before the caller goes
+    /// on to drain and exit.
+    pub fn answer(mut self, answer: Answer) {
+        if let Err(e) = write_answer(&mut self.asker, &answer) {
+            tracing::warn!(error = %e, "cannot answer the upgrade request");
+        }
     }
+}
+
+fn write_answer(stream: &mut UnixStream, answer: &Answer) -> io::Result<()> {
+    let line = serde_json::to_string(answer).map_err(io::Error::other)?;
+    writeln!(stream, "{line}")
 }
 
 /// The abstract Unix socket name a ringlb with process id `pid` takes upgrade requests on.
@@ -419,7 +427,7 @@ pub fn request_socket_name(pid: u32) -> String {
 /// process's id ([`request_socket_name`]): only a peer with this process's user id, or root,
 /// is heard (checked with `SO_PEERCRED`; an abstract socket has no file permissions). The
 /// thread lives as long as the process; once the receiver is gone, requests are answered
-/// with "ringlb is stopping".
+/// with "ringlb is stopping". The receiver answers each request ([`Pending::answer`]).
 pub struct Requests;
 
 impl Requests {
@@ -445,37 +453,34 @@ impl Requests {
 }
 
 fn serve_request(
-    stream: UnixStream,
+    mut stream: UnixStream,
     requests: &crossbeam::channel::Sender<Pending>,
 ) -> io::Result<()> {
     let peer = rustix::net::sockopt::socket_peercred(&stream)?;
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     let own = unsafe { libc::geteuid() };
-    let mut writer = stream.try_clone()?;
-    let mut reply = |answer: &Answer| -> io::Result<()> {
-        let line = serde_json::to_string(answer).map_err(io::Error::other)?;
-        writeln!(writer, "{line}")
-    };
     if peer.uid.as_raw() != own && !peer.uid.is_root() {
-        return reply(&Answer::Failed {
-            error: "only the user ringlb runs as, or root, may upgrade it".to_owned(),
-        });
+        return write_answer(
+            &mut stream,
+            &Answer::Failed {
+                error: "only the user ringlb runs as, or root, may upgrade it".to_owned(),
+            },
+        );
     }
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let request: Request = serde_json::from_str(&line).map_err(io::Error::other)?;
-    let (tx, rx) = crossbeam::channel::bounded(1);
-    let pending = Pending { request, reply: tx };
-    if requests.send(pending).is_err() {
-        return reply(&Answer::Failed {
+    let pending = Pending {
+        request,
+        asker: stream,
+    };
+    if let Err(refused) = requests.send(pending) {
+        refused.into_inner().answer(Answer::Failed {
             error: "ringlb is stopping".to_owned(),
         });
     }
-    let answer = rx.recv().unwrap_or(Answer::Failed {
-        error: "ringlb is stopping".to_owned(),
-    });
-    reply(&answer)
+    Ok(())
 }
 
 /// `ringlb upgrade`: asks the ringlb with process id `pid` to upgrade, and waits for the
