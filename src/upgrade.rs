@@ -503,3 +503,60 @@ pub fn request(pid: u32, binary: Option<PathBuf>, timeout: Duration) -> anyhow::
         Answer::Failed { error } => Err(anyhow::anyhow!("upgrade failed: {error}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn sockets_cross_the_handshake_with_their_message() {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let message = Message::Sockets {
+            service: "web".into(),
+            protocol: Protocol::Tcp,
+            count: 2,
+        };
+        send(&a, &message, &[listener.as_fd(), udp.as_fd()]).unwrap();
+        send(&a, &Message::End, &[]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (got, fds) = receive(&b, deadline, Duration::from_secs(5)).unwrap();
+        match got {
+            Some(Message::Sockets { service, count, .. }) => {
+                assert_eq!(service, "web");
+                assert_eq!(count, 2);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(fds.len(), 2);
+        // The same socket: bound to the same address.
+        let received = std::net::TcpListener::from(fds.into_iter().next().unwrap());
+        assert_eq!(received.local_addr().unwrap(), address);
+        assert!(matches!(
+            receive(&b, deadline, Duration::from_secs(5)).unwrap(),
+            (Some(Message::End), _)
+        ));
+        // The peer closed: no message; and a deadline passed: a timeout.
+        drop(a);
+        assert!(
+            receive(&b, deadline, Duration::from_secs(5))
+                .unwrap()
+                .0
+                .is_none()
+        );
+        assert!(matches!(
+            receive(&b, Instant::now(), Duration::from_secs(1)),
+            Err(UpgradeError::Timeout(_))
+        ));
+    }
+}

@@ -8,7 +8,9 @@
 //!
 //! This file starts and drains the workers and answers the control plane's questions. The
 //! parts: `worker` (one worker's runtime, listeners and mailbox), `listener` (binding sockets),
-//! `reload` (listeners across a reload: prepare, then commit), `forward` (one TCP connection),
+//! `reload` (listeners across a reload: prepare, then commit), `handoff` (listening sockets
+//! passed by systemd or by the ringlb this process replaces, and copies of its own to hand on),
+//! `forward` (one TCP connection),
 //! `source` (the local address and port of backend connections),
 //! `splice` (pipes for bulk transfers), `udp` (UDP services and flows), and `sys` (the
 //! non-blocking socket calls, one convention for TCP and UDP).

@@ -3,8 +3,9 @@
 //! Owns: the accept loop of each service on this worker (with the pause at `max_connections` and
 //! on fd exhaustion), the worker's mailbox (listeners added and retired by reloads, connection
 //! listings for the admin API), the worker's heartbeat (a timer task on its ring that records
-//! every `HEARTBEAT_EVERY` that the loop turns, for `GET /health`), and the worker's exit once a
-//! drain has closed its last connection.
+//! every `HEARTBEAT_EVERY` that the loop turns, for `GET /health` and the systemd watchdog),
+//! and the worker's exit once a drain has closed its last connection. Debug builds also carry
+//! a test hook that stalls worker 0 (`stall_for_tests`); release builds do not.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
