@@ -41,12 +41,17 @@ struct Family {
 
 impl Family {
     fn start(config_text: &str) -> (Family, Ready) {
+        Family::start_with_env(config_text, &[])
+    }
+
+    fn start_with_env(config_text: &str, env: &[(&str, &str)]) -> (Family, Ready) {
         let dir = temp_dir();
         let config_path = dir.path().join("ringlb.toml");
         std::fs::write(&config_path, config_text).unwrap();
         let mut first = Command::new(env!("CARGO_BIN_EXE_ringlb"))
             .args(["run", "--config"])
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -473,4 +478,49 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
         .unwrap()
         .is_some()));
     assert_eq!(echo_once(tcp, b"new one").unwrap(), b"new one");
+}
+
+#[test]
+fn under_systemd_the_new_process_becomes_the_main_pid() {
+    let rt = runtime();
+    let backend = rt.block_on(Backend::echo(None));
+    let dir = temp_dir();
+    let path = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let text = config(
+        "",
+        &[service_config("echo", "round_robin", &[backend.addr], "")],
+    );
+    let (mut family, first) =
+        Family::start_with_env(&text, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let (success, output) = family.upgrade(first.pid, &[]);
+    assert!(success, "{output}");
+    let next = family.next_ready();
+    // Both say MAINPID= of the new process (the old one while it is still the main one), and
+    // the new one READY=1 with it.
+    let mut messages = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let main_pid = format!("MAINPID={}", next.pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !messages
+            .iter()
+            .any(|m: &String| m.contains(&main_pid) && m.contains("READY=1"))
+    {
+        let Ok(n) = manager.recv(&mut buf) else { break };
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&main_pid) && m.contains("READY=1")),
+        "{messages:?}"
+    );
+    assert_eq!(
+        echo_once(next.services["echo"], b"served").unwrap(),
+        b"served"
+    );
 }
