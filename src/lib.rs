@@ -29,6 +29,11 @@
 //! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
 //!   against other proxies. It runs on its own compio runtimes and shares nothing with the
 //!   balancer.
+//! - [`systemd`]: the notify protocol (ready, reloading, stopping, status, the watchdog fed
+//!   while every worker turns its loop) and the listening sockets systemd passes.
+//! - [`upgrade`]: binary upgrade: the running process starts the new binary, hands it every
+//!   listening socket over a Unix socket (`SCM_RIGHTS`), and drains once it is ready; the
+//!   `ringlb upgrade` request socket.
 //! - [`names`]: the names of enum values (`round_robin`, `per_packet`), read from their serde
 //!   derive so no `name()` repeats a spelling by hand.
 //! - [`units`]: the one grammar for durations (`"1.5s"`) and byte sizes (`"64KiB"`), shared by
@@ -69,6 +74,8 @@ pub mod demo;
 pub mod loadtool;
 pub mod names;
 pub mod server;
+pub mod systemd;
 pub mod units;
+pub mod upgrade;
 
 pub use server::Server;

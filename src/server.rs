@@ -40,7 +40,7 @@ use crate::control::alerts::Alerts;
 use crate::control::discovery::DiscoveryRunner;
 use crate::control::health::HealthChecker;
 use crate::control::{ConnectionBudget, ProcessWide, SharedSnapshot, Shutdown, Snapshot};
-use crate::dataplane::{DataPlane, DataPlaneError, Listening};
+use crate::dataplane::{DataPlane, DataPlaneError, Inherited, Listening};
 
 /// Why a ringlb could not start; whatever had started is stopped again.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,17 @@ impl Server {
     /// given as text) reloads are refused. Blocking: binds every listener and waits until
     /// every worker runs.
     pub fn start(config: Config, file: Option<&Path>) -> Result<Server, StartError> {
+        Server::start_with(config, file, Inherited::none())
+    }
+
+    /// [`Server::start`] taking the listening sockets `inherited` from systemd or from the
+    /// ringlb this process replaces, where they fit (see [`Inherited`]); the other services
+    /// bind their own.
+    pub fn start_with(
+        config: Config,
+        file: Option<&Path>,
+        inherited: Inherited,
+    ) -> Result<Server, StartError> {
         let shutdown = Arc::new(Shutdown::new());
         let budget = Arc::new(ConnectionBudget::for_config(&config));
         let alerts = Alerts::start(&config.alerts.webhooks).map_err(StartError::Alerts)?;
@@ -89,7 +100,13 @@ impl Server {
         };
         let snapshot = Snapshot::from_config(&config, &process).into_shared();
         let health = HealthChecker::start(&snapshot).map_err(StartError::Health)?;
-        let dataplane = DataPlane::start(&config, snapshot.clone(), &budget, shutdown.clone())?;
+        let dataplane = DataPlane::start(
+            &config,
+            snapshot.clone(),
+            &budget,
+            shutdown.clone(),
+            inherited,
+        )?;
         let admin = config.admin.clone();
         let instance = Arc::new(Instance::new(
             file,

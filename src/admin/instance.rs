@@ -218,6 +218,7 @@ impl Instance {
     /// the file, may resolve backend host names and binds listeners. A config given as text
     /// has no file to read: refused.
     pub fn reload(&self) -> Result<ChangeReport, ChangeError> {
+        crate::systemd::reloading();
         let result = match &self.file {
             Some(file) => Config::load(file)
                 .map_err(ChangeError::from)
@@ -247,6 +248,7 @@ impl Instance {
                     "reload refused: the running config stays");
             }
         }
+        crate::systemd::reloaded(&crate::systemd::status_line(self));
         result
     }
 

@@ -69,7 +69,9 @@ impl ConnectionBudget {
     /// when the services' `max_connections` add up to more than it allows. The admin API's
     /// listener and its `max_connections` are kept aside ([`admin_fds`](Self::admin_fds)).
     pub fn for_config(config: &crate::config::Config) -> ConnectionBudget {
-        let listeners = (config.runtime.workers * config.services.len()) as u64;
+        // Each worker's socket of each service, and the copy kept to hand to a successor in
+        // a binary upgrade (`dataplane::handoff`).
+        let listeners = 2 * (config.runtime.workers * config.services.len()) as u64;
         // Kept aside for the health checker (its runtime and one probe socket per checked
         // backend), so probes still run while the proxied connections use the whole budget.
         let probes = super::health::reserved_fds(config);

@@ -8,7 +8,9 @@
 //!
 //! This file starts and drains the workers and answers the control plane's questions. The
 //! parts: `worker` (one worker's runtime, listeners and mailbox), `listener` (binding sockets),
-//! `reload` (listeners across a reload: prepare, then commit), `forward` (one TCP connection),
+//! `reload` (listeners across a reload: prepare, then commit), `handoff` (listening sockets
+//! passed by systemd or by the ringlb this process replaces, and copies of its own to hand on),
+//! `forward` (one TCP connection),
 //! `source` (the local address and port of backend connections),
 //! `splice` (pipes for bulk transfers), `udp` (UDP services and flows), and `sys` (the
 //! non-blocking socket calls, one convention for TCP and UDP).
@@ -25,6 +27,7 @@
 //! service's transition lock.
 
 mod forward;
+mod handoff;
 mod listener;
 mod reload;
 mod source;
@@ -48,6 +51,7 @@ use crate::balancer::conntrack::{Conn, ConnState};
 use crate::config::{Config, Protocol};
 use crate::control::{ConnectionBudget, Counter, ServiceId, SharedSnapshot, Shutdown};
 
+pub use handoff::{Inherited, Passed};
 pub use listener::{
     BindOptions, UDP_SOCKET_BUFFER, bind_tcp, bind_tcp_with, bind_udp, bind_udp_with,
 };
@@ -107,6 +111,14 @@ pub enum DataPlaneError {
     /// A worker's io_uring runtime could not be created or could not take its listeners.
     #[error("cannot start the io_uring runtime: {0}")]
     Runtime(io::Error),
+    /// A listening socket passed by systemd does not fit the service named like it.
+    #[error("the socket passed for service {service} does not fit it: {reason}")]
+    Inherited {
+        /// The service.
+        service: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// A worker thread could not be started.
     #[error("cannot start worker thread {index}: {source}")]
     Thread {
@@ -249,16 +261,19 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Binds every service's listeners and starts `config.runtime.workers` workers; no worker
-    /// tracks more connections than `budget` allows the whole process.
+    /// Binds every service's listeners (or takes the `inherited` ones that fit, see
+    /// `handoff`) and starts `config.runtime.workers` workers; no worker tracks more
+    /// connections than `budget` allows the whole process.
     pub fn start(
         config: &Config,
         snapshot: SharedSnapshot,
         budget: &ConnectionBudget,
         shutdown: Arc<Shutdown>,
+        mut inherited: Inherited,
     ) -> Result<DataPlane, DataPlaneError> {
         let workers = config.runtime.workers.max(1);
-        let prepared = prepare(&[], config, workers)?;
+        let prepared = prepare(&[], config, workers, &mut inherited)?;
+        inherited.close_rest();
         let (initial, bound) = commands(prepared, &snapshot.load(), workers);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (exit_tx, exited) = crossbeam::channel::bounded(workers);
@@ -341,6 +356,11 @@ impl DataPlane {
     /// the rest and waits for every worker to exit.
     pub fn drain_until(self, deadline: Instant) {
         self.shutdown.drain();
+        // The copies kept for a handoff: without them the workers' closes close the sockets,
+        // so new connections are refused at once rather than queued where no one accepts.
+        for (_, bound) in &mut self.handle.control.lock().bound {
+            bound.sockets.clear();
+        }
         let mut remaining = self.threads.len();
         while remaining > 0 {
             match self.exited.recv_deadline(deadline) {

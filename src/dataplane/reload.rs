@@ -9,12 +9,13 @@
 //! (`worker`).
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 
 use crate::config::{Config, Protocol, Service, UdpSettings};
 use crate::control::Snapshot;
 
 use super::{
-    BindOptions, DataPlaneError, DataPlaneHandle, ListenerKey, Listening, bind_tcp_with,
+    BindOptions, DataPlaneError, DataPlaneHandle, Inherited, ListenerKey, Listening, bind_tcp_with,
     bind_udp_with, udp, worker,
 };
 
@@ -31,9 +32,16 @@ pub(super) struct Bound {
     udp: UdpSettings,
     /// The address actually bound (port 0 resolved).
     pub(super) address: SocketAddr,
+    /// A copy of each worker's socket, in worker order, to hand to a successor (see
+    /// `handoff`); closed when the drain begins.
+    pub(super) sockets: Vec<OwnedFd>,
 }
 
 impl Bound {
+    pub(super) fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     pub(super) fn serves(&self, service: &Service) -> bool {
         self.listen == service.listen
             && self.protocol == service.protocol
@@ -60,7 +68,7 @@ impl DataPlaneHandle {
     /// workers yet; on an error (e.g. the address is taken) nothing was changed at all.
     pub fn prepare(&self, config: &Config) -> Result<PreparedListeners, DataPlaneError> {
         let control = self.control.lock();
-        prepare(&control.bound, config, self.workers)
+        prepare(&control.bound, config, self.workers, &mut Inherited::none())
     }
 
     /// Reload, step two, once `snapshot` (built from the same config) is published: hands the
@@ -119,6 +127,7 @@ pub(super) fn prepare(
     bound: &[(String, Bound)],
     config: &Config,
     workers: usize,
+    inherited: &mut Inherited,
 ) -> Result<PreparedListeners, DataPlaneError> {
     let mut new = Vec::new();
     let options = BindOptions {
@@ -129,13 +138,22 @@ pub(super) fn prepare(
         if existing.is_some_and(|(_, b)| b.serves(service)) {
             continue;
         }
-        let (sockets, address) = match service.protocol {
-            Protocol::Tcp => {
+        let taken = inherited.take(service, workers)?;
+        let (sockets, address) = match (service.protocol, taken) {
+            (Protocol::Tcp, Some((sockets, address))) => (
+                Sockets::Tcp(sockets.into_iter().map(Into::into).collect()),
+                address,
+            ),
+            (Protocol::Udp, Some((sockets, address))) => (
+                Sockets::Udp(sockets.into_iter().map(Into::into).collect()),
+                address,
+            ),
+            (Protocol::Tcp, None) => {
                 let (listeners, address) =
                     bind_tcp_with(service.listen, workers, service.backlog, options)?;
                 (Sockets::Tcp(listeners), address)
             }
-            Protocol::Udp => {
+            (Protocol::Udp, None) => {
                 let (sockets, address) = bind_udp_with(service.listen, workers, options)?;
                 (Sockets::Udp(sockets), address)
             }
@@ -147,6 +165,7 @@ pub(super) fn prepare(
             backlog: service.backlog,
             udp: service.udp.clone(),
             address,
+            sockets: Vec::new(),
         };
         new.push((service.name.clone(), b, sockets));
     }
@@ -161,7 +180,7 @@ pub(super) fn commands(
 ) -> (Vec<Vec<worker::Command>>, Vec<(String, Bound)>) {
     let mut per_worker: Vec<Vec<worker::Command>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for (name, b, sockets) in prepared.new {
+    for (name, mut b, sockets) in prepared.new {
         let Some(state) = snapshot.service(&name) else {
             continue;
         };
@@ -169,6 +188,7 @@ pub(super) fn commands(
         match sockets {
             Sockets::Tcp(listeners) => {
                 for (worker, listener) in listeners.into_iter().enumerate() {
+                    keep_copy(&mut b, &name, &listener);
                     per_worker[worker].push(worker::Command::AddTcp {
                         service: id,
                         key: b.key,
@@ -178,6 +198,7 @@ pub(super) fn commands(
             }
             Sockets::Udp(sockets) => {
                 for (worker, socket) in sockets.into_iter().enumerate() {
+                    keep_copy(&mut b, &name, &socket);
                     per_worker[worker].push(worker::Command::AddUdp {
                         key: b.key,
                         setup: udp::UdpSetup {
@@ -192,6 +213,16 @@ pub(super) fn commands(
         bound.push((name, b));
     }
     (per_worker, bound)
+}
+
+/// Keeps a copy of one worker's socket in `b` for a later handoff; without one (out of
+/// descriptors) an upgrade binds that service afresh, which is logged here.
+fn keep_copy(b: &mut Bound, name: &str, socket: &impl std::os::fd::AsFd) {
+    match socket.as_fd().try_clone_to_owned() {
+        Ok(copy) => b.sockets.push(copy),
+        Err(e) => tracing::warn!(service = %name, error = %e,
+            "cannot keep a copy of a listening socket for a binary upgrade"),
+    }
 }
 
 pub(super) fn log_listening(name: &str, b: &Bound, workers: usize) {

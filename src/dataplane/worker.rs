@@ -3,8 +3,9 @@
 //! Owns: the accept loop of each service on this worker (with the pause at `max_connections` and
 //! on fd exhaustion), the worker's mailbox (listeners added and retired by reloads, connection
 //! listings for the admin API), the worker's heartbeat (a timer task on its ring that records
-//! every `HEARTBEAT_EVERY` that the loop turns, for `GET /health`), and the worker's exit once a
-//! drain has closed its last connection.
+//! every `HEARTBEAT_EVERY` that the loop turns, for `GET /health` and the systemd watchdog),
+//! and the worker's exit once a drain has closed its last connection. Debug builds also carry
+//! a test hook that stalls worker 0 (`stall_for_tests`); release builds do not.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -13,7 +14,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use compio::net::TcpListener;
+use compio::net::TcpStream;
+use compio::runtime::fd::PollFd;
 use crossbeam::channel::Sender;
 use event_listener::Event;
 use futures_util::future::{Either, select};
@@ -29,6 +31,10 @@ use super::{ConnInfo, DataPlaneError, ListenerKey, WorkerStats, forward, udp};
 /// Short enough that accepts resume well within a second of fds being freed, long enough that a
 /// saturated process does not spin on a failing accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// At most this many connections are accepted in a row before the accept loop waits for
+/// readiness again (which lets the worker's other tasks run under a flood of connections).
+const ACCEPT_BURST: usize = 64;
 
 /// Everything a worker thread is started with.
 pub(super) struct WorkerSetup {
@@ -86,6 +92,11 @@ impl LocalFlag {
     pub fn set(&self) {
         self.set.set(true);
         self.event.notify(usize::MAX);
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> bool {
+        self.set.get()
     }
 
     /// Resolves once the flag is set.
@@ -234,6 +245,8 @@ async fn serve(setup: WorkerSetup) {
             }
         })
     };
+    #[cfg(debug_assertions)]
+    stall_for_tests(&worker);
     for command in setup.initial {
         if let Err(e) = handle(&worker, command) {
             let _ = setup.ready.send(Err(DataPlaneError::Runtime(e)));
@@ -267,6 +280,33 @@ async fn serve(setup: WorkerSetup) {
     tracing::debug!(worker = worker.index, "worker drained");
 }
 
+/// A test hook, compiled into debug builds only (`cfg(debug_assertions)`): with
+/// `RINGLB_TEST_STALL_WORKER=AFTER_MS:FOR_MS`, worker 0 blocks its thread for `FOR_MS` once
+/// `AFTER_MS` have passed, as a stuck worker would (the watchdog and `GET /health` must see
+/// it). Release builds, the ones operators run, do not contain this code, so no environment
+/// can stall a production worker.
+#[cfg(debug_assertions)]
+fn stall_for_tests(worker: &Rc<Worker>) {
+    let Some((after, stall)) = std::env::var("RINGLB_TEST_STALL_WORKER")
+        .ok()
+        .and_then(|v| {
+            let (a, f) = v.split_once(':')?;
+            Some((a.parse::<u64>().ok()?, f.parse::<u64>().ok()?))
+        })
+    else {
+        return;
+    };
+    if worker.index != 0 {
+        return;
+    }
+    compio::runtime::spawn(async move {
+        compio::time::sleep(Duration::from_millis(after)).await;
+        tracing::warn!("test hook: stalling worker 0 for {stall} ms");
+        std::thread::sleep(Duration::from_millis(stall));
+    })
+    .detach();
+}
+
 /// Carries out one command of the control plane.
 fn handle(worker: &Rc<Worker>, command: Command) -> io::Result<()> {
     match command {
@@ -275,7 +315,9 @@ fn handle(worker: &Rc<Worker>, command: Command) -> io::Result<()> {
             key,
             listener,
         } => {
-            let listener = TcpListener::from_std(listener)?;
+            // Accepts are non-blocking calls after a readiness wait (see `accept_loop`).
+            listener.set_nonblocking(true)?;
+            let listener = PollFd::new(listener)?;
             let retire = Rc::new(Retire::default());
             worker.listeners.borrow_mut().insert(key, retire.clone());
             let guard = worker.loop_started();
@@ -337,7 +379,19 @@ fn follow(worker: &Worker, id: ServiceId, version: &mut u64, state: &mut Arc<Ser
 
 /// Accepts connections for one service until the drain begins or a reload retires the
 /// listener, then closes the listener. Follows the service's state through reloads.
-async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, retire: &Retire) {
+///
+/// Each accept is a non-blocking `accept(2)` after an io_uring readiness poll, not an io_uring
+/// accept: ending the loop then cancels only a poll, and a connection is either taken (and
+/// served, also while draining) or left in the queue. A cancelled io_uring accept that had
+/// already taken a connection would lose it, and the listening sockets are shared with the
+/// process that replaces this one in a binary upgrade, which must find every connection this
+/// one did not take.
+async fn accept_loop(
+    worker: &Rc<Worker>,
+    id: ServiceId,
+    listener: PollFd<std::net::TcpListener>,
+    retire: &Retire,
+) {
     let Some(mut state) = worker.snapshot.load().service_by_id(id).cloned() else {
         return;
     };
@@ -348,6 +402,7 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
         // While accepts fail for want of resources: whether the pause was logged.
         let mut starved: Option<bool> = None;
         let mut stop = std::pin::pin!(worker.retiring(retire));
+        let mut burst = 0;
         loop {
             // A change publishes a new state for the service (backends, weights, limits).
             follow(worker, id, &mut version, &mut state);
@@ -359,10 +414,30 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
                 }
                 continue;
             }
-            let accept = std::pin::pin!(listener.accept());
-            match select(accept, stop.as_mut()).await {
-                Either::Right(_) => break,
-                Either::Left((Ok((stream, peer)), _)) => {
+            if retire.is_set() || worker.shutdown.is_draining() {
+                break;
+            }
+            // After a burst, one readiness wait lets the worker's other tasks run.
+            burst += 1;
+            let attempt = if burst > ACCEPT_BURST {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                listener.accept()
+            };
+            let accepted = match attempt {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    burst = 0;
+                    let ready = std::pin::pin!(listener.accept_ready());
+                    match select(ready, stop.as_mut()).await {
+                        Either::Right(_) => break,
+                        Either::Left((Ok(()), _)) => continue,
+                        Either::Left((Err(e), _)) => Err(e),
+                    }
+                }
+                other => other.and_then(|(s, peer)| Ok((TcpStream::from_std(s)?, peer))),
+            };
+            match accepted {
+                Ok((stream, peer)) => {
                     // The accept may have waited across a change (discovery's first backends,
                     // a removed one): serve the connection with the state published now.
                     follow(worker, id, &mut version, &mut state);
@@ -379,7 +454,7 @@ async fn accept_loop(worker: &Rc<Worker>, id: ServiceId, listener: TcpListener, 
                     ))
                     .detach();
                 }
-                Either::Left((Err(e), _)) => {
+                Err(e) => {
                     if is_resource_exhaustion(&e) {
                         // Once per pause of this listener, and one line per second
                         // process-wide however many listeners pause and resume.
