@@ -121,6 +121,8 @@ fn annotated_example_states_the_defaults() {
             health: None,
             persistence: None,
             discovery: None,
+            access: None,
+            limits: None,
             ..tcp.clone()
         },
         *defaults,
