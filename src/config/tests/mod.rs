@@ -420,7 +420,8 @@ fn messages_name_file_line_column_key_and_value() {
          `max_connections`, `retries`, `buffer_size`, `backlog`, `splice`, \
          `access_log`, \
          `udp_idle_timeout`, `udp_max_flows`, `udp_replies`, `udp_mode`, `on_backend_down`, \
-         `slow_start`, `health`, `persistence`, `source`, `discovery`, `backend`"
+         `slow_start`, `health`, `persistence`, `source`, `discovery`, `access`, `limits`, \
+         `backend`"
     );
     assert_eq!(
         error("[runtime\nworkers = 2\n"),
