@@ -311,7 +311,7 @@ fn the_client_table_stays_at_its_bound_under_100k_sources() {
         sent += 1;
         // Keep within the listen backlog: let ringlb catch up every 1,000 (a connection reset
         // while queued may fail its accept and never be admitted: hence the margin).
-        if sent % 1000 == 0 {
+        if sent.is_multiple_of(1000) {
             let caught_up = wait_for(Duration::from_secs(20), || {
                 Metrics::scrape(admin).sum("ringlb_service_no_backend_total", &svc)
                     >= f64::from(sent) * 0.9 - 200.0
