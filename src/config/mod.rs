@@ -526,17 +526,22 @@ fn summarize_policy(out: &mut String, s: &Service) {
         let _ = writeln!(out, ", {} denied", a.deny.len());
     }
     if let Some(l) = &s.limits {
-        out.push_str("  per client");
+        let mut limits = Vec::new();
         if let Some(max) = l.max_connections {
-            let _ = write!(out, ": max {max} connections");
+            limits.push(format!("max {max} connections"));
         }
         if let Some(rate) = l.rate {
-            let _ = write!(out, ": {rate} (burst {})", l.burst);
+            limits.push(format!("{rate} (burst {})", l.burst));
+        }
+        if limits.is_empty() {
+            limits.push("no limit".to_owned());
         }
         let _ = writeln!(
             out,
-            "; IPv6 per /{}, {} clients tracked",
-            l.ipv6_prefix, l.max_clients
+            "  per client: {}; IPv6 per /{}, {} clients tracked",
+            limits.join(", "),
+            l.ipv6_prefix,
+            l.max_clients
         );
     }
     if let Some(p) = &s.persistence {

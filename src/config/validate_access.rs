@@ -235,7 +235,7 @@ mod tests {
         );
         assert!(
             summary.contains(
-                "  per client: max 20 connections: 50/s (burst 50); IPv6 per /64, 65536 \
+                "  per client: max 20 connections, 50/s (burst 50); IPv6 per /64, 65536 \
                  clients tracked\n"
             ),
             "{summary}"
