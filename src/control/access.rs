@@ -125,19 +125,28 @@ impl fmt::Debug for AccessList {
 /// A service's admission state: its ACL and its client table, when configured.
 #[derive(Debug, Default)]
 pub struct Admission {
-    acl: Option<AccessList>,
+    acl: Option<Arc<AccessList>>,
+    /// The lists `acl` was built from.
+    access: Option<Access>,
     clients: Option<Arc<ClientTable>>,
+    /// The settings `clients` was made for.
     limits: Option<ClientLimits>,
 }
 
 impl Admission {
-    /// Builds the ACL anew and keeps `before`'s client table when the limits are the same (so a
-    /// reload forgets no client's count or bucket).
+    /// Takes `before`'s ACL when the lists are the same (a snapshot is rebuilt on every admin
+    /// change and discovery answer; a large ACL is built only when it changes), and its client
+    /// table when the limits are the same (so a reload forgets no client's count or bucket).
     pub fn build(
         access: Option<&Access>,
         limits: Option<&ClientLimits>,
         before: Option<&Admission>,
     ) -> Admission {
+        let acl = match (access, before) {
+            (Some(a), Some(b)) if b.access.as_ref() == Some(a) => b.acl.clone(),
+            (Some(a), _) => Some(Arc::new(AccessList::new(a))),
+            (None, _) => None,
+        };
         let active = limits.filter(|l| l.max_connections.is_some() || l.rate.is_some());
         let clients = match (active, before) {
             (Some(l), Some(b)) if b.limits.as_ref() == Some(l) => b.clients.clone(),
@@ -145,7 +154,8 @@ impl Admission {
             (None, _) => None,
         };
         Admission {
-            acl: access.map(AccessList::new),
+            acl,
+            access: access.cloned(),
             clients,
             limits: active.cloned(),
         }
@@ -278,6 +288,46 @@ mod tests {
         assert!(acl.permits(ip("2001:db9::1")));
         let open = list(None, &[]);
         assert!(open.permits(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_client_table_and_acl_while_their_settings_stay() {
+        let access = Access {
+            allow: None,
+            deny: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        let limits = ClientLimits {
+            max_connections: Some(2),
+            rate: None,
+            burst: 0,
+            ipv6_prefix: 64,
+            max_clients: 10,
+        };
+        let first = Admission::build(Some(&access), Some(&limits), None);
+        let same = Admission::build(Some(&access), Some(&limits), Some(&first));
+        let ptr = |a: &Admission| a.clients.as_ref().map(Arc::as_ptr);
+        assert_eq!(ptr(&same), ptr(&first));
+        assert!(Arc::ptr_eq(
+            same.acl.as_ref().unwrap(),
+            first.acl.as_ref().unwrap()
+        ));
+        let wider = ClientLimits {
+            max_connections: Some(3),
+            ..limits.clone()
+        };
+        let changed = Admission::build(None, Some(&wider), Some(&same));
+        assert_ne!(ptr(&changed), ptr(&first), "new limits, new table");
+        assert!(changed.acl.is_none());
+        // Limits with neither a count nor a rate make no table.
+        let idle = ClientLimits {
+            max_connections: None,
+            ..limits
+        };
+        assert!(
+            Admission::build(None, Some(&idle), None)
+                .clients()
+                .is_none()
+        );
     }
 
     #[test]
