@@ -16,9 +16,10 @@
 //! With `[admin] token` set, every `POST` and `PUT` and `GET /connections` (it shows client
 //! addresses) need `Authorization: Bearer <token>` (401 otherwise; the token is compared in
 //! constant time); with `protect_reads = true`, `GET /metrics` and `GET /status` too.
-//! `GET /health` is always open (keepalived asks it). Errors are JSON `{"error": "..."}`: 400 for a bad request, 404 for an unknown
-//! route, service or backend, 422 for a config that does not validate, 500 for a listener that
-//! cannot be bound. The connection cap, timeouts and size limits (408, 413, 431) are `serve`'s.
+//! `GET /health` is always open (keepalived asks it). Errors are JSON `{"error": "..."}`: 400
+//! for a bad request, 404 for an unknown route, service or backend, 422 for a config that does
+//! not validate, 500 for a listener that cannot be bound. The connection cap, timeouts and size
+//! limits (408, 413, 431) are `serve`'s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

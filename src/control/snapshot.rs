@@ -233,7 +233,11 @@ impl ServiceState {
                 }
             })
             .collect();
-        let (config_access, config_limits) = (config.access.clone(), config.limits.clone());
+        let admission = Admission::build(
+            config.access.as_ref(),
+            config.limits.as_ref(),
+            before.map(|b| &b.admission),
+        );
         let up = |members: &[usize]| members.iter().any(|&i| backends[i].live.up());
         let primary_up = up(primaries.members());
         let backup_up = backups.as_ref().is_some_and(|g| up(g.members()));
@@ -252,11 +256,7 @@ impl ServiceState {
             counters: before.map_or_else(Default::default, |b| b.counters.clone()),
             budget: process.budget.clone(),
             alerts: process.alerts.clone(),
-            admission: Admission::build(
-                config_access.as_ref(),
-                config_limits.as_ref(),
-                before.map(|b| &b.admission),
-            ),
+            admission,
         }
     }
 
