@@ -80,7 +80,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct AdminArgs {
     /// The admin API's address (IP:port). Default: `[admin] listen` of --config FILE, else
-    /// 127.0.0.1:9090.
+    /// 127.0.0.1:9090. The bearer token is RINGLB_ADMIN_TOKEN, else `[admin] token` of
+    /// --config FILE.
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
 }
@@ -181,8 +182,10 @@ fn check(path: Option<&Path>) -> ExitCode {
 
 /// The admin API to ask: --admin, else the config's `[admin] listen`, else the default.
 fn admin_target(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<client::Target> {
+    // The token: RINGLB_ADMIN_TOKEN, else the config's `[admin] token`.
+    let token = std::env::var("RINGLB_ADMIN_TOKEN").ok();
     if let Some(address) = args.admin {
-        return Ok(client::Target::new(address));
+        return Ok(client::Target::new(address).with_token(token));
     }
     if let Some(path) = config {
         let config = Config::load(path)?;
@@ -192,9 +195,10 @@ fn admin_target(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<clien
                 path.display()
             );
         };
-        return Ok(client::Target::new(admin.listen));
+        let token = token.or_else(|| admin.token.map(|t| t.expose().to_owned()));
+        return Ok(client::Target::new(admin.listen).with_token(token));
     }
-    Ok(client::Target::new(DEFAULT_ADMIN.parse()?))
+    Ok(client::Target::new(DEFAULT_ADMIN.parse()?).with_token(token))
 }
 
 /// Why the signal loop of `ringlb run` ended.

@@ -1,8 +1,8 @@
 //! The admin port's bounds, against the real process: a slowloris flood of half-sent requests is
 //! closed within the header timeout while `/metrics` answers and ringlb's descriptors stay
 //! within the admin cap; oversized, slow and idle requests are refused or closed; and thousands
-//! of idle admin connections under a low open-files limit leave the data plane and its health
-//! checks untouched.
+//! of idle admin connections under a low open-files limit leave the data plane, its health
+//! checks and a scraper (answered within a second) untouched.
 
 mod common;
 
@@ -265,6 +265,15 @@ fn idle_admin_connections_under_a_low_fd_limit_leave_the_data_plane_alone() {
     assert!(
         fds_with_idle < 200,
         "ringlb holds {fds_with_idle} fds with {IDLE} idle admin connections"
+    );
+    // A scraper is answered within a second while they are held.
+    let asked = Instant::now();
+    let scrape = Metrics::scrape(admin);
+    let took = asked.elapsed();
+    assert!(scrape.has("ringlb_uptime_seconds"));
+    assert!(
+        took < Duration::from_secs(1),
+        "/metrics took {took:?} with {IDLE} idle admin connections"
     );
 
     // Data-plane clients, as many as the connection budget admits, all open at once: every

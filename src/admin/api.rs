@@ -13,10 +13,13 @@
 //! - `POST /reload`: reload the config file (as SIGHUP does) and return what changed, or the
 //!   error with file, line, column and key (422).
 //!
-//! With `[admin] token` set, every `POST` and `PUT` needs `Authorization: Bearer <token>` (401
-//! otherwise). Errors are JSON `{"error": "..."}`: 400 for a bad request, 404 for an unknown
-//! route, service or backend, 422 for a config that does not validate, 500 for a listener that
-//! cannot be bound. The connection cap, timeouts and size limits (408, 413, 431) are `serve`'s.
+//! With `[admin] token` set, every `POST` and `PUT` and `GET /connections` (it shows client
+//! addresses) need `Authorization: Bearer <token>` (401 otherwise; the token is compared in
+//! constant time); with `protect_reads = true`, `GET /metrics` and `GET /status` too.
+//! `GET /health` is always open (keepalived asks it). Errors are JSON `{"error": "..."}`: 400
+//! for a bad request, 404 for an unknown route, service or backend, 422 for a config that does
+//! not validate, 500 for a listener that cannot be bound. The connection cap, timeouts and size
+//! limits (408, 413, 431) are `serve`'s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,6 +53,8 @@ const MAX_LIMIT: usize = 10_000;
 struct App {
     instance: Arc<Instance>,
     token: Option<Secret>,
+    /// `[admin] protect_reads`: `/metrics` and `/status` need the token too.
+    protect_reads: bool,
     stats: Arc<AdminStats>,
 }
 
@@ -78,6 +83,7 @@ impl AdminServer {
         let (app, stats) = router(App {
             instance,
             token: settings.token.clone(),
+            protect_reads: settings.protect_reads,
             stats: Arc::new(AdminStats::default()),
         });
         std::thread::Builder::new()
@@ -134,11 +140,22 @@ fn router(app: App) -> (Router, Arc<AdminStats>) {
             put(set_weight),
         )
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
-    let routes = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/status", get(status))
+    // `/connections` shows client addresses: it needs the token like a change does.
+    let private = Router::new()
         .route("/connections", get(connections))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+    let reads = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status));
+    let reads = if app.protect_reads {
+        reads.route_layer(middleware::from_fn_with_state(app.clone(), require_token))
+    } else {
+        reads
+    };
+    let routes = Router::new()
+        .route("/health", get(health))
+        .merge(reads)
+        .merge(private)
         .merge(changes)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".to_owned()) })
         .with_state(app);
@@ -165,7 +182,7 @@ async fn require_token(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.expose()) {
+        if !given.is_some_and(|g| same_token(g, token.expose())) {
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "this call needs \"Authorization: Bearer <token>\" with the [admin] token"
@@ -178,6 +195,13 @@ async fn require_token(
         }
     }
     next.run(request).await
+}
+
+/// Whether `given` is the token, compared in constant time: how long the comparison takes
+/// says nothing about how much of a wrong token matched (its length aside).
+fn same_token(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 async fn metrics(State(app): State<App>) -> Response {

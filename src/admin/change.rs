@@ -71,7 +71,9 @@ impl Change {
     ///
     /// - a service that stays: its [`ServiceId`](crate::control::ServiceId), its counters
     ///   (`/metrics` and `/status` do not reset), its session-closing signal, and its stick table
-    ///   with every entry, while `[service.persistence]` is unchanged;
+    ///   with every entry, while `[service.persistence]` is unchanged; its per-client table
+    ///   (live counts and buckets) while `[service.limits]` is unchanged, and its built ACL
+    ///   while `[service.access]` is;
     /// - a backend that stays in such a service, whatever else of it changes (weight, limits,
     ///   `backup`): its counters and latency histograms, its last check, its health (up or down,
     ///   the run of connect failures), its admin state (enabled, drain, disabled), its
@@ -86,7 +88,8 @@ impl Change {
     /// - a removed backend's state: if its address comes back later, it starts as a new backend
     ///   (healthy, enabled, no ramp, counters at zero);
     /// - a removed service's identity, counters and stick table: added again, it is a new one;
-    /// - the stick table (every entry) when the persistence settings change or go;
+    /// - the stick table (every entry) when the persistence settings change or go; the
+    ///   per-client table when the limits change or go (a new one starts empty);
     /// - everything built from settings, rebuilt from the next config every time: selectors and
     ///   their tables, the primary and backup groups, weights and limits (so a weight set
     ///   through the API lasts until the next reload);

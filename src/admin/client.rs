@@ -22,6 +22,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Target {
     /// `http://IP:port`.
     pub base: String,
+    /// Sent as `Authorization: Bearer <token>` when set (`[admin] token`).
+    pub token: Option<String>,
 }
 
 impl Target {
@@ -29,7 +31,14 @@ impl Target {
     pub fn new(address: SocketAddr) -> Target {
         Target {
             base: format!("http://{address}"),
+            token: None,
         }
+    }
+
+    /// The same target, sending `token` with each request.
+    pub fn with_token(mut self, token: Option<String>) -> Target {
+        self.token = token;
+        self
     }
 
     /// GETs `path_and_query` and returns the body of a 2xx answer; any other answer is an error
@@ -67,8 +76,11 @@ impl Target {
                 .timeout(TIMEOUT)
                 .build()
                 .context("cannot set up the HTTP client")?;
-            let response = client
-                .get(&url)
+            let mut request = client.get(&url);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let response = request
                 .send()
                 .await
                 // The context names the URL already.

@@ -275,3 +275,19 @@ pub const DEFAULT_WEBHOOK_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts, and so the largest `backoff`: doubling stops at 30 s so a
 /// receiver that is back is reached within half a minute.
 pub const MAX_WEBHOOK_BACKOFF: Duration = Duration::from_secs(30);
+
+// ---- [service.limits] ----
+
+/// `limits.ipv6_prefix`: an IPv6 client is its /64, the subnet one host or one customer
+/// usually gets; counting single addresses would let a host use 2^64 of them.
+pub const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
+
+/// `limits.max_clients`: 65,536 clients tracked at once, each about 64 bytes with its map
+/// slot: about 4 MiB per service, allocated when the service is built.
+pub const DEFAULT_MAX_CLIENTS: usize = 65_536;
+
+/// Largest `limits.max_clients`: 16 million clients (about 1 GiB); beyond that a typo.
+pub const MAX_MAX_CLIENTS: usize = 16 * 1024 * 1024;
+
+/// Largest `limits.rate_burst` and rate count: a million connections at once.
+pub const MAX_RATE_COUNT: u32 = 1_000_000;

@@ -36,6 +36,8 @@ pub(crate) struct AdminFile {
     pub(crate) header_timeout: Option<Spanned<DurationText>>,
     pub(crate) body_timeout: Option<Spanned<DurationText>>,
     pub(crate) require_backends: Option<bool>,
+    pub(crate) protect_reads: Option<bool>,
+    pub(crate) allow_open: Option<bool>,
 }
 
 /// `[runtime]`.
@@ -76,6 +78,8 @@ pub(crate) struct ServiceFile {
     /// TCP: local addresses backend connections are made from, in turn.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) discovery: Option<Spanned<DiscoveryFile>>,
+    pub(crate) access: Option<Spanned<AccessFile>>,
+    pub(crate) limits: Option<Spanned<LimitsFile>>,
     pub(crate) backend: Option<Spanned<Vec<Spanned<BackendFile>>>>,
 }
 
@@ -104,6 +108,25 @@ pub(crate) struct PersistenceFile {
     pub(crate) kind: Option<Spanned<PersistenceKind>>,
     pub(crate) ttl: Option<Spanned<DurationText>>,
     pub(crate) max_entries: Option<Spanned<usize>>,
+}
+
+/// `[service.access]`: CIDR prefixes as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessFile {
+    pub(crate) allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) deny: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[service.limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    pub(crate) max_connections_per_client: Option<Spanned<u32>>,
+    pub(crate) connection_rate_per_client: Option<Spanned<String>>,
+    pub(crate) rate_burst: Option<Spanned<u32>>,
+    pub(crate) ipv6_prefix: Option<Spanned<u32>>,
+    pub(crate) max_clients: Option<Spanned<usize>>,
 }
 
 /// One `[[service.backend]]`.

@@ -30,6 +30,7 @@
 //! service names and no two services of one protocol on the same (or an overlapping) address;
 //! every webhook has an `http` URL with a host, at least one event and a name no other has.
 
+mod access;
 mod alert;
 pub mod defaults;
 mod discovery;
@@ -38,6 +39,7 @@ mod file;
 mod policy;
 mod problem;
 mod validate;
+mod validate_access;
 mod validate_alert;
 mod validate_backend;
 mod validate_discovery;
@@ -54,6 +56,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use access::{Access, ClientLimits, Rate};
 pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
 pub use discovery::{ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery, Origin};
 pub use error::{ConfigError, Location, Problem};
@@ -100,6 +103,12 @@ pub struct AdminSettings {
     /// Whether `GET /health` (and `ringlb status --check`) also needs every service to have a
     /// ready backend. Default [`defaults::DEFAULT_REQUIRE_BACKENDS`].
     pub require_backends: bool,
+    /// With a token: `GET /metrics` and `GET /status` need it too (`GET /connections`, which
+    /// shows client addresses, always does; `GET /health` never). Default false.
+    pub protect_reads: bool,
+    /// Accept a `listen` address other hosts can reach without a token. Default false: such
+    /// a config is refused at load.
+    pub allow_open: bool,
 }
 
 /// Process-wide settings: the `[runtime]` table.
@@ -221,6 +230,10 @@ pub struct Service {
     /// Where further backends come from while ringlb runs (`[service.discovery]`); `None`:
     /// only the backends written in the file.
     pub discovery: Option<DiscoverySettings>,
+    /// Which client sources are admitted (`[service.access]`); `None`: everyone.
+    pub access: Option<Access>,
+    /// TCP: per-client limits (`[service.limits]`); `None`: no limit per client.
+    pub limits: Option<ClientLimits>,
     /// The backends: those written in the file, in file order, then those discovery found
     /// (see [`Backend::origin`]). No two with the same address. Without discovery never
     /// empty and at least one is not a backup; with discovery it may be empty (no candidate:
@@ -497,6 +510,40 @@ fn summarize_policy(out: &mut String, s: &Service) {
         }
         out.push('\n');
     }
+    if let Some(a) = &s.access {
+        let _ = write!(out, "  access: ");
+        match &a.allow {
+            Some(allow) => {
+                let _ = write!(
+                    out,
+                    "{} prefix{} allowed",
+                    allow.len(),
+                    plural_es(allow.len())
+                );
+            }
+            None => out.push_str("everyone allowed"),
+        }
+        let _ = writeln!(out, ", {} denied", a.deny.len());
+    }
+    if let Some(l) = &s.limits {
+        let mut limits = Vec::new();
+        if let Some(max) = l.max_connections {
+            limits.push(format!("max {max} connections"));
+        }
+        if let Some(rate) = l.rate {
+            limits.push(format!("{rate} (burst {})", l.burst));
+        }
+        if limits.is_empty() {
+            limits.push("no limit".to_owned());
+        }
+        let _ = writeln!(
+            out,
+            "  per client: {}; IPv6 per /{}, {} clients tracked",
+            limits.join(", "),
+            l.ipv6_prefix,
+            l.max_clients
+        );
+    }
     if let Some(p) = &s.persistence {
         let _ = writeln!(
             out,
@@ -513,6 +560,10 @@ fn summarize_source(out: &mut String, source: &[IpAddr]) {
     for (i, addr) in source.iter().enumerate() {
         let _ = write!(out, "{}{addr}", if i == 0 { ", from " } else { ", " });
     }
+}
+
+fn plural_es(n: usize) -> &'static str {
+    if n == 1 { "" } else { "es" }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -199,6 +199,43 @@ pub enum Problem {
     /// A string option that must not be empty is.
     #[error("must not be empty")]
     Empty,
+    /// An access-list entry is not a CIDR prefix (or a bare IP address).
+    #[error(
+        "{value:?} is not a CIDR prefix ({reason}); write e.g. \"10.0.0.0/8\" or \"2001:db8::/32\""
+    )]
+    NotPrefix {
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rate is not `N/unit` or `N/duration`.
+    #[error(
+        "{value:?} is not a rate: write a count, '/' and a unit or duration, e.g. \"50/s\", \
+         \"600/m\" or \"5/100ms\" (count between 1 and {max})"
+    )]
+    BadRate {
+        /// The value as written.
+        value: String,
+        /// The largest count.
+        max: u32,
+    },
+    /// A key that only means something with another key.
+    #[error("needs `{needs}` in the same table")]
+    Needs {
+        /// The key it needs.
+        needs: &'static str,
+    },
+    /// A non-loopback admin address without a token.
+    #[error(
+        "{addr} is reachable from other hosts and the admin API has no token: anyone there \
+         could change backends and reload. Set `token`, listen on loopback (127.0.0.1 or ::1), \
+         or set `allow_open = true` to accept it"
+    )]
+    AdminOpen {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// Every backend of a service is a backup.
     #[error(
         "every backend of this service is a backup; at least one must be a primary \

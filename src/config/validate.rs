@@ -57,7 +57,8 @@ pub(crate) fn build(file: ConfigFile, doc: &Doc<'_>) -> Result<Config, ConfigErr
 }
 
 /// `[admin]`: a socket address no TCP service listens on, a token that is not empty, a
-/// connection cap of at least one and timeouts longer than zero.
+/// connection cap of at least one, timeouts longer than zero, and a token unless it listens on
+/// loopback or `allow_open` says otherwise.
 fn admin(
     file: AdminFile,
     services: &[Service],
@@ -94,6 +95,10 @@ fn admin(
         Some(t) => Some(Secret::new(t.into_inner())),
         None => None,
     };
+    let allow_open = file.allow_open.unwrap_or(false);
+    if token.is_none() && !listen.ip().to_canonical().is_loopback() && !allow_open {
+        return Err(ConfigError::new(at(), Problem::AdminOpen { addr: listen }));
+    }
     let max_connections = match &file.max_connections {
         Some(m) => in_range(
             doc,
@@ -123,6 +128,8 @@ fn admin(
             DEFAULT_ADMIN_BODY_TIMEOUT,
         )?,
         require_backends: file.require_backends.unwrap_or(DEFAULT_REQUIRE_BACKENDS),
+        protect_reads: file.protect_reads.unwrap_or(false),
+        allow_open,
     })
 }
 
@@ -418,6 +425,15 @@ impl ServiceCheck<'_, '_> {
             Some(d) => Some(self.discovery(d)?),
             None => None,
         };
+        let access = match s.access {
+            Some(a) => Some(self.access(a.into_inner())?),
+            None => None,
+        };
+        self.only_for(Protocol::Tcp, &s.limits, || self.key("limits"))?;
+        let limits = match s.limits {
+            Some(l) => Some(self.limits(l.into_inner())?),
+            None => None,
+        };
         let backends = self.backends(s.backend, discovery.is_some())?;
         if let Some(offset) = source_offset {
             self.service_source_fits(&source, offset, &backends)?;
@@ -471,6 +487,8 @@ impl ServiceCheck<'_, '_> {
             persistence,
             source,
             discovery,
+            access,
+            limits,
             backends,
         };
         Ok((service, seen))

@@ -93,11 +93,15 @@ pub enum Reason {
     UdpReply,
     /// A receive on a UDP service's socket failed.
     UdpReceive,
+    /// A TCP client or UDP flow refused by `[service.access]`.
+    AccessDenied,
+    /// A TCP client refused by its per-client limits.
+    ClientLimit,
 }
 
 impl Reason {
     /// Reasons there are (the last one's index, plus one).
-    const COUNT: usize = Reason::UdpReceive as usize + 1;
+    const COUNT: usize = Reason::ClientLimit as usize + 1;
 
     /// One event of this reason now: see [`LogLimit::admit`].
     pub fn admit(self) -> Option<u64> {

@@ -7,6 +7,7 @@
 //! (`availability`), the health checker thread ([`health`]), alerts to webhooks about those
 //! transitions ([`alerts`], on their own thread), the classification and counts of ringlb's own
 //! shortages of ports, descriptors and memory, which never count against a backend ([`local`]),
+//! who may connect (source ACLs and per-client limits, [`access`] over [`client_table`]),
 //! the process-wide rate limits of the data plane's repeated log lines ([`log_limit`]), shutdown
 //! coordination, and the one way every waiter waits on an event for a condition (`wait`). Does
 //! not own sockets of the data plane: the workers do all forwarding I/O; the only sockets here
@@ -14,10 +15,12 @@
 //! thread. The admin API and hot reload, which drive this module and the data plane together,
 //! are in [`crate::admin`].
 
+pub mod access;
 pub mod alerts;
 mod availability;
 mod backend;
 mod budget;
+pub mod client_table;
 pub mod counter;
 pub mod discovery;
 pub mod health;

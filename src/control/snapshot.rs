@@ -37,6 +37,7 @@ use crate::balancer::stick::StickTable;
 use crate::balancer::{BackendSpec, BackendView, ServiceId};
 use crate::config::{Config, Service};
 
+use super::access::Admission;
 use super::alerts::AlertPublisher;
 use super::backend::{BackendState, init_clock};
 use super::histogram::LatencyHistogram;
@@ -172,6 +173,9 @@ pub struct ServiceState {
     pub budget: Arc<ConnectionBudget>,
     /// Where this service's transitions are published (see `availability`).
     pub(super) alerts: AlertPublisher,
+    /// Its source ACL and per-client table (see `access`; the table is kept across reloads
+    /// while the limits stay the same).
+    pub(super) admission: Admission,
 }
 
 impl ServiceState {
@@ -229,6 +233,11 @@ impl ServiceState {
                 }
             })
             .collect();
+        let admission = Admission::build(
+            config.access.as_ref(),
+            config.limits.as_ref(),
+            before.map(|b| &b.admission),
+        );
         let up = |members: &[usize]| members.iter().any(|&i| backends[i].live.up());
         let primary_up = up(primaries.members());
         let backup_up = backups.as_ref().is_some_and(|g| up(g.members()));
@@ -247,7 +256,13 @@ impl ServiceState {
             counters: before.map_or_else(Default::default, |b| b.counters.clone()),
             budget: process.budget.clone(),
             alerts: process.alerts.clone(),
+            admission,
         }
+    }
+
+    /// The per-client table, when the service has `[service.limits]`.
+    pub fn client_table(&self) -> Option<&super::client_table::ClientTable> {
+        self.admission.clients()
     }
 
     /// The backend at `address`, if the service has one.
@@ -346,6 +361,14 @@ pub struct ServiceCounters {
     pub local_connect_failures: Counter,
     /// TCP: bytes moved socket to socket with splice(2) (both directions; see `splice`).
     pub spliced_bytes: Counter,
+    /// Clients refused by `[service.access]` (TCP connections and UDP flows).
+    pub refused_acl: Counter,
+    /// TCP clients refused at `max_connections_per_client`.
+    pub refused_client_connections: Counter,
+    /// TCP clients refused over `connection_rate_per_client`.
+    pub refused_client_rate: Counter,
+    /// Clients evicted from the full per-client table (least recently seen first).
+    pub client_evictions: Counter,
     /// UDP: flows tracked now, summed over workers.
     pub udp_flows_active: CachePadded<AtomicU64>,
     /// UDP: the most flows tracked at once since start.

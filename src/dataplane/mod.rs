@@ -26,6 +26,7 @@
 //! limit notifies the budget's event, and a connect failure that marks a backend down takes its
 //! service's transition lock.
 
+mod admission;
 mod forward;
 mod handoff;
 mod listener;

@@ -260,6 +260,8 @@ fn a_change_keeps_what_stays_and_drops_what_goes() {
         header_timeout: crate::config::defaults::DEFAULT_ADMIN_HEADER_TIMEOUT,
         body_timeout: crate::config::defaults::DEFAULT_ADMIN_BODY_TIMEOUT,
         require_backends: false,
+        protect_reads: false,
+        allow_open: false,
     });
     let next = Change::Replace(wanted).next(&c7, &s7).unwrap();
     assert_eq!(next.needs_restart, ["[runtime]", "[admin]"]);

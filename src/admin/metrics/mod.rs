@@ -13,7 +13,9 @@
 //!   `udp_flows_evicted_total`, `udp_flows_expired_total`, `udp_datagrams_total{direction}`
 //!   (up: client to backend, down: backend to client), `udp_datagrams_dropped_total`,
 //!   `udp_kernel_drops_total` (dropped by the kernel at the service's sockets, sampled
-//!   about once a second);
+//!   about once a second); `service_refused_total{reason}` (acl, client_connections,
+//!   client_rate); with `[service.limits]`, `client_table_entries` and
+//!   `client_table_evictions_total`;
 //! - backends {service, backend}: `backend_connections_total`, `backend_connections_active`,
 //!   `backend_bytes_sent_total` (to the backend), `backend_bytes_received_total` (from it),
 //!   `backend_connect_failures_total{reason}` (refused, timeout, other),
@@ -46,6 +48,7 @@ use crate::balancer::health::Admin;
 use crate::config::Protocol;
 use crate::control::histogram::LatencyHistogram;
 
+mod access;
 mod discovery;
 
 use super::exposition::{Family, Labels, Value, family, load};
@@ -558,6 +561,7 @@ impl Collector for Metrics {
             Gauge,
         )?;
         uptime.gauge_f64(&none(), instance.uptime().as_secs_f64())?;
+        access::families(&mut encoder, services)?;
         discovery::families(&mut encoder, instance, services)
     }
 }

@@ -121,6 +121,8 @@ fn annotated_example_states_the_defaults() {
             health: None,
             persistence: None,
             discovery: None,
+            access: None,
+            limits: None,
             ..tcp.clone()
         },
         *defaults,
@@ -418,7 +420,8 @@ fn messages_name_file_line_column_key_and_value() {
          `max_connections`, `retries`, `buffer_size`, `backlog`, `splice`, \
          `access_log`, \
          `udp_idle_timeout`, `udp_max_flows`, `udp_replies`, `udp_mode`, `on_backend_down`, \
-         `slow_start`, `health`, `persistence`, `source`, `discovery`, `backend`"
+         `slow_start`, `health`, `persistence`, `source`, `discovery`, `access`, `limits`, \
+         `backend`"
     );
     assert_eq!(
         error("[runtime\nworkers = 2\n"),

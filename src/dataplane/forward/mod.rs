@@ -124,6 +124,10 @@ pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
+    // Source ACL and per-client limits, before anything is spent on the client.
+    let Some(_admitted) = super::admission::admit_tcp(&state, &client, peer) else {
+        return;
+    };
     // The accept loop paused at the limit, but another worker may have taken the last slot in
     // the meantime: queue the connection until a slot frees rather than accept-then-close.
     while !state.try_acquire_slot() {

@@ -421,11 +421,15 @@ impl UdpService {
         if !first {
             return None;
         }
-        // A new flow: evict one first if the table is full (`room_for_link` may have done it
+        // A new flow: its client must pass the source ACL (a refused datagram opens nothing);
+        // then evict one first if the table is full (`room_for_link` may have done it
         // already), so the table stays within its bound.
         drop(flows);
-        self.make_room();
         let state = self.current_state();
+        if !super::admission::admit_datagram(&state, client) {
+            return None;
+        }
+        self.make_room();
         let link = self.open_link(&state, &mut Vec::new(), client, candidates)?;
         let target = self.aim(&state, &link, client, candidates);
         let mut up = Upstream::new(state);
