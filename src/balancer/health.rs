@@ -162,7 +162,7 @@ impl fmt::Display for AgentState {
             Admin::Disabled => "maint",
         };
         let up = if self.down { "down" } else { "up" };
-        write!(f, "{admin} {up} {}%", self.percent)
+        write!(f, "{admin},{up},{}%", self.percent)
     }
 }
 
@@ -460,8 +460,8 @@ mod tests {
             ..AgentReport::default()
         });
         assert!(!zero.accepts_new(), "0% takes no new connection");
-        assert_eq!(zero.to_string(), "ready up 0%");
-        assert_eq!(down.to_string(), "drain down 50%");
+        assert_eq!(zero.to_string(), "ready,up,0%");
+        assert_eq!(down.to_string(), "drain,down,50%");
     }
 
     #[test]
