@@ -248,7 +248,7 @@ fn the_operators_state_wins_over_the_agents() {
         "enabled by the operator, ready by the agent"
     );
     // With the operator's state enabled, the agent's maintenance holds.
-    s.say_and_wait("maint", "maint,up,100%");
+    s.say_and_wait("maint", "maint,up,90%");
     assert_eq!(post(admin, &path("enable")).code, 200);
     assert_eq!(
         s.to_a(10),
