@@ -397,6 +397,9 @@ impl Config {
                 if b.backup {
                     out.push_str(", backup");
                 }
+                if let Some(port) = b.health_port {
+                    let _ = write!(out, ", checked on port {port}");
+                }
                 summarize_source(&mut out, &b.source);
                 out.push('\n');
             }
@@ -511,6 +514,15 @@ fn summarize_policy(out: &mut String, s: &Service) {
             );
         }
         out.push('\n');
+    }
+    if let Some(a) = &s.agent {
+        let _ = writeln!(
+            out,
+            "  agent on port {}, every {}, timeout {}",
+            a.port,
+            format_duration(a.interval),
+            format_duration(a.timeout)
+        );
     }
     if s.on_backend_down != OnBackendDown::Keep || !s.slow_start.is_zero() {
         let _ = write!(out, "  on backend down: {}", s.on_backend_down.name());
