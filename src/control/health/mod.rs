@@ -1,8 +1,15 @@
 //! The health checker: the control-plane thread that probes backends out of band.
 //!
 //! Owns: one thread (`ringlb-health`) running a plain tokio current-thread runtime (epoll, per
-//! the design), one task per checked backend, and each backend's [`HealthMachine`]. Workers
-//! never run a probe and never wait on this thread.
+//! the design), one task per checked backend, and each backend's [`HealthMachine`]; and, for
+//! services with `[service.agent]`, one agent task per backend ([`agent`]). Workers never run a
+//! probe and never wait on this thread. The probes themselves are in [`probe`] (TCP, Redis,
+//! PostgreSQL) and [`probe_http`] (HTTP).
+//!
+//! Pace: a task probes every `interval`, and every `fast_interval` while its backend is between
+//! states (a result that disagrees with the backend's state but is not yet confirmed by `fall`
+//! or `rise` in a row: [`HealthMachine::settling`]), so a change is confirmed quickly without
+//! probing every backend fast all the time.
 //!
 //! How results reach the workers: a task applies each probe result to its backend's state
 //! machine; a transition flips the backend's atomic health flag inside the shared
@@ -60,8 +67,8 @@ use super::{LastCheck, ServiceState, SharedSnapshot};
 pub const RUNTIME_FDS: u64 = 2;
 
 /// Descriptors the health checker needs at most at once for `config`: its runtime's, and one
-/// socket per checked backend (a probe opens one socket, and a backend's next probe starts only
-/// after the previous one ended). The connection budget keeps these aside
+/// socket per checked backend and one per agent-checked backend (a probe or agent query opens
+/// one socket, and a backend's next one starts only after the previous one ended). The connection budget keeps these aside
 /// (`ConnectionBudget::for_config`), so probes still run while the data plane is at its limit.
 /// The budget is sized at start: backends a reload adds are covered by the spare room of
 /// `FD_RESERVE`.
