@@ -7,6 +7,9 @@
 //! [`AgentState`] in `balancer::health`, read by `BackendLive::up`), or the operator's state,
 //! which wins over the agent's.
 //!
+//! [`ServiceState::set_agent`]: crate::control::ServiceState::set_agent
+//! [`AgentState`]: crate::balancer::health::AgentState
+//!
 //! The line is words separated by spaces, tabs or commas, case-insensitive, as HAProxy
 //! documents: `up`; `down`, `fail` or `stopped` (operationally down; a description may follow
 //! a `#`); `ready`, `drain` or `maint` (the admin state); a weight as `75%` of the configured
