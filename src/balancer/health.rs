@@ -7,8 +7,10 @@
 //! pass or fail, with a reason), publishing the state to the workers, or the clock: `now` is
 //! passed in, so everything here is tested without sockets or sleeps (style guide item 4).
 //!
-//! Readiness for new connections is `healthy && admin == Enabled` ([`ready`]); the data plane
-//! adds its own per-backend `max_connections` on top.
+//! Readiness for new connections is `healthy && admin == Enabled` ([`ready`]), where the admin
+//! state is the operator's unless the operator left the backend enabled, in which case it is
+//! the backend's agent's ([`effective_admin`], [`AgentState`]); the data plane adds its own
+//! per-backend `max_connections` on top.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -77,6 +79,93 @@ pub fn ready(healthy: bool, admin: Admin) -> bool {
     healthy && admin.accepts_new()
 }
 
+/// The admin state that rules a backend: the operator's when they took it out of service
+/// (drain or disabled), else the agent's. The agent cannot bring back what the operator took out.
+pub fn effective_admin(operator: Admin, agent: Admin) -> Admin {
+    if operator == Admin::Enabled {
+        agent
+    } else {
+        operator
+    }
+}
+
+/// What a backend's agent (HAProxy's agent-check protocol) last said about it. Each report
+/// changes only what it names; a backend whose agent never answered is `ready`, up, at 100%.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AgentState {
+    /// `ready` (enabled), `drain` or `maint` (disabled).
+    pub admin: Admin,
+    /// The agent said `down` (or `fail`, `stopped`), and not `up` since.
+    pub down: bool,
+    /// Share of the backend's weight, 0..=100 (`75%`). 0 takes no new connection, as a drain.
+    pub percent: u32,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState {
+            admin: Admin::Enabled,
+            down: false,
+            percent: 100,
+        }
+    }
+}
+
+/// One agent line's words, parsed: `None` where the line said nothing of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// `ready`, `drain` or `maint`.
+    pub admin: Option<Admin>,
+    /// `up` (true) or `down` / `fail` / `stopped` (false).
+    pub up: Option<bool>,
+    /// A weight as a percentage of the configured one.
+    pub percent: Option<u32>,
+}
+
+impl AgentState {
+    /// The state after `report`: what it names changes, the rest stays. A percentage above 100
+    /// counts as 100 (the agent can lower a backend's share, not raise it above its weight).
+    pub fn with(self, report: &AgentReport) -> AgentState {
+        AgentState {
+            admin: report.admin.unwrap_or(self.admin),
+            down: report.up.map_or(self.down, |up| !up),
+            percent: report.percent.map_or(self.percent, |p| p.min(100)),
+        }
+    }
+
+    /// Whether the agent lets the backend take new connections (with the operator's state
+    /// enabled): not down, not drained or in maintenance, a share above 0.
+    pub fn accepts_new(self) -> bool {
+        !self.down && self.admin.accepts_new() && self.percent > 0
+    }
+
+    /// Compact encoding for an atomic word: admin in bits 0-1, down in bit 2, percent above.
+    pub fn to_u32(self) -> u32 {
+        u32::from(self.admin.to_u8()) | (u32::from(self.down) << 2) | (self.percent.min(100) << 8)
+    }
+
+    /// Inverse of [`AgentState::to_u32`].
+    pub fn from_u32(v: u32) -> AgentState {
+        AgentState {
+            admin: Admin::from_u8((v & 0b11) as u8),
+            down: v & 0b100 != 0,
+            percent: (v >> 8).min(100),
+        }
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let admin = match self.admin {
+            Admin::Enabled => "ready",
+            Admin::Drain => "drain",
+            Admin::Disabled => "maint",
+        };
+        let up = if self.down { "down" } else { "up" };
+        write!(f, "{admin},{up},{}%", self.percent)
+    }
+}
+
 /// A change of health the caller must publish and log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
@@ -129,6 +218,12 @@ impl HealthMachine {
     /// Whether the backend is healthy now.
     pub fn healthy(&self) -> bool {
         self.healthy
+    }
+
+    /// Whether the backend is between states: the last results disagree with its state but
+    /// are not yet `fall` (or `rise`) in a row. Checks run at their fast pace meanwhile.
+    pub fn settling(&self) -> bool {
+        self.streak > 0
     }
 
     /// When the state last changed.
@@ -295,6 +390,27 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_settles_from_a_disagreeing_result_until_it_is_confirmed_or_refuted() {
+        let mut m = HealthMachine::new(2, 3, t(0));
+        assert!(!m.settling());
+        m.record(true, t(1));
+        assert!(!m.settling(), "agreeing results are steady");
+        m.record(false, t(2));
+        assert!(m.settling(), "one failure of three");
+        m.record(true, t(3));
+        assert!(!m.settling(), "refuted");
+        m.record(false, t(4));
+        m.record(false, t(5));
+        assert!(m.settling());
+        assert_eq!(m.record(false, t(6)), Some(Transition::Down));
+        assert!(!m.settling(), "confirmed");
+        m.record(true, t(7));
+        assert!(m.settling(), "one pass of two");
+        assert_eq!(m.record(true, t(8)), Some(Transition::Up));
+        assert!(!m.settling());
+    }
+
+    #[test]
     fn readiness_is_healthy_and_enabled() {
         assert!(ready(true, Admin::Enabled));
         assert!(!ready(false, Admin::Enabled));
@@ -302,6 +418,75 @@ mod tests {
         assert!(!ready(true, Admin::Disabled));
         assert!(Admin::Disabled.closes_live());
         assert!(!Admin::Drain.closes_live());
+    }
+
+    #[test]
+    fn an_agent_report_changes_only_what_it_names() {
+        let start = AgentState::default();
+        assert!(start.accepts_new());
+        let drained = start.with(&AgentReport {
+            admin: Some(Admin::Drain),
+            ..AgentReport::default()
+        });
+        assert_eq!(
+            drained,
+            AgentState {
+                admin: Admin::Drain,
+                ..start
+            }
+        );
+        assert!(!drained.accepts_new());
+        let down = drained.with(&AgentReport {
+            up: Some(false),
+            percent: Some(50),
+            ..AgentReport::default()
+        });
+        assert_eq!(
+            down,
+            AgentState {
+                admin: Admin::Drain,
+                down: true,
+                percent: 50
+            }
+        );
+        let back = down.with(&AgentReport {
+            admin: Some(Admin::Enabled),
+            up: Some(true),
+            percent: Some(250),
+        });
+        assert_eq!(back, start, "above 100% counts as 100%");
+        let zero = start.with(&AgentReport {
+            percent: Some(0),
+            ..AgentReport::default()
+        });
+        assert!(!zero.accepts_new(), "0% takes no new connection");
+        assert_eq!(zero.to_string(), "ready,up,0%");
+        assert_eq!(down.to_string(), "drain,down,50%");
+    }
+
+    #[test]
+    fn agent_states_round_trip_through_a_word() {
+        for admin in Admin::ALL {
+            for down in [false, true] {
+                for percent in [0, 1, 75, 100] {
+                    let a = AgentState {
+                        admin,
+                        down,
+                        percent,
+                    };
+                    assert_eq!(AgentState::from_u32(a.to_u32()), a);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_operators_state_wins_over_the_agents() {
+        for agent in Admin::ALL {
+            assert_eq!(effective_admin(Admin::Enabled, agent), agent);
+            assert_eq!(effective_admin(Admin::Drain, agent), Admin::Drain);
+            assert_eq!(effective_admin(Admin::Disabled, agent), Admin::Disabled);
+        }
     }
 
     #[test]

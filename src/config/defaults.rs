@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use super::{AlertKinds, HealthKind, OnBackendDown, PersistenceKind, Protocol, UdpMode};
+use super::{
+    AlertKinds, HealthKind, HttpMethod, OnBackendDown, PersistenceKind, Protocol, UdpMode,
+};
 use crate::balancer::Algorithm;
 
 // ---- [runtime] ----
@@ -185,6 +187,18 @@ pub const DEFAULT_PASSIVE_FAILURES: u32 = 3;
 
 /// `health.user` for `kind = "postgres"`: the superuser name every cluster has by default.
 pub const DEFAULT_POSTGRES_USER: &str = "postgres";
+
+/// `health.method` for `kind = "http"`.
+pub const DEFAULT_HTTP_METHOD: HttpMethod = HttpMethod::Get;
+
+/// `health.path` for `kind = "http"`.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+
+// ---- [service.agent] ----
+
+/// `agent.interval`: 2 s, as `health.interval` (HAProxy's `agent-inter` defaults to `inter`).
+/// `agent.timeout` defaults as `health.timeout` does.
+pub const DEFAULT_AGENT_INTERVAL: Duration = Duration::from_secs(2);
 
 // ---- [service.persistence] ----
 

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{AlertKind, HealthKind, OnBackendDown, PersistenceKind, Protocol, RoleName, UdpMode};
+use super::{
+    AlertKind, HealthKind, HttpMethod, OnBackendDown, PersistenceKind, Protocol, RoleName, UdpMode,
+};
 use crate::balancer::Algorithm;
 
 /// The whole file.
@@ -74,6 +76,7 @@ pub(crate) struct ServiceFile {
     pub(crate) on_backend_down: Option<Spanned<OnBackendDown>>,
     pub(crate) slow_start: Option<Spanned<DurationText>>,
     pub(crate) health: Option<Spanned<HealthFile>>,
+    pub(crate) agent: Option<Spanned<AgentFile>>,
     pub(crate) persistence: Option<Spanned<PersistenceFile>>,
     /// TCP: local addresses backend connections are made from, in turn.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
@@ -99,6 +102,22 @@ pub(crate) struct HealthFile {
     pub(crate) user: Option<Spanned<String>>,
     pub(crate) password: Option<Spanned<String>>,
     pub(crate) database: Option<Spanned<String>>,
+    pub(crate) fast_interval: Option<Spanned<DurationText>>,
+    pub(crate) method: Option<Spanned<HttpMethod>>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) expect_status: Option<Spanned<Vec<Spanned<u32>>>>,
+    pub(crate) expect_body: Option<Spanned<String>>,
+    pub(crate) host: Option<Spanned<String>>,
+}
+
+/// `[service.agent]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentFile {
+    /// Wider than a port so that validation, not serde, says what is wrong with 70000.
+    pub(crate) port: Spanned<u32>,
+    pub(crate) interval: Option<Spanned<DurationText>>,
+    pub(crate) timeout: Option<Spanned<DurationText>>,
 }
 
 /// `[service.persistence]`.
@@ -137,6 +156,8 @@ pub(crate) struct BackendFile {
     pub(crate) weight: Option<Spanned<u32>>,
     pub(crate) max_connections: Option<Spanned<u32>>,
     pub(crate) backup: Option<Spanned<bool>>,
+    /// Port of this backend's health checks, instead of `health.port` or the traffic port.
+    pub(crate) health_port: Option<Spanned<u32>>,
     /// TCP: this backend's own source addresses, instead of the service's.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
 }

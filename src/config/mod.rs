@@ -61,8 +61,8 @@ pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
 pub use discovery::{ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery, Origin};
 pub use error::{ConfigError, Location, Problem};
 pub use policy::{
-    HealthCheck, HealthKind, OnBackendDown, Persistence, PersistenceKind, PostgresRole, Probe,
-    RedisRole, RoleName, Secret,
+    AgentCheck, HealthCheck, HealthKind, HttpMethod, HttpProbe, OnBackendDown, Persistence,
+    PersistenceKind, PostgresRole, Probe, RedisRole, RoleName, Secret,
 };
 
 use crate::balancer::Algorithm;
@@ -214,6 +214,9 @@ pub struct Service {
     /// Active and passive health checks (`[service.health]`); `None` when the table is absent
     /// or has `kind = "none"`: then every backend counts as healthy.
     pub health: Option<HealthCheck>,
+    /// The agent check (`[service.agent]`): what each backend's agent says of its state;
+    /// `None` when the table is absent.
+    pub agent: Option<AgentCheck>,
     /// What happens to live sessions of a backend marked down. Default
     /// [`defaults::DEFAULT_ON_BACKEND_DOWN`].
     pub on_backend_down: OnBackendDown,
@@ -271,6 +274,9 @@ pub struct Backend {
     /// A backup takes traffic only while no primary (non-backup) backend of its service is up.
     /// Default [`defaults::DEFAULT_BACKUP`].
     pub backup: bool,
+    /// Port of this backend's health checks (`health_port`), instead of `health.port` or the
+    /// traffic port; for clusters whose nodes expose their check endpoint on different ports.
+    pub health_port: Option<u16>,
     /// TCP: this backend's own source addresses, used instead of the service's; empty
     /// (default): the service's.
     pub source: Vec<IpAddr>,
@@ -404,6 +410,9 @@ impl Config {
                 if b.backup {
                     out.push_str(", backup");
                 }
+                if let Some(port) = b.health_port {
+                    let _ = write!(out, ", checked on port {port}");
+                }
                 summarize_source(&mut out, &b.source);
                 out.push('\n');
             }
@@ -481,6 +490,15 @@ fn summarize_policy(out: &mut String, s: &Service) {
                 }
                 let _ = write!(out, " as {user:?} on {database:?}");
             }
+            Probe::Http(http) => {
+                let _ = write!(out, " {} {}", http.method.name(), http.path);
+                if !http.expect_status.is_empty() {
+                    let _ = write!(out, " expecting {:?}", http.expect_status);
+                }
+                if let Some(body) = &http.expect_body {
+                    let _ = write!(out, " with {body:?} in the body");
+                }
+            }
         }
         if let Some(port) = h.port {
             let _ = write!(out, " on port {port}");
@@ -493,6 +511,13 @@ fn summarize_policy(out: &mut String, s: &Service) {
             h.rise,
             h.fall
         );
+        if h.fast_interval != h.interval {
+            let _ = write!(
+                out,
+                ", every {} while between states",
+                format_duration(h.fast_interval)
+            );
+        }
         if h.passive_failures > 0 {
             let _ = write!(
                 out,
@@ -502,6 +527,15 @@ fn summarize_policy(out: &mut String, s: &Service) {
             );
         }
         out.push('\n');
+    }
+    if let Some(a) = &s.agent {
+        let _ = writeln!(
+            out,
+            "  agent on port {}, every {}, timeout {}",
+            a.port,
+            format_duration(a.interval),
+            format_duration(a.timeout)
+        );
     }
     if s.on_backend_down != OnBackendDown::Keep || !s.slow_start.is_zero() {
         let _ = write!(out, "  on backend down: {}", s.on_backend_down.name());

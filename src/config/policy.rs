@@ -19,6 +19,8 @@ pub enum HealthKind {
     Redis,
     /// PostgreSQL: log in and run a query (and the recovery state, when asked).
     Postgres,
+    /// HTTP: a request whose status (and optionally body) must match, e.g. Patroni's REST API.
+    Http,
     /// No active check: backends are always healthy.
     None,
 }
@@ -119,6 +121,40 @@ impl PostgresRole {
     }
 }
 
+/// The request method of an HTTP check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `GET` (the default).
+    Get,
+    /// `HEAD`: no body is read.
+    Head,
+    /// `OPTIONS`, as HAProxy's Patroni recipe sends.
+    Options,
+}
+
+impl HttpMethod {
+    /// The method as sent and written in config files.
+    pub fn name(self) -> &'static str {
+        serde_name(&self)
+    }
+}
+
+/// What an HTTP check sends and which answers pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// The request method.
+    pub method: HttpMethod,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    /// Statuses that pass; empty: any 2xx.
+    pub expect_status: Vec<u16>,
+    /// A substring the body must contain.
+    pub expect_body: Option<String>,
+    /// The `Host` header; `None`: the probed address.
+    pub host: Option<String>,
+}
+
 /// The probe an active check runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -144,6 +180,8 @@ pub enum Probe {
         /// Database to connect to.
         database: String,
     },
+    /// An HTTP request; the status (and body, when asked) must match.
+    Http(HttpProbe),
 }
 
 impl Probe {
@@ -153,6 +191,7 @@ impl Probe {
             Probe::Tcp => HealthKind::Tcp,
             Probe::Redis { .. } => HealthKind::Redis,
             Probe::Postgres { .. } => HealthKind::Postgres,
+            Probe::Http(_) => HealthKind::Http,
         }
     }
 }
@@ -164,13 +203,16 @@ pub struct HealthCheck {
     pub probe: Probe,
     /// Time between the starts of two probes of one backend.
     pub interval: Duration,
+    /// Time between probes while a backend is between states (a failure or a pass not yet
+    /// confirmed by `fall` or `rise`); equal to `interval` when not set.
+    pub fast_interval: Duration,
     /// How long one probe may take, connect included; at most `interval`.
     pub timeout: Duration,
     /// Consecutive passes that bring an unhealthy backend up.
     pub rise: u32,
     /// Consecutive failures that take a healthy backend down.
     pub fall: u32,
-    /// Port probed instead of the backend's own (same host).
+    /// Port probed instead of the backend's own (same host); a backend's `health_port` wins.
     pub port: Option<u16>,
     /// Consecutive connect failures seen by the workers that take a backend down at once;
     /// 0 turns passive detection off.
@@ -218,4 +260,16 @@ pub struct Persistence {
     pub ttl: Duration,
     /// Entries held at most; beyond, the least recently used are evicted (counted).
     pub max_entries: usize,
+}
+
+/// `[service.agent]`: a TCP agent on each backend host tells ringlb the backend's state in one
+/// line (HAProxy's `agent-check` protocol).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCheck {
+    /// The agent's port on the backend's host.
+    pub port: u16,
+    /// Time between the starts of two agent queries of one backend.
+    pub interval: Duration,
+    /// How long the connect and the line may take; at most `interval`.
+    pub timeout: Duration,
 }

@@ -196,6 +196,12 @@ pub enum Problem {
         /// The service listening there.
         service: String,
     },
+    /// An HTTP check's path that does not start with `/`.
+    #[error("{value:?} is not a path: it must start with \"/\" (e.g. \"/primary\")")]
+    HttpPath {
+        /// The path as written.
+        value: String,
+    },
     /// A string option that must not be empty is.
     #[error("must not be empty")]
     Empty,

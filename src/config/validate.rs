@@ -414,6 +414,10 @@ impl ServiceCheck<'_, '_> {
             Some(h) => self.health(h.into_inner())?,
             None => None,
         };
+        let agent = match s.agent {
+            Some(a) => Some(self.agent(a.into_inner())?),
+            None => None,
+        };
         let persistence = match s.persistence {
             Some(p) => Some(self.persistence(p.into_inner())?),
             None => None,
@@ -482,6 +486,7 @@ impl ServiceCheck<'_, '_> {
             access_log,
             udp,
             health,
+            agent,
             on_backend_down,
             slow_start,
             persistence,

@@ -87,6 +87,11 @@ impl ServiceCheck<'_, '_> {
             if let Some(v) = &b.backup {
                 last_backup = Some((v.span().start, key("backup")));
             }
+            let health_port = match &b.health_port {
+                // In range, so it fits.
+                Some(p) => Some(in_range(doc, p, key("health_port"), 1, Some(65_535))? as u16),
+                None => None,
+            };
             lines.push(doc.line(b.address.span().start));
             backends.push(Backend {
                 address,
@@ -94,6 +99,7 @@ impl ServiceCheck<'_, '_> {
                 weight,
                 max_connections,
                 backup,
+                health_port,
                 source,
                 origin: Origin::Static,
             });

@@ -6,10 +6,13 @@ use toml::Spanned;
 
 use super::defaults::*;
 use super::error::{ConfigError, Problem};
-use super::file::{HealthFile, PersistenceFile};
-use super::validate::{ServiceCheck, duration, given, in_range};
+use std::time::Duration;
+
+use super::file::{AgentFile, HealthFile, PersistenceFile};
+use super::validate::{ServiceCheck, duration, duration_within, given, in_range};
 use super::{
-    HealthCheck, HealthKind, Persistence, PostgresRole, Probe, RedisRole, RoleName, Secret,
+    AgentCheck, HealthCheck, HealthKind, HttpMethod, HttpProbe, Persistence, PostgresRole, Probe,
+    RedisRole, RoleName, Secret,
 };
 use crate::units::format_duration;
 
@@ -58,6 +61,7 @@ impl ServiceCheck<'_, '_> {
     pub(super) fn health(&self, h: HealthFile) -> Result<Option<HealthCheck>, ConfigError> {
         let doc = self.doc;
         let kind = given(&h.kind, DEFAULT_HEALTH_KIND);
+        self.http_keys_only_for_http(kind, &h)?;
         let probe = match kind {
             HealthKind::None => {
                 self.refuse_first(
@@ -73,8 +77,9 @@ impl ServiceCheck<'_, '_> {
                         (offset(&h.user), "user"),
                         (offset(&h.password), "password"),
                         (offset(&h.database), "database"),
+                        (offset(&h.fast_interval), "fast_interval"),
                     ],
-                    "kind = \"tcp\", \"redis\" or \"postgres\"",
+                    "kind = \"tcp\", \"redis\", \"postgres\" or \"http\"",
                 )?;
                 return Ok(None);
             }
@@ -156,6 +161,19 @@ impl ServiceCheck<'_, '_> {
                     database,
                 }
             }
+            HealthKind::Http => {
+                self.refuse_first(
+                    kind,
+                    &[
+                        (offset(&h.role), "role"),
+                        (offset(&h.user), "user"),
+                        (offset(&h.password), "password"),
+                        (offset(&h.database), "database"),
+                    ],
+                    "kind = \"redis\" or \"postgres\"",
+                )?;
+                Probe::Http(self.http_probe(&h)?)
+            }
         };
         let interval = match &h.interval {
             Some(d) => duration(doc, d, self.health_key("interval"), false)?,
@@ -177,6 +195,14 @@ impl ServiceCheck<'_, '_> {
             }
             None => DEFAULT_HEALTH_TIMEOUT.min(interval),
         };
+        let fast_interval = duration_within(
+            doc,
+            &h.fast_interval,
+            self.health_key("fast_interval"),
+            interval,
+            Duration::from_millis(1)..=interval,
+            || format!("between 1ms and interval ({})", format_duration(interval)),
+        )?;
         let count = |value: &Option<Spanned<u32>>, key: &str, min: u32, default: u32| match value {
             Some(v) => in_range(doc, v, self.health_key(key), min, Some(MAX_RISE_FALL)),
             None => Ok(default),
@@ -202,12 +228,113 @@ impl ServiceCheck<'_, '_> {
         Ok(Some(HealthCheck {
             probe,
             interval,
+            fast_interval,
             timeout,
             rise,
             fall,
             port,
             passive_failures,
         }))
+    }
+
+    /// Refuses the HTTP check's keys on any other kind.
+    fn http_keys_only_for_http(&self, kind: HealthKind, h: &HealthFile) -> Result<(), ConfigError> {
+        if kind == HealthKind::Http {
+            return Ok(());
+        }
+        self.refuse_first(
+            kind,
+            &[
+                (offset(&h.method), "method"),
+                (offset(&h.path), "path"),
+                (offset(&h.expect_status), "expect_status"),
+                (offset(&h.expect_body), "expect_body"),
+                (offset(&h.host), "host"),
+            ],
+            "kind = \"http\"",
+        )
+    }
+
+    /// The request and the accepted answers of `kind = "http"`.
+    fn http_probe(&self, h: &HealthFile) -> Result<HttpProbe, ConfigError> {
+        let doc = self.doc;
+        let path = match &h.path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(ConfigError::new(
+                    doc.at(p.span().start, self.health_key("path")),
+                    Problem::HttpPath {
+                        value: p.get_ref().clone(),
+                    },
+                ));
+            }
+            Some(p) => p.get_ref().clone(),
+            None => DEFAULT_HTTP_PATH.to_owned(),
+        };
+        let mut expect_status = Vec::new();
+        if let Some(list) = &h.expect_status {
+            if list.get_ref().is_empty() {
+                return Err(ConfigError::new(
+                    doc.at(list.span().start, self.health_key("expect_status")),
+                    Problem::Empty,
+                ));
+            }
+            for v in list.get_ref() {
+                let status = in_range(doc, v, self.health_key("expect_status"), 100, Some(599))?;
+                // In range, so it fits.
+                expect_status.push(status as u16);
+            }
+        }
+        let method = given(&h.method, DEFAULT_HTTP_METHOD);
+        if method == HttpMethod::Head
+            && let Some(b) = &h.expect_body
+        {
+            return Err(ConfigError::new(
+                doc.at(b.span().start, self.health_key("expect_body")),
+                Problem::NotForHealthKind {
+                    kind: HealthKind::Http,
+                    applies_to: "method = \"GET\" or \"OPTIONS\" (a HEAD answer has no body)",
+                },
+            ));
+        }
+        Ok(HttpProbe {
+            method,
+            path,
+            expect_status,
+            expect_body: h
+                .expect_body
+                .clone()
+                .map(|b| self.non_empty(b, "expect_body"))
+                .transpose()?,
+            host: h
+                .host
+                .clone()
+                .map(|b| self.non_empty(b, "host"))
+                .transpose()?,
+        })
+    }
+
+    /// `[service.agent]`.
+    pub(super) fn agent(&self, a: AgentFile) -> Result<AgentCheck, ConfigError> {
+        let doc = self.doc;
+        let port = in_range(doc, &a.port, self.key("agent.port"), 1, Some(65_535))?;
+        let interval = match &a.interval {
+            Some(d) => duration(doc, d, self.key("agent.interval"), false)?,
+            None => DEFAULT_AGENT_INTERVAL,
+        };
+        let timeout = duration_within(
+            doc,
+            &a.timeout,
+            self.key("agent.timeout"),
+            DEFAULT_HEALTH_TIMEOUT.min(interval),
+            Duration::from_millis(1)..=interval,
+            || format!("between 1ms and interval ({})", format_duration(interval)),
+        )?;
+        Ok(AgentCheck {
+            // In range, so it fits.
+            port: port as u16,
+            interval,
+            timeout,
+        })
     }
 
     /// `[service.persistence]`.

@@ -28,7 +28,7 @@ use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::balancer::health::Admin;
+use crate::balancer::health::{Admin, AgentState, effective_admin};
 use crate::config::AlertKind::{BackendDown, BackendUp, ServiceDown, ServiceUp};
 use crate::config::OnBackendDown;
 
@@ -148,6 +148,48 @@ impl ServiceState {
             "backend admin state changed"
         );
         if admin.closes_live() {
+            backend.live.close_sessions();
+            self.wake_closing();
+        }
+        self.refresh_availability();
+        Some(before)
+    }
+
+    /// Records what backend `index`'s agent said (`said`, its line) at `now`; returns the
+    /// previous agent state, or `None` if there is no such backend. The operator's admin state
+    /// wins over the agent's ([`effective_admin`]). Entering `maint` closes live sessions as
+    /// disabling does; `down` closes them when the service's `on_backend_down` says so; being
+    /// ready again starts the slow-start ramp.
+    pub fn set_agent(
+        &self,
+        index: usize,
+        agent: AgentState,
+        said: &str,
+        now: Instant,
+    ) -> Option<AgentState> {
+        let backend = self.backends.get(index)?;
+        let before = backend.live.set_agent(agent);
+        if before == agent {
+            return Some(before);
+        }
+        let operator = backend.live.admin();
+        let admin_before = effective_admin(operator, before.admin);
+        let admin_now = effective_admin(operator, agent.admin);
+        if agent.accepts_new() && !before.accepts_new() && !self.config.slow_start.is_zero() {
+            backend.live.start_ramp(now);
+        }
+        tracing::info!(
+            service = %self.config.name,
+            backend = %backend.address(),
+            from = %before,
+            to = %agent,
+            said,
+            "backend agent state changed"
+        );
+        let maint = admin_now.closes_live() && !admin_before.closes_live();
+        let down =
+            agent.down && !before.down && self.config.on_backend_down == OnBackendDown::Shutdown;
+        if maint || down {
             backend.live.close_sessions();
             self.wake_closing();
         }

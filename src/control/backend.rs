@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::utils::CachePadded;
 
-use crate::balancer::health::{self, Admin};
+use crate::balancer::health::{self, Admin, AgentState};
 use crate::config::Backend;
 
 use super::snapshot::BackendCounters;
@@ -98,6 +98,8 @@ pub struct BackendLive {
     /// Bumped each time passive detection marks the backend down, so the probe task can bring
     /// its state machine in line.
     passive_downs: AtomicU64,
+    /// What the backend's agent last said ([`AgentState::to_u32`]).
+    agent: AtomicU32,
 }
 
 impl Default for BackendLive {
@@ -109,6 +111,7 @@ impl Default for BackendLive {
             ramp_start: AtomicU64::new(0),
             failures_in_row: AtomicU32::new(0),
             passive_downs: AtomicU64::new(0),
+            agent: AtomicU32::new(AgentState::default().to_u32()),
         }
     }
 }
@@ -124,9 +127,22 @@ impl BackendLive {
         Admin::from_u8(self.admin.load(Ordering::Acquire))
     }
 
-    /// Healthy and enabled: may be chosen for new connections (`max_connections` aside).
+    /// What the backend's agent last said (the default when it has none).
+    pub fn agent(&self) -> AgentState {
+        AgentState::from_u32(self.agent.load(Ordering::Acquire))
+    }
+
+    /// Sets what the agent said; returns the previous state.
+    pub(crate) fn set_agent(&self, agent: AgentState) -> AgentState {
+        AgentState::from_u32(self.agent.swap(agent.to_u32(), Ordering::AcqRel))
+    }
+
+    /// Healthy and enabled (by the operator, and by the agent where the operator left it
+    /// enabled): may be chosen for new connections (`max_connections` aside).
     pub fn up(&self) -> bool {
-        health::ready(self.healthy(), self.admin())
+        let agent = self.agent();
+        let admin = health::effective_admin(self.admin(), agent.admin);
+        health::ready(self.healthy(), admin) && !agent.down && agent.percent > 0
     }
 
     /// Sets the health flag; returns whether this call changed it. Of several threads setting
@@ -160,7 +176,18 @@ impl BackendLive {
 
     /// Share of its weight, in thousandths, the backend may use at `now` under `slow_start`:
     /// 1000 when it is not ramping.
+    /// An agent's weight below 100% scales the result (never below 1).
     pub fn ramp_permille(&self, now: Instant, slow_start: Duration) -> u32 {
+        let ramp = self.slow_start_permille(now, slow_start);
+        let percent = self.agent().percent;
+        if percent >= 100 {
+            ramp
+        } else {
+            (ramp * percent / 100).max(1)
+        }
+    }
+
+    fn slow_start_permille(&self, now: Instant, slow_start: Duration) -> u32 {
         let start = self.ramp_start.load(Ordering::Acquire);
         if start == 0 || slow_start.is_zero() {
             return 1000;

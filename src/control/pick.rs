@@ -31,7 +31,8 @@ impl ServiceView for ServiceState {
     }
 
     fn slow_start(&self) -> bool {
-        !self.config.slow_start.is_zero()
+        // An agent's weight below 100% lowers a backend's share the same way.
+        !self.config.slow_start.is_zero() || self.config.agent.is_some()
     }
 
     fn ramp_permille(&self, i: usize, now: Instant) -> u32 {

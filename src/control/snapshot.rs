@@ -418,6 +418,9 @@ pub struct BackendCounters {
     pub probes: Counter,
     /// Health probes that failed.
     pub probe_failures: Counter,
+    /// Agent queries that changed nothing because of the agent: no connection, no line within
+    /// the timeout, a line too long, or words the protocol does not have.
+    pub agent_errors: Counter,
     /// Health transitions (down or up), from probes or passive detection.
     pub health_transitions: Counter,
     /// The last probe's result, when the backend is checked.

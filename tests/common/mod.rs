@@ -10,6 +10,7 @@ pub mod admin;
 pub mod consul;
 pub mod health;
 pub mod netns;
+pub mod patroni;
 pub mod reload;
 pub mod udp;
 pub mod webhook;

@@ -48,6 +48,7 @@ fn backend(port: u16, weight: u32) -> Backend {
         weight,
         max_connections: None,
         backup: false,
+        health_port: None,
         source: Vec::new(),
         origin: crate::config::Origin::Static,
     }

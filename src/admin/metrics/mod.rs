@@ -22,7 +22,7 @@
 //!   `backend_sessions_closed_total`, `backend_up`, `backend_healthy`,
 //!   `backend_admin_state{state}` (1 for the current one of enabled, drain, disabled),
 //!   `backend_weight`, `backend_health_transitions_total`, `backend_probes_total`,
-//!   `backend_probe_failures_total`, and the histograms `backend_connect_seconds` and
+//!   `backend_probe_failures_total`, `backend_agent_errors_total`, and the histograms `backend_connect_seconds` and
 //!   `backend_session_seconds`;
 //! - workers {worker}: `worker_accepts_total`, `worker_connections_active`;
 //! - alerts {webhook}: `alert_deliveries_total`, `alert_delivery_failures_total`,
@@ -366,6 +366,14 @@ impl Collector for Metrics {
             "Health probes that failed.",
             Counter,
             &per_backend(&|b| load(&b.counters.probe_failures)),
+        )?;
+        family(
+            &mut encoder,
+            "backend_agent_errors",
+            "Agent queries without a usable answer (no connection, no line in time, too long, \
+             unknown words).",
+            Counter,
+            &per_backend(&|b| load(&b.counters.agent_errors)),
         )?;
         histograms(
             &mut encoder,

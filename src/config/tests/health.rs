@@ -54,6 +54,7 @@ fn health_persistence_and_failover_parse_into_the_typed_config() {
                 database: "app".to_owned(),
             },
             interval: Duration::from_millis(500),
+            fast_interval: Duration::from_millis(500),
             timeout: Duration::from_millis(200),
             rise: 4,
             fall: 5,
@@ -101,6 +102,7 @@ fn an_empty_health_table_is_a_tcp_check_with_every_default() {
         Some(HealthCheck {
             probe: Probe::Tcp,
             interval: Duration::from_secs(2),
+            fast_interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
@@ -167,8 +169,8 @@ fn health_and_persistence_errors_name_the_key() {
     let with = |table: &str| format!("{MINIMAL}\n{table}\n");
     assert_eq!(
         error(&with("[service.health]\nkind = \"none\"\nfall = 2")),
-        "x.toml:11:8: service[0].health.fall: applies only to kind = \"tcp\", \"redis\" or \
-         \"postgres\", and this check's kind is \"none\""
+        "x.toml:11:8: service[0].health.fall: applies only to kind = \"tcp\", \"redis\", \
+         \"postgres\" or \"http\", and this check's kind is \"none\""
     );
     assert_eq!(
         error(&with("[service.health]\nuser = \"x\"")),
@@ -213,5 +215,143 @@ fn health_and_persistence_errors_name_the_key() {
         error(&MINIMAL.replace("6379\"", "6379\"\nbackup = true")),
         "x.toml:8:10: service[0].backend[0].backup: every backend of this service is a backup; \
          at least one must be a primary (backup = false)"
+    );
+}
+
+const PATRONI: &str = r#"
+[[service]]
+name = "rw"
+listen = "127.0.0.1:5000"
+
+[service.health]
+kind = "http"
+port = 8008
+method = "OPTIONS"
+path = "/primary"
+expect_status = [200]
+expect_body = "running"
+host = "db.internal"
+interval = "1s"
+fast_interval = "100ms"
+timeout = "500ms"
+
+[service.agent]
+port = 5555
+interval = "2s"
+timeout = "300ms"
+
+[[service.backend]]
+address = "127.0.0.1:5432"
+health_port = 8009
+
+[[service.backend]]
+address = "127.0.0.2:5432"
+"#;
+
+#[test]
+fn an_http_check_an_agent_and_a_backends_health_port_parse() {
+    let config = parse(PATRONI);
+    let s = &config.services[0];
+    let h = s.health.as_ref().unwrap();
+    assert_eq!(
+        h.probe,
+        Probe::Http(HttpProbe {
+            method: HttpMethod::Options,
+            path: "/primary".to_owned(),
+            expect_status: vec![200],
+            expect_body: Some("running".to_owned()),
+            host: Some("db.internal".to_owned()),
+        })
+    );
+    assert_eq!(h.port, Some(8008));
+    assert_eq!(h.interval, Duration::from_secs(1));
+    assert_eq!(h.fast_interval, Duration::from_millis(100));
+    assert_eq!(s.backends[0].health_port, Some(8009));
+    assert_eq!(s.backends[1].health_port, None);
+    assert_eq!(
+        s.agent,
+        Some(AgentCheck {
+            port: 5555,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(300),
+        })
+    );
+    let summary = config.summary();
+    assert!(
+        summary.contains("health http OPTIONS /primary expecting [200]"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("every 100ms while between states"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn an_http_check_defaults_to_get_slash_and_any_2xx() {
+    let config = parse(&format!("{MINIMAL}\n[service.health]\nkind = \"http\"\n"));
+    let h = config.services[0].health.as_ref().unwrap();
+    assert_eq!(
+        h.probe,
+        Probe::Http(HttpProbe {
+            method: HttpMethod::Get,
+            path: "/".to_owned(),
+            expect_status: Vec::new(),
+            expect_body: None,
+            host: None,
+        })
+    );
+    assert_eq!(h.fast_interval, h.interval, "no fast pace unless asked");
+}
+
+#[test]
+fn http_and_agent_errors_name_the_key() {
+    let with = |table: &str| format!("{MINIMAL}\n{table}\n");
+    assert_eq!(
+        error(&with("[service.health]\npath = \"/primary\"")),
+        "x.toml:10:8: service[0].health.path: applies only to kind = \"http\", and this \
+         check's kind is \"tcp\""
+    );
+    assert_eq!(
+        error(&with(
+            "[service.health]\nkind = \"http\"\npath = \"primary\""
+        )),
+        "x.toml:11:8: service[0].health.path: \"primary\" is not a path: it must start with \
+         \"/\" (e.g. \"/primary\")"
+    );
+    assert_eq!(
+        error(&with(
+            "[service.health]\nkind = \"http\"\nexpect_status = [200, 700]"
+        )),
+        "x.toml:11:23: service[0].health.expect_status: 700 is out of range: must be between \
+         100 and 599"
+    );
+    assert_eq!(
+        error(&with(
+            "[service.health]\nkind = \"http\"\nmethod = \"HEAD\"\nexpect_body = \"x\""
+        )),
+        "x.toml:12:15: service[0].health.expect_body: applies only to method = \"GET\" or \
+         \"OPTIONS\" (a HEAD answer has no body), and this check's kind is \"http\""
+    );
+    assert_eq!(
+        error(&with(
+            "[service.health]\ninterval = \"1s\"\nfast_interval = \"2s\""
+        )),
+        "x.toml:11:17: service[0].health.fast_interval: \"2s\" is out of range: must be \
+         between 1ms and interval (1s)"
+    );
+    assert_eq!(
+        error(&with("[service.health]\nkind = \"http\"\nuser = \"x\"")),
+        "x.toml:11:8: service[0].health.user: applies only to kind = \"redis\" or \
+         \"postgres\", and this check's kind is \"http\""
+    );
+    assert_eq!(
+        error(&with("[service.agent]\nport = 0")),
+        "x.toml:10:8: service[0].agent.port: 0 is out of range: must be between 1 and 65535"
+    );
+    assert_eq!(
+        error(&MINIMAL.replace("6379\"", "6379\"\nhealth_port = 70000")),
+        "x.toml:8:15: service[0].backend[0].health_port: 70000 is out of range: must be \
+         between 1 and 65535"
     );
 }

@@ -135,6 +135,7 @@ fn annotated_example_states_the_defaults() {
         Some(HealthCheck {
             probe: Probe::Tcp,
             interval: DEFAULT_HEALTH_INTERVAL,
+            fast_interval: DEFAULT_HEALTH_INTERVAL,
             timeout: DEFAULT_HEALTH_TIMEOUT,
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
@@ -218,6 +219,7 @@ fn a_minimal_service_gets_every_default() {
             weight: 1,
             max_connections: None,
             backup: false,
+            health_port: None,
             source: Vec::new(),
             origin: Origin::Static,
         }]
@@ -420,8 +422,8 @@ fn messages_name_file_line_column_key_and_value() {
          `max_connections`, `retries`, `buffer_size`, `backlog`, `splice`, \
          `access_log`, \
          `udp_idle_timeout`, `udp_max_flows`, `udp_replies`, `udp_mode`, `on_backend_down`, \
-         `slow_start`, `health`, `persistence`, `source`, `discovery`, `access`, `limits`, \
-         `backend`"
+         `slow_start`, `health`, `agent`, `persistence`, `source`, `discovery`, `access`, \
+         `limits`, `backend`"
     );
     assert_eq!(
         error("[runtime\nworkers = 2\n"),

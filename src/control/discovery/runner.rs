@@ -299,6 +299,7 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
             weight: d.weight,
             max_connections: None,
             backup: d.backup,
+            health_port: None,
             source: Vec::new(),
             origin,
         })

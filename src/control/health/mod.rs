@@ -1,8 +1,15 @@
 //! The health checker: the control-plane thread that probes backends out of band.
 //!
 //! Owns: one thread (`ringlb-health`) running a plain tokio current-thread runtime (epoll, per
-//! the design), one task per checked backend, and each backend's [`HealthMachine`]. Workers
-//! never run a probe and never wait on this thread.
+//! the design), one task per checked backend, and each backend's [`HealthMachine`]; and, for
+//! services with `[service.agent]`, one agent task per backend ([`agent`]). Workers never run a
+//! probe and never wait on this thread. The probes themselves are in [`probe`] (TCP, Redis,
+//! PostgreSQL) and [`probe_http`] (HTTP).
+//!
+//! Pace: a task probes every `interval`, and every `fast_interval` while its backend is between
+//! states (a result that disagrees with the backend's state but is not yet confirmed by `fall`
+//! or `rise` in a row: [`HealthMachine::settling`]), so a change is confirmed quickly without
+//! probing every backend fast all the time.
 //!
 //! How results reach the workers: a task applies each probe result to its backend's state
 //! machine; a transition flips the backend's atomic health flag inside the shared
@@ -30,7 +37,9 @@
 //! [`HealthChecker::sync`]: tasks of backends that stay keep running with their state, new
 //! backends get a task, removed ones lose theirs.
 
+pub mod agent;
 pub mod probe;
+pub mod probe_http;
 pub mod shortage;
 
 use std::collections::HashMap;
@@ -45,7 +54,7 @@ use event_listener::Event;
 use parking_lot::Mutex;
 
 use crate::balancer::health::{HealthMachine, Transition};
-use crate::config::{Config, HealthCheck};
+use crate::config::{AgentCheck, Config, HealthCheck};
 use crate::control::local::{self, ShortageSource};
 use crate::control::wait::wait_until;
 
@@ -58,8 +67,8 @@ use super::{LastCheck, ServiceState, SharedSnapshot};
 pub const RUNTIME_FDS: u64 = 2;
 
 /// Descriptors the health checker needs at most at once for `config`: its runtime's, and one
-/// socket per checked backend (a probe opens one socket, and a backend's next probe starts only
-/// after the previous one ended). The connection budget keeps these aside
+/// socket per checked backend and one per agent-checked backend (a probe or agent query opens
+/// one socket, and a backend's next one starts only after the previous one ended). The connection budget keeps these aside
 /// (`ConnectionBudget::for_config`), so probes still run while the data plane is at its limit.
 /// The budget is sized at start: backends a reload adds are covered by the spare room of
 /// `FD_RESERVE`.
@@ -67,8 +76,10 @@ pub fn reserved_fds(config: &Config) -> u64 {
     let probes: u64 = config
         .services
         .iter()
-        .filter(|s| s.health.is_some())
-        .map(|s| s.backends.len() as u64)
+        .map(|s| {
+            let tasks = u64::from(s.health.is_some()) + u64::from(s.agent.is_some());
+            tasks * s.backends.len() as u64
+        })
         .sum();
     if probes == 0 { 0 } else { RUNTIME_FDS + probes }
 }
@@ -95,14 +106,30 @@ pub struct HealthChecker {
     snapshot: SharedSnapshot,
     /// Whether probes are stopped by a local shortage, over all tasks.
     shortages: Arc<Shortages>,
-    /// One probe task per checked backend, by (service name, backend address).
-    jobs: Mutex<HashMap<(String, SocketAddr), Job>>,
+    /// One probe task per checked backend and one agent task per backend of a service with an
+    /// agent check.
+    jobs: Mutex<HashMap<JobKey, Job>>,
 }
 
-/// A backend's probe task and the settings it runs with.
+/// A task's service name, backend address, and whether it is the agent's.
+type JobKey = (String, SocketAddr, bool);
+
+/// What a task runs with; a change restarts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Settings {
+    /// The health check and the backend's `health_port`.
+    Health {
+        check: HealthCheck,
+        port: Option<u16>,
+    },
+    /// The agent check.
+    Agent(AgentCheck),
+}
+
+/// A backend's probe or agent task and the settings it runs with.
 #[derive(Debug)]
 struct Job {
-    check: HealthCheck,
+    settings: Settings,
     task: tokio::task::AbortHandle,
 }
 
@@ -145,48 +172,63 @@ impl HealthChecker {
     /// rise/fall state. Returns the number of backends checked now.
     pub fn sync(&self) -> usize {
         let snapshot = self.snapshot.load();
-        let mut wanted: HashMap<(String, SocketAddr), HealthCheck> = HashMap::new();
+        let mut wanted: HashMap<JobKey, Settings> = HashMap::new();
         for service in &snapshot.services {
-            let Some(check) = &service.config.health else {
-                continue;
-            };
             for backend in &service.backends {
-                wanted.insert(
-                    (service.config.name.clone(), backend.address()),
-                    check.clone(),
-                );
+                let key = |agent| (service.config.name.clone(), backend.address(), agent);
+                if let Some(check) = &service.config.health {
+                    let settings = Settings::Health {
+                        check: check.clone(),
+                        port: backend.config.health_port,
+                    };
+                    wanted.insert(key(false), settings);
+                }
+                if let Some(agent) = &service.config.agent {
+                    wanted.insert(key(true), Settings::Agent(agent.clone()));
+                }
             }
         }
         let mut jobs = self.jobs.lock();
         jobs.retain(|key, job| {
-            let keep = wanted.get(key) == Some(&job.check);
+            let keep = wanted.get(key) == Some(&job.settings);
             if !keep {
                 job.task.abort();
             }
             keep
         });
-        for (key, check) in wanted {
+        for (key, settings) in wanted {
             if jobs.contains_key(&key) {
                 continue;
             }
-            let task = self
-                .runtime
-                .spawn(watch(
+            let (name, address) = (key.0.clone(), key.1);
+            let task = match &settings {
+                Settings::Health { check, .. } => self.runtime.spawn(watch(
                     self.snapshot.clone(),
                     self.shortages.clone(),
-                    key.0.clone(),
-                    key.1,
+                    name,
+                    address,
                     check.clone(),
-                ))
-                .abort_handle();
-            jobs.insert(key, Job { check, task });
+                )),
+                Settings::Agent(agent) => self.runtime.spawn(agent::watch(
+                    self.snapshot.clone(),
+                    name,
+                    address,
+                    agent.clone(),
+                )),
+            };
+            let task = task.abort_handle();
+            jobs.insert(key, Job { settings, task });
         }
-        jobs.len()
+        jobs.keys().filter(|(_, _, agent)| !agent).count()
     }
 
     /// Number of backends being checked.
     pub fn backends(&self) -> usize {
-        self.jobs.lock().len()
+        self.jobs
+            .lock()
+            .keys()
+            .filter(|(_, _, agent)| !agent)
+            .count()
     }
 
     /// Stops probing and waits for the thread to end.
@@ -211,9 +253,11 @@ impl Drop for HealthChecker {
     }
 }
 
-/// Where probes of `address` go: its host, and `check.port` when set.
-fn probe_target(address: SocketAddr, check: &HealthCheck) -> SocketAddr {
-    SocketAddr::new(address.ip(), check.port.unwrap_or(address.port()))
+/// Where probes of `address` go: its host, and the backend's `health_port`, else
+/// `check.port`, else its own port.
+fn probe_target(address: SocketAddr, health_port: Option<u16>, check: &HealthCheck) -> SocketAddr {
+    let port = health_port.or(check.port).unwrap_or(address.port());
+    SocketAddr::new(address.ip(), port)
 }
 
 /// The service named `name` in the current snapshot and the index of its backend at `address`.
@@ -241,7 +285,7 @@ async fn watch(
     let Some((service, index)) = locate(&snapshot, &name, address) else {
         return;
     };
-    let target = probe_target(address, &check);
+    let target = probe_target(address, service.backends[index].config.health_port, &check);
     let live = service.backends[index].live.clone();
     let counters = service.backends[index].counters.clone();
     drop(service);
@@ -251,12 +295,12 @@ async fn watch(
     let mut passive_seen = live.passive_downs();
     // Held while this backend's last probe could not run for a local shortage.
     let mut short: Option<Mark> = None;
-    let mut ticks = tokio::time::interval(check.interval);
-    // A probe that overran (it cannot: timeout <= interval) or a stalled thread does not cause
-    // a burst of catch-up probes.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first probe runs at once; each next one `interval` after the start of the previous
+    // (`fast_interval` while the machine is between states). A probe that overran (it cannot:
+    // timeout <= interval) or a stalled thread does not cause a burst of catch-up probes.
+    let mut next = tokio::time::Instant::now();
     loop {
-        ticks.tick().await;
+        tokio::time::sleep_until(next).await;
         let started = Instant::now();
         // The backend's source addresses as the current snapshot has them (a reload may change
         // them without restarting this task).
@@ -321,6 +365,12 @@ async fn watch(
             }
             _ => {}
         }
+        let pace = if machine.settling() {
+            check.fast_interval
+        } else {
+            check.interval
+        };
+        next = (next + pace).max(tokio::time::Instant::now());
     }
 }
 

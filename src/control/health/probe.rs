@@ -47,6 +47,10 @@ pub enum ProbeFailure {
     Rejected(String),
     /// The backend answered but has the wrong replication role.
     RoleMismatch(String),
+    /// An HTTP check's answer had a status the check does not accept.
+    HttpStatus(String),
+    /// An HTTP check's answer lacked the expected text in its body.
+    HttpBody(String),
 }
 
 impl fmt::Display for ProbeFailure {
@@ -59,6 +63,8 @@ impl fmt::Display for ProbeFailure {
             ProbeFailure::BadReply(e) => write!(f, "bad reply: {e}"),
             ProbeFailure::Rejected(e) => write!(f, "rejected: {e}"),
             ProbeFailure::RoleMismatch(e) => write!(f, "role mismatch: {e}"),
+            ProbeFailure::HttpStatus(e) => write!(f, "status: {e}"),
+            ProbeFailure::HttpBody(e) => write!(f, "body: {e}"),
         }
     }
 }
@@ -111,6 +117,7 @@ pub async fn run_from(
                 )
                 .await
             }
+            Probe::Http(http) => super::probe_http::run(http, target, sources).await,
         }
     };
     // Dropping `check` on timeout cancels the connect or the exchange and closes its sockets.
