@@ -11,6 +11,7 @@
 //! by up to `wait / 16`, as Consul itself does, so many ringlb processes do not return in step;
 //! the request's timeout is `wait + wait / 16` and a few seconds more.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -172,33 +173,44 @@ fn short(body: &str) -> String {
     body.chars().take(200).collect()
 }
 
-/// One entry of `/v1/health/service/<name>`: only the fields ringlb reads.
+/// One entry of `/v1/health/service/<name>`: only the fields ringlb reads. Strings borrow
+/// from the answer where they have no escapes, and `Meta` keeps only `weight`, so an answer
+/// of thousands of instances is read with few allocations.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Entry {
-    node: Node,
-    service: ServiceEntry,
+struct Entry<'a> {
+    #[serde(borrow)]
+    node: Node<'a>,
+    #[serde(borrow)]
+    service: ServiceEntry<'a>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Node {
-    #[serde(default)]
-    address: String,
+struct Node<'a> {
+    #[serde(default, borrow)]
+    address: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ServiceEntry {
-    #[serde(default)]
-    address: String,
+struct ServiceEntry<'a> {
+    #[serde(default, borrow)]
+    address: Cow<'a, str>,
     port: u16,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-    #[serde(default)]
-    meta: Option<std::collections::HashMap<String, String>>,
+    #[serde(default, borrow)]
+    tags: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    meta: Option<Meta<'a>>,
     #[serde(default)]
     weights: Option<Weights>,
+}
+
+/// `Service.Meta`: only its `weight` key.
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(default, borrow)]
+    weight: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +245,7 @@ pub fn parse(body: &[u8], backup_tag: Option<&str>) -> Result<Vec<Discovered>, D
             .service
             .meta
             .as_ref()
-            .and_then(|m| m.get("weight"))
+            .and_then(|m| m.weight.as_deref())
             .and_then(|w| w.parse::<u64>().ok());
         let weight = e
             .service
