@@ -29,8 +29,10 @@
 //! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
 //!   against other proxies. It runs on its own compio runtimes and shares nothing with the
 //!   balancer.
+//! - [`logging`]: the log output (text or JSON lines on stderr) and its filter.
 //! - [`names`]: the names of enum values (`round_robin`, `per_packet`), read from their serde
 //!   derive so no `name()` repeats a spelling by hand.
+//! - [`tls`]: the rustls crypto provider every HTTP client of ringlb is built with.
 //! - [`units`]: the one grammar for durations (`"1.5s"`) and byte sizes (`"64KiB"`), shared by
 //!   the config file and `ringlb bench`.
 //!
@@ -67,8 +69,10 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod loadtool;
+pub mod logging;
 pub mod names;
 pub mod server;
+pub mod tls;
 pub mod units;
 
 pub use server::Server;

@@ -1,6 +1,6 @@
 //! The `ringlb` command: run the balancer, check a config, or run the demo.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -13,6 +13,7 @@ use signal_hook::iterator::Signals;
 use ringlb::Server;
 use ringlb::admin::client;
 use ringlb::config::Config;
+use ringlb::logging::{self, LogFormat};
 
 /// ringlb: a Layer-4 TCP/UDP load balancer on io_uring, one worker thread per core.
 #[derive(Debug, Parser)]
@@ -24,6 +25,10 @@ struct Cli {
     /// Log level or filter (e.g. "info", "debug", "ringlb::access=info"); overrides RUST_LOG.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// How log lines are written: `text` (the default) or `json` (one object per line, for
+    /// log shippers). Overrides the config's `[runtime] log_format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,7 +79,11 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    let level = cli.log_level.as_deref();
+    // `run` reads the config first: its `[runtime] log_format` may choose the format.
+    if !matches!(cli.command, Some(Command::Run) | None) {
+        logging::init(LogFormat::choose(cli.log_format, None), level);
+    }
     let result = match cli.command {
         Some(Command::Check) => return check(cli.config.as_deref()),
         Some(Command::Demo(options)) => ringlb::demo::run(&options),
@@ -107,7 +116,7 @@ fn main() -> ExitCode {
             .and_then(|t| client::connections(&t, service.as_deref(), limit))
             .map(|table| print!("{table}")),
         Some(Command::Run) | None => match cli.config.as_deref() {
-            Some(path) => run(path),
+            Some(path) => run(path, cli.log_format, level),
             None => Err(anyhow::anyhow!(
                 "no config file: use `ringlb run --config FILE` (or `ringlb demo` for a first look)"
             )),
@@ -120,19 +129,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn check(path: Option<&Path>) -> ExitCode {
@@ -173,8 +169,12 @@ fn admin_target(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<clien
 
 /// `ringlb run`: starts the [`Server`], prints its ready line, then maps signals: SIGHUP
 /// reloads, the first SIGTERM or SIGINT drains, a second one closes live connections at once.
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, log_format: Option<LogFormat>, level: Option<&str>) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    logging::init(
+        LogFormat::choose(log_format, config.runtime.log_format),
+        level,
+    );
     // Registered before the workers start, so a signal never hits the default handler.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;

@@ -1,7 +1,11 @@
 //! Stage two for the `[alert]` table: each `[[alert.webhook]]`'s URL, name, events, timeout,
-//! retries and backoff, distinct names, and defaults.
+//! retries and backoff, body format and template, headers and CA file, distinct names, and
+//! defaults; and `[runtime] instance_name`, the name alerts carry.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue};
 
 use toml::Spanned;
 
@@ -10,7 +14,7 @@ use super::error::{ConfigError, Doc, Problem};
 use super::file::{AlertFile, DurationText, WebhookFile};
 use super::validate::{duration_within, in_range, is_service_name};
 use super::values::parse_webhook_url;
-use super::{AlertKinds, AlertSettings, Webhook};
+use super::{AlertKinds, AlertSettings, BodyFormat, CaFile, FormatName, Template, Webhook};
 use crate::units::format_duration;
 
 /// The typed `[alert]` settings; no webhook when the table is absent.
@@ -18,7 +22,16 @@ pub(super) fn settings(
     file: Option<AlertFile>,
     doc: &Doc<'_>,
 ) -> Result<AlertSettings, ConfigError> {
-    let list = file.and_then(|f| f.webhook).unwrap_or_default();
+    let (list, shared_ca) = match file {
+        Some(f) => {
+            let ca = match &f.ca_file {
+                Some(path) => Some(ca_file(path, doc, "alert.ca_file".to_owned())?),
+                None => None,
+            };
+            (f.webhook.unwrap_or_default(), ca)
+        }
+        None => (Vec::new(), None),
+    };
     let mut webhooks: Vec<Webhook> = Vec::with_capacity(list.len());
     // Line of each webhook's name (or URL, when the name is the default).
     let mut name_lines: Vec<usize> = Vec::with_capacity(list.len());
@@ -87,9 +100,21 @@ pub(super) fn settings(
             DEFAULT_WEBHOOK_BACKOFF,
             MAX_WEBHOOK_BACKOFF,
         )?;
+        let format = format(&w, doc, &key)?;
+        let headers = match &w.headers {
+            Some(h) => headers(h.get_ref(), doc, &key)?,
+            None => Vec::new(),
+        };
+        let ca = match &w.ca_file {
+            Some(path) => Some(ca_file(path, doc, key("ca_file"))?),
+            None => shared_ca.clone(),
+        };
         webhooks.push(Webhook {
             name,
             url,
+            format,
+            headers,
+            ca,
             events,
             timeout,
             retries,
@@ -126,6 +151,135 @@ fn events(
         set = set.with(kind);
     }
     Ok(set)
+}
+
+/// `format` and `template`: a template exactly when the format is `template`, parsed; and
+/// unless a `Content-Type` header says otherwise, a template must render JSON.
+fn format(
+    w: &WebhookFile,
+    doc: &Doc<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<BodyFormat, ConfigError> {
+    let name = w.format.as_ref().map(|f| *f.get_ref());
+    let bad = |at: usize, k: &str, reason: String| {
+        ConfigError::new(doc.at(at, key(k)), Problem::BadTemplate { reason })
+    };
+    match (name, &w.template) {
+        (Some(FormatName::Template), Some(text)) => {
+            let template = Template::parse(text.get_ref())
+                .map_err(|reason| bad(text.span().start, "template", reason))?;
+            let own_type = w.headers.as_ref().is_some_and(|h| {
+                h.get_ref()
+                    .keys()
+                    .any(|n| n.eq_ignore_ascii_case("content-type"))
+            });
+            if !own_type {
+                let sample = template.render(|_| "x".to_owned());
+                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&sample) {
+                    return Err(bad(
+                        text.span().start,
+                        "template",
+                        format!(
+                            "the body is sent as JSON but the template does not render JSON                              ({e}); fix it, or set a Content-Type header"
+                        ),
+                    ));
+                }
+            }
+            Ok(BodyFormat::Template(template))
+        }
+        (Some(FormatName::Template), None) => Err(bad(
+            w.format.as_ref().map_or(0, |f| f.span().start),
+            "format",
+            "format = \"template\" needs a `template`".to_owned(),
+        )),
+        (_, Some(text)) => Err(bad(
+            text.span().start,
+            "template",
+            "a template is used only with format = \"template\"".to_owned(),
+        )),
+        (None | Some(FormatName::Json), None) => Ok(BodyFormat::Json),
+        (Some(FormatName::Slack), None) => Ok(BodyFormat::Slack),
+        (Some(FormatName::Dingtalk), None) => Ok(BodyFormat::Dingtalk),
+    }
+}
+
+/// Headers ringlb sets itself (or that describe the connection), which a webhook may not.
+const RESERVED_HEADERS: [&str; 5] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+];
+
+/// `headers`: valid names and values, none that ringlb sets itself; values marked sensitive.
+fn headers(
+    table: &BTreeMap<String, Spanned<String>>,
+    doc: &Doc<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    let mut headers = Vec::with_capacity(table.len());
+    for (name, value) in table {
+        let bad = |reason: &str| {
+            ConfigError::new(
+                doc.at(value.span().start, key(&format!("headers.{name}"))),
+                Problem::BadHeader {
+                    name: name.clone(),
+                    reason: reason.to_owned(),
+                },
+            )
+        };
+        let header =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
+        if RESERVED_HEADERS.contains(&header.as_str()) {
+            return Err(bad("ringlb sets this header itself"));
+        }
+        if headers.iter().any(|(n, _)| *n == header) {
+            return Err(bad("given twice (header names are case-insensitive)"));
+        }
+        let mut text = HeaderValue::from_str(value.get_ref()).map_err(|_| {
+            bad("the value has characters a header cannot carry (control characters, newlines)")
+        })?;
+        text.set_sensitive(true);
+        headers.push((header, text));
+    }
+    Ok(headers)
+}
+
+/// A CA file: readable, with at least one PEM certificate.
+fn ca_file(path: &Spanned<String>, doc: &Doc<'_>, key: String) -> Result<CaFile, ConfigError> {
+    let bad = |reason: String| {
+        ConfigError::new(
+            doc.at(path.span().start, key.clone()),
+            Problem::BadCaFile {
+                path: path.get_ref().clone(),
+                reason,
+            },
+        )
+    };
+    let pem = std::fs::read(path.get_ref()).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("the file holds no PEM certificate".to_owned()));
+    }
+    Ok(CaFile {
+        path: path.get_ref().clone(),
+        pem,
+    })
+}
+
+/// `[runtime] instance_name`: 1 to 253 characters, none of them control characters.
+pub(super) fn instance_name(name: &Spanned<String>, doc: &Doc<'_>) -> Result<String, ConfigError> {
+    let text = name.get_ref();
+    if text.is_empty() || text.len() > 253 || text.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            doc.at(name.span().start, "runtime.instance_name"),
+            Problem::BadInstanceName {
+                value: text.clone(),
+            },
+        ));
+    }
+    Ok(text.clone())
 }
 
 /// A duration longer than zero and at most `max`, or `default` when not given.
@@ -293,8 +447,8 @@ address = "127.0.0.1:6379"
                 "x.toml:10:8: alert.webhook[0].name: \"my pager\" is not a valid webhook name",
             ),
             (
-                "url = \"http://127.0.0.1/\"\nheaders = {}",
-                "x.toml:10:1: alert.webhook[0].headers: unknown field `headers`",
+                "url = \"http://127.0.0.1/\"\nproxy = {}",
+                "x.toml:10:1: alert.webhook[0].proxy: unknown field `proxy`",
             ),
             (
                 "events = [\"backend_down\"]",
@@ -354,6 +508,119 @@ address = "127.0.0.1:6379"
             error(&clash),
             "x.toml:14:8: alert.webhook[1].name: \"second\" is already the name of \
              alert.webhook[0] (line 10)"
+        );
+    }
+
+    #[test]
+    fn formats_headers_ca_files_and_the_instance_name_reach_the_typed_config() {
+        use crate::config::BodyFormat;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let text = format!(
+            "[runtime]\ninstance_name = \"lb-1\"\nlog_format = \"json\"\n\n{}",
+            with(&format!(
+                "[alert]\nca_file = {ca:?}\n\n\
+                 [[alert.webhook]]\nname = \"slack\"\nurl = \"https://hooks.example/T/SECRET\"\n\
+                 format = \"slack\"\nheaders = {{ Authorization = \"Bearer HIDDEN\", X-Team = \"ops\" }}\n\n\
+                 [[alert.webhook]]\nname = \"ding\"\nurl = \"https://oapi.example/robot\"\nformat = \"dingtalk\"\n\
+                 ca_file = {ca:?}\n\n\
+                 [[alert.webhook]]\nname = \"plain\"\nurl = \"http://127.0.0.1:9/x\"\nformat = \"template\"\n\
+                 template = \"{{{{\\\"e\\\": \\\"{{event}}\\\"}}}}\"\n\n\
+                 [[alert.webhook]]\nname = \"text\"\nurl = \"http://127.0.0.1:9/y\"\nformat = \"template\"\n\
+                 template = \"{{summary}}\"\nheaders = {{ Content-Type = \"text/plain\" }}"
+            ))
+        );
+        let config = Config::parse(&text, "x.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.runtime.instance_name.as_deref(), Some("lb-1"));
+        assert_eq!(
+            config.runtime.log_format,
+            Some(crate::logging::LogFormat::Json)
+        );
+        let hooks = &config.alerts.webhooks;
+        assert_eq!(hooks[0].format, BodyFormat::Slack);
+        let names: Vec<&str> = hooks[0].headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["authorization", "x-team"]);
+        assert!(hooks[0].headers.iter().all(|(_, v)| v.is_sensitive()));
+        assert_eq!(
+            hooks[0].ca.as_ref().unwrap().pem,
+            cert.cert.pem().as_bytes()
+        );
+        assert_eq!(hooks[1].format, BodyFormat::Dingtalk);
+        assert!(hooks[1].ca.is_some());
+        assert!(matches!(hooks[2].format, BodyFormat::Template(_)));
+        assert!(
+            hooks[2].ca.is_some(),
+            "[alert] ca_file applies to every webhook"
+        );
+        assert_eq!(hooks[3].format.name(), "template");
+        let summary = config.summary();
+        assert!(
+            summary.contains("slack body, headers authorization, x-team, extra CA"),
+            "{summary}"
+        );
+        for secret in ["HIDDEN", "Bearer", "SECRET"] {
+            assert!(!summary.contains(secret), "{secret} in\n{summary}");
+        }
+    }
+
+    #[test]
+    fn bad_formats_headers_ca_files_and_instance_names_are_refused() {
+        let hook = |keys: &str| format!("[[alert.webhook]]\nurl = \"https://h.example/\"\n{keys}");
+        for (keys, expected) in [
+            (
+                "format = \"template\"",
+                "x.toml:10:10: alert.webhook[0].format: format = \"template\" needs a `template`",
+            ),
+            (
+                "template = \"{event}\"",
+                "x.toml:10:12: alert.webhook[0].template: a template is used only with",
+            ),
+            (
+                "format = \"template\"\ntemplate = \"{event}\"",
+                "x.toml:11:12: alert.webhook[0].template: the body is sent as JSON but the template does not render JSON",
+            ),
+            (
+                "format = \"teams\"",
+                "x.toml:10:10: alert.webhook[0].format: unknown variant `teams`",
+            ),
+            (
+                "headers = { \"Bad Name\" = \"x\" }",
+                "x.toml:10:26: alert.webhook[0].headers.Bad Name: header \"Bad Name\": not a valid header name",
+            ),
+            (
+                "headers = { Host = \"x\" }",
+                "x.toml:10:20: alert.webhook[0].headers.Host: header \"Host\": ringlb sets this header itself",
+            ),
+            (
+                "headers = { X-A = \"a\\nb\" }",
+                "x.toml:10:19: alert.webhook[0].headers.X-A: header \"X-A\": the value has characters",
+            ),
+            (
+                "ca_file = \"/nonexistent/ca.pem\"",
+                "x.toml:10:11: alert.webhook[0].ca_file: cannot use \"/nonexistent/ca.pem\" as CA certificates: No such file",
+            ),
+        ] {
+            let got = error(&hook(keys));
+            assert!(
+                got.starts_with(expected),
+                "{keys}:\n  got      {got}\n  expected {expected}"
+            );
+        }
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let got = error(&hook(&format!("ca_file = {:?}", empty.path())));
+        assert!(got.contains("the file holds no PEM certificate"), "{got}");
+        let name = Config::parse(
+            &format!("[runtime]\ninstance_name = \"\"\n{SERVICE}"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            name,
+            "x.toml:2:17: runtime.instance_name: \"\" is not a usable instance name (1 to 253 \
+             characters, no control characters)"
         );
     }
 }
