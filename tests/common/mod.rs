@@ -13,6 +13,7 @@ pub mod netns;
 pub mod reload;
 pub mod udp;
 pub mod webhook;
+pub mod webhook_tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
