@@ -180,7 +180,8 @@ fn format(
                         text.span().start,
                         "template",
                         format!(
-                            "the body is sent as JSON but the template does not render JSON                              ({e}); fix it, or set a Content-Type header"
+                            "the body is sent as JSON but the template does not render JSON ({e}); fix it, \
+                             or set a Content-Type header"
                         ),
                     ));
                 }
