@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian package on this machine and checks it as a user would meet it, then
-# removes it (purge) so the machine is left as it was: `dpkg -i`, the files and the `ringlb`
-# user are there, `ringlb check` passes on the shipped /etc/ringlb/ringlb.toml (as root and as
-# the ringlb user), `ringlb run` as the ringlb user prints its ready line and stops on SIGTERM.
+# removes it (purge, and the `ringlb` user when this check made it) so the machine is left as it
+# was: `dpkg -i`, the files and the `ringlb` user are there, `ringlb check` passes on the shipped
+# /etc/ringlb/ringlb.toml (as root and as the ringlb user), `ringlb run` as the ringlb user
+# prints its ready line and stops on SIGTERM.
 # Any failure stops the script with a message and a non-zero exit.
 #
 # Needs root. Usage: tools/deb-check.sh [PACKAGE.deb]   (default: build it with tools/deb.sh)
@@ -23,12 +24,21 @@ if dpkg -s ringlb >/dev/null 2>&1; then
 fi
 out=$(mktemp -d)
 run_pid=""
+# The package keeps its user on purge (as Debian does); one this check made goes with it.
+user_before=no
+if getent passwd ringlb >/dev/null; then user_before=yes; fi
 cleanup() {
   if [ -n "$run_pid" ]; then kill "$run_pid" 2>/dev/null || true; fi
   rm -rf "$out"
   # Leave the machine clean whatever happened.
   if dpkg -s ringlb >/dev/null 2>&1; then
     dpkg --purge ringlb >/dev/null || echo "deb-check: could not purge ringlb" >&2
+  fi
+  if [ "$user_before" = no ] && getent passwd ringlb >/dev/null; then
+    userdel ringlb || echo "deb-check: could not remove the ringlb user" >&2
+  fi
+  if [ "$user_before" = no ] && getent group ringlb >/dev/null; then
+    groupdel ringlb || echo "deb-check: could not remove the ringlb group" >&2
   fi
 }
 trap cleanup EXIT
@@ -43,14 +53,14 @@ dpkg -i "$deb" || fail "dpkg -i $deb"
 
 [ -x /usr/bin/ringlb ] || fail "/usr/bin/ringlb is missing"
 [ -f /etc/ringlb/ringlb.toml ] || fail "/etc/ringlb/ringlb.toml is missing"
-[ -f /lib/systemd/system/ringlb.service ] || fail "the systemd unit is missing"
+[ -f /usr/lib/systemd/system/ringlb.service ] || fail "the systemd unit is missing"
 dpkg-query --showformat='${Conffiles}\n' --show ringlb | grep -q /etc/ringlb/ringlb.toml \
   || fail "/etc/ringlb/ringlb.toml is not a conffile"
 getent passwd ringlb >/dev/null || fail "no ringlb user"
 getent group ringlb >/dev/null || fail "no ringlb group"
 [ "$(stat -c '%U:%G %a' /etc/ringlb/ringlb.toml)" = "root:ringlb 640" ] \
   || fail "config owner/mode is $(stat -c '%U:%G %a' /etc/ringlb/ringlb.toml), not root:ringlb 640"
-cmp -s /lib/systemd/system/ringlb.service dist/systemd/ringlb.service \
+cmp -s /usr/lib/systemd/system/ringlb.service dist/systemd/ringlb.service \
   || fail "the installed unit differs from dist/systemd/ringlb.service"
 
 ringlb --version || fail "ringlb --version"
