@@ -29,6 +29,7 @@
 //! - [`loadtool`]: `ringlb bench`, the load generator and echo/sink server used to measure ringlb
 //!   against other proxies. It runs on its own compio runtimes and shares nothing with the
 //!   balancer.
+//! - [`logging`]: the log output (text or JSON lines on stderr) and its filter.
 //! - [`systemd`]: the notify protocol (ready, reloading, stopping, status, the watchdog fed
 //!   while every worker turns its loop) and the listening sockets systemd passes.
 //! - [`upgrade`]: binary upgrade: the running process starts the new binary, hands it every
@@ -36,6 +37,7 @@
 //!   `ringlb upgrade` request socket.
 //! - [`names`]: the names of enum values (`round_robin`, `per_packet`), read from their serde
 //!   derive so no `name()` repeats a spelling by hand.
+//! - [`tls`]: the rustls crypto provider every HTTP client of ringlb is built with.
 //! - [`units`]: the one grammar for durations (`"1.5s"`) and byte sizes (`"64KiB"`), shared by
 //!   the config file and `ringlb bench`.
 //!
@@ -72,9 +74,11 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod loadtool;
+pub mod logging;
 pub mod names;
 pub mod server;
 pub mod systemd;
+pub mod tls;
 pub mod units;
 pub mod upgrade;
 

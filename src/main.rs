@@ -2,7 +2,7 @@
 //! demo.
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use signal_hook::iterator::Signals;
 
 use ringlb::admin::client;
 use ringlb::config::Config;
+use ringlb::logging::{self, LogFormat};
 use ringlb::{Server, systemd, upgrade};
 
 /// ringlb: a Layer-4 TCP/UDP load balancer on io_uring, one worker thread per core.
@@ -26,6 +27,10 @@ struct Cli {
     /// Log level or filter (e.g. "info", "debug", "ringlb::access=info"); overrides RUST_LOG.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// How log lines are written: `text` (the default) or `json` (one object per line, for
+    /// log shippers). Overrides the config's `[runtime] log_format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -91,7 +96,11 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    let level = cli.log_level.as_deref();
+    // `run` reads the config first: its `[runtime] log_format` may choose the format.
+    if !matches!(cli.command, Some(Command::Run) | None) {
+        logging::init(LogFormat::choose(cli.log_format, None), level);
+    }
     let result = match cli.command {
         Some(Command::Check) => return check(cli.config.as_deref()),
         Some(Command::Demo(options)) => ringlb::demo::run(&options),
@@ -134,7 +143,7 @@ fn main() -> ExitCode {
             .and_then(|t| client::connections(&t, service.as_deref(), limit))
             .map(|table| print!("{table}")),
         Some(Command::Run) | None => match cli.config.as_deref() {
-            Some(path) => run(path),
+            Some(path) => run(path, cli.log_format, level),
             None => Err(anyhow::anyhow!(
                 "no config file: use `ringlb run --config FILE` (or `ringlb demo` for a first look)"
             )),
@@ -147,19 +156,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn check(path: Option<&Path>) -> ExitCode {
@@ -209,11 +205,12 @@ enum Stop {
     Upgraded(u32),
 }
 
-/// `ringlb run`: starts the [`Server`] (on the sockets of the ringlb it replaces, when started
-/// by an upgrade, or on those systemd passed), prints its ready line, tells systemd, then maps
-/// signals: SIGHUP reloads, SIGUSR2 (or `ringlb upgrade`) upgrades the binary, the first
-/// SIGTERM or SIGINT drains, a second one closes live connections at once.
-fn run(path: &Path) -> anyhow::Result<()> {
+/// `ringlb run`: loads the config, starts logging in its format, starts the [`Server`] (on the
+/// sockets of the ringlb it replaces, when started by an upgrade, or on those systemd passed),
+/// prints its ready line, tells systemd, then maps signals: SIGHUP reloads, SIGUSR2 (or
+/// `ringlb upgrade`) upgrades the binary, the first SIGTERM or SIGINT drains, a second one
+/// closes live connections at once.
+fn run(path: &Path, log_format: Option<LogFormat>, level: Option<&str>) -> anyhow::Result<()> {
     // Before any thread starts: the descriptor numbers below are this process's alone.
     let successor = upgrade::Successor::from_env();
     let binary = upgrade::binary_at_start();
@@ -222,6 +219,10 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let started = Config::load(path)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
+            logging::init(
+                LogFormat::choose(log_format, config.runtime.log_format),
+                level,
+            );
             let inherited = match &successor {
                 Some(s) => s.take()?,
                 None => {

@@ -93,7 +93,11 @@ impl Server {
     ) -> Result<Server, StartError> {
         let shutdown = Arc::new(Shutdown::new());
         let budget = Arc::new(ConnectionBudget::for_config(&config));
-        let alerts = Alerts::start(&config.alerts.webhooks).map_err(StartError::Alerts)?;
+        let alerts = Alerts::start(
+            &config.alerts.webhooks,
+            config.runtime.instance_name.as_deref(),
+        )
+        .map_err(StartError::Alerts)?;
         let process = ProcessWide {
             budget: budget.clone(),
             alerts: alerts.publisher(),

@@ -68,7 +68,7 @@ impl Target {
             .build()
             .context("cannot start the HTTP client's runtime")?;
         let (code, body) = runtime.block_on(async {
-            let client = reqwest::Client::builder()
+            let client = crate::tls::client_builder()
                 .user_agent(concat!("ringlb/", env!("CARGO_PKG_VERSION")))
                 // The admin API is at the address given, not behind the environment's HTTP_PROXY.
                 .no_proxy()

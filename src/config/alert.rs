@@ -5,6 +5,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use reqwest::header::{HeaderName, HeaderValue};
+
+pub use super::alert_template::{Template, TemplateField};
 use crate::names::serde_name;
 
 /// The `[alert]` table. Empty (no webhook) when the table is absent.
@@ -142,14 +145,80 @@ impl fmt::Debug for AlertKinds {
     }
 }
 
-/// One `[[alert.webhook]]`: where alerts are POSTed as JSON, which ones, and how hard to try.
+/// The `format` key as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FormatName {
+    /// [`BodyFormat::Json`].
+    Json,
+    /// [`BodyFormat::Slack`].
+    Slack,
+    /// [`BodyFormat::Dingtalk`].
+    Dingtalk,
+    /// [`BodyFormat::Template`].
+    Template,
+}
+
+/// What a webhook's POST body looks like.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// The alert as a JSON object with its fields (the default).
+    #[default]
+    Json,
+    /// Slack's (and Mattermost's, Teams' workflow) incoming webhooks: `{"text": SUMMARY}`.
+    Slack,
+    /// DingTalk's robots: `{"msgtype": "text", "text": {"content": SUMMARY}}`.
+    Dingtalk,
+    /// The operator's template with the alert's fields.
+    Template(Template),
+}
+
+impl BodyFormat {
+    /// The name used in config files.
+    pub fn name(&self) -> &'static str {
+        let name = match self {
+            BodyFormat::Json => FormatName::Json,
+            BodyFormat::Slack => FormatName::Slack,
+            BodyFormat::Dingtalk => FormatName::Dingtalk,
+            BodyFormat::Template(_) => FormatName::Template,
+        };
+        serde_name(&name)
+    }
+}
+
+/// Extra CA certificates an https webhook trusts besides the platform's: the file as it was
+/// when the config was loaded (a reload reads it again).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaFile {
+    /// The path as written.
+    pub path: String,
+    /// Its PEM text (one or more certificates).
+    pub pem: Vec<u8>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CaFile").field(&self.path).finish()
+    }
+}
+
+/// One `[[alert.webhook]]`: where alerts are POSTed, which ones, in what form, and how hard to
+/// try.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
     /// Names the webhook in logs and statistics (the URL may hold a secret, so it is never
     /// logged). Given, or the URL's origin (`http://host:port`); distinct among webhooks.
     pub name: String,
-    /// Where alerts are POSTed: an absolute `http://` URL. Never printed in full.
+    /// Where alerts are POSTed: an absolute `http://` or `https://` URL. Never printed in full.
     pub url: url::Url,
+    /// The body's form. Default [`BodyFormat::Json`].
+    pub format: BodyFormat,
+    /// Headers sent with every POST, in name order (marked sensitive: their values are never
+    /// logged or printed).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// CA certificates trusted besides the platform's (the webhook's `ca_file`, else
+    /// `[alert] ca_file`); `None`: the platform's only.
+    pub ca: Option<CaFile>,
     /// The events sent to it; never empty. Default: all of them.
     pub events: AlertKinds,
     /// How long one attempt may take (connect, request and response). Default
@@ -171,6 +240,16 @@ impl fmt::Debug for Webhook {
         f.debug_struct("Webhook")
             .field("name", &self.name)
             .field("url", &self.url.origin().ascii_serialization())
+            .field("format", &self.format.name())
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("ca", &self.ca)
             .field("events", &self.events)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
@@ -213,6 +292,12 @@ mod tests {
             url: "http://user:pw@127.0.0.1:9999/hooks/T0/SECRET?token=x"
                 .parse()
                 .unwrap(),
+            format: BodyFormat::Slack,
+            headers: vec![(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("Bearer HIDDEN"),
+            )],
+            ca: None,
             events: AlertKinds::ALL,
             timeout: Duration::from_secs(5),
             retries: 3,
@@ -220,7 +305,8 @@ mod tests {
         };
         let debug = format!("{hook:?}");
         assert!(debug.contains("http://127.0.0.1:9999"), "{debug}");
-        for secret in ["SECRET", "token", "pw", "user"] {
+        assert!(debug.contains("authorization"), "{debug}");
+        for secret in ["SECRET", "token", "pw", "user", "HIDDEN", "Bearer"] {
             assert!(!debug.contains(secret), "{debug}");
         }
     }

@@ -50,6 +50,8 @@ pub(crate) struct RuntimeFile {
     pub(crate) pin_workers: Option<bool>,
     pub(crate) drain_timeout: Option<Spanned<DurationText>>,
     pub(crate) freebind: Option<bool>,
+    pub(crate) log_format: Option<crate::logging::LogFormat>,
+    pub(crate) instance_name: Option<Spanned<String>>,
 }
 
 /// One `[[service]]`. The `udp_*` keys fill [`super::UdpSettings`].
@@ -199,6 +201,8 @@ pub(crate) enum DiscoveryKind {
 pub(crate) struct AlertFile {
     /// `[[alert.webhook]]` tables.
     pub(crate) webhook: Option<Vec<Spanned<WebhookFile>>>,
+    /// Extra CA certificates (PEM) every https webhook trusts, unless it names its own.
+    pub(crate) ca_file: Option<Spanned<String>>,
 }
 
 /// One `[[alert.webhook]]`.
@@ -212,6 +216,11 @@ pub(crate) struct WebhookFile {
     pub(crate) timeout: Option<Spanned<DurationText>>,
     pub(crate) retries: Option<Spanned<u32>>,
     pub(crate) backoff: Option<Spanned<DurationText>>,
+    pub(crate) format: Option<Spanned<super::alert::FormatName>>,
+    pub(crate) template: Option<Spanned<String>>,
+    /// Header name -> value, sent with every POST (tokens: never logged).
+    pub(crate) headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
 }
 
 /// A duration as written ("3s"); parsed during validation so that a bad one gets a typed error.

@@ -28,10 +28,11 @@
 //! Guarantee: a `Config` returned by [`Config::load`] or [`Config::parse`] has at least one service,
 //! every service without `[service.discovery]` at least one backend, every number within the limits in [`defaults`], distinct
 //! service names and no two services of one protocol on the same (or an overlapping) address;
-//! every webhook has an `http` URL with a host, at least one event and a name no other has.
+//! every webhook has an `http` or `https` URL with a host, at least one event and a name no other has.
 
 mod access;
 mod alert;
+mod alert_template;
 pub mod defaults;
 mod discovery;
 mod error;
@@ -57,7 +58,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use access::{Access, ClientLimits, Rate};
-pub use alert::{AlertKind, AlertKinds, AlertSettings, Webhook};
+pub use alert::{
+    AlertKind, AlertKinds, AlertSettings, BodyFormat, CaFile, FormatName, Template, TemplateField,
+    Webhook,
+};
 pub use discovery::{ConsulDiscovery, Discovery, DiscoverySettings, DnsDiscovery, Origin};
 pub use error::{ConfigError, Location, Problem};
 pub use policy::{
@@ -126,6 +130,10 @@ pub struct Runtime {
     /// virtual address held by another host) can be listened on. Default
     /// [`defaults::DEFAULT_FREEBIND`].
     pub freebind: bool,
+    /// How log lines are written, unless `--log-format` says; `None`: not set (text).
+    pub log_format: Option<crate::logging::LogFormat>,
+    /// The name alerts give this ringlb; `None`: not set (the host name is used).
+    pub instance_name: Option<String>,
 }
 
 /// Transport protocol of a service.
@@ -434,7 +442,8 @@ impl Config {
     }
 }
 
-/// One line per alert webhook: name, origin, events, timeout and retries.
+/// One line per alert webhook: name, origin, events, timeout and retries; its body format,
+/// header names and CA file when not the defaults.
 fn summarize_alerts(out: &mut String, alerts: &AlertSettings) {
     for w in &alerts.webhooks {
         let events = if w.events == AlertKinds::ALL {
@@ -460,6 +469,17 @@ fn summarize_alerts(out: &mut String, alerts: &AlertSettings) {
         );
         if w.retries > 0 {
             let _ = write!(out, " (backoff from {})", format_duration(w.backoff));
+        }
+        if w.format != BodyFormat::Json {
+            let _ = write!(out, ", {} body", w.format.name());
+        }
+        if !w.headers.is_empty() {
+            // Names only: the values may be tokens.
+            let names: Vec<&str> = w.headers.iter().map(|(n, _)| n.as_str()).collect();
+            let _ = write!(out, ", headers {}", names.join(", "));
+        }
+        if let Some(ca) = &w.ca {
+            let _ = write!(out, ", extra CA {}", ca.path);
         }
         out.push('\n');
     }

@@ -347,6 +347,34 @@ pub enum Problem {
         /// Whether this name is the default one (the URL's origin).
         from_url: bool,
     },
+    /// A CA file that cannot be read or holds no PEM certificate.
+    #[error("cannot use {path:?} as CA certificates: {reason}")]
+    BadCaFile {
+        /// The path as written.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A webhook header whose name or value HTTP does not allow, or that ringlb sets itself.
+    #[error("header {name:?}: {reason}")]
+    BadHeader {
+        /// The header's name as written.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A webhook's template is missing, misplaced or malformed.
+    #[error("{reason}")]
+    BadTemplate {
+        /// What is wrong.
+        reason: String,
+    },
+    /// `[runtime] instance_name` is empty, too long or holds control characters.
+    #[error("{value:?} is not a usable instance name (1 to 253 characters, no control characters)")]
+    BadInstanceName {
+        /// The value as written.
+        value: String,
+    },
     /// A webhook lists an event twice.
     #[error("\"{event}\" is listed twice")]
     DuplicateEvent {

@@ -147,6 +147,8 @@ fn runtime(file: Option<RuntimeFile>, doc: &Doc<'_>) -> Result<Runtime, ConfigEr
             pin_workers: DEFAULT_PIN_WORKERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             freebind: DEFAULT_FREEBIND,
+            log_format: None,
+            instance_name: None,
         });
     };
     let workers = match &file.workers {
@@ -158,11 +160,17 @@ fn runtime(file: Option<RuntimeFile>, doc: &Doc<'_>) -> Result<Runtime, ConfigEr
         Some(d) => duration(doc, d, "runtime.drain_timeout".to_owned(), true)?,
         None => DEFAULT_DRAIN_TIMEOUT,
     };
+    let instance_name = match &file.instance_name {
+        Some(name) => Some(super::validate_alert::instance_name(name, doc)?),
+        None => None,
+    };
     Ok(Runtime {
         workers,
         pin_workers: file.pin_workers.unwrap_or(DEFAULT_PIN_WORKERS),
         drain_timeout,
         freebind: file.freebind.unwrap_or(DEFAULT_FREEBIND),
+        log_format: file.log_format,
+        instance_name,
     })
 }
 

@@ -50,15 +50,8 @@ pub(crate) fn parse_webhook_url(text: &str) -> Result<url::Url, String> {
         other => other.to_string(),
     })?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(
-                "https is not supported (ringlb is built without TLS); use http://, e.g. to a \
-                 relay on the same host"
-                    .to_owned(),
-            );
-        }
-        other => return Err(format!("the scheme must be http, not {other:?}")),
+        "http" | "https" => {}
+        other => return Err(format!("the scheme must be http or https, not {other:?}")),
     }
     if url.host().is_none() {
         return Err("the URL has no host".to_owned());
@@ -142,14 +135,15 @@ mod tests {
                 .unwrap_err()
                 .contains("absolute URL")
         );
-        assert!(
-            parse_webhook_url("https://127.0.0.1/")
-                .unwrap_err()
-                .starts_with("https is not supported")
+        assert_eq!(
+            parse_webhook_url("https://hooks.example/T0/SECRET")
+                .unwrap()
+                .scheme(),
+            "https"
         );
         assert_eq!(
             parse_webhook_url("mailto:ops@example.com").unwrap_err(),
-            "the scheme must be http, not \"mailto\""
+            "the scheme must be http or https, not \"mailto\""
         );
         assert_eq!(
             parse_webhook_url("http://127.0.0.1:70000/").unwrap_err(),

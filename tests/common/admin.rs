@@ -42,7 +42,7 @@ pub fn http(
         .build()
         .unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = ringlb::tls::client_builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
             .build()

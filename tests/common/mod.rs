@@ -14,6 +14,7 @@ pub mod patroni;
 pub mod reload;
 pub mod udp;
 pub mod webhook;
+pub mod webhook_tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

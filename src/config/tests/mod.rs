@@ -277,6 +277,8 @@ backend = [{ address = "[::1]:5354" }, { address = "127.0.0.1:5355", weight = 10
             pin_workers: true,
             drain_timeout: Duration::from_millis(250),
             freebind: false,
+            log_format: None,
+            instance_name: None,
         }
     );
     let redis = &config.services[0];

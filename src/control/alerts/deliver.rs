@@ -1,38 +1,76 @@
-//! Delivering one webhook's queue: the HTTP POST, what counts as success, and the retry
-//! schedule.
+//! Delivering one webhook's queue: the HTTP client (plain http, or https with rustls), the
+//! POST, what counts as success, and the retry schedule.
 //!
 //! An attempt is the POST and the reading of the answer, bounded as a whole by the webhook's
-//! `timeout`. A 2xx answer is success. A connect error, a timeout, a 5xx, 408 (Request Timeout)
-//! or 429 (Too Many Requests) is retried after [`retry_delay`]; other answers (redirects, client
-//! errors) fail at once, as asking again would get the same answer. Redirects are not followed:
-//! they would turn the POST into a GET, and the webhook's URL is what the operator wrote.
+//! `timeout`. A 2xx answer is success. A connect error (a TLS handshake or certificate error
+//! among them), a timeout, a 5xx, 408 (Request Timeout) or 429 (Too Many Requests) is retried;
+//! other answers (redirects, client errors) fail at once, as asking again would get the same
+//! answer. Redirects are not followed: they would turn the POST into a GET, and the webhook's
+//! URL is what the operator wrote.
+//!
+//! The wait before a retry is [`retry_delay`] plus a random 0 to 25 % of it (so that several
+//! ringlb instances alerting about one outage do not retry in step), except after a 429 or 503
+//! with a `Retry-After` header (seconds, or an HTTP date): then that wait, at most
+//! [`MAX_RETRY_AFTER`], plus a random 0 to 10 %.
 //!
 //! So one event holds its webhook for at most `(retries + 1) × timeout` plus the waits, e.g.
-//! 4 × 5 s + 3.5 s with the defaults.
+//! 4 × 5 s + about 4 s with the defaults.
+//!
+//! TLS: rustls with the `ring` crypto provider, verifying servers against the platform's
+//! certificate store (rustls-platform-verifier: on Linux, the system's CA bundle) plus the
+//! webhook's extra CA file, if any. The custom headers are marked sensitive, and neither they
+//! nor the URL are logged.
 
 use std::error::Error as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::mpsc;
 
-use crate::config::Webhook;
 use crate::config::defaults::MAX_WEBHOOK_BACKOFF;
+use crate::config::{CaFile, Webhook};
 
+use super::body::{Body, render};
 use super::{AlertEvent, HookCounters};
+
+/// The longest `Retry-After` honoured: a receiver asking for more gets its retry after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Bytes of a webhook's answer read (and ignored) so the connection can be reused; a longer
 /// answer is cut off and its connection closed.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// The HTTP client every webhook shares.
-pub(super) fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// An HTTP client for webhooks: `ca`'s certificates trusted besides the platform's. Every
+/// webhook without a CA file shares one.
+pub(super) fn client(ca: Option<&CaFile>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = crate::tls::client_builder()
         .user_agent(concat!("ringlb/", env!("CARGO_PKG_VERSION")))
         // The URL is where alerts go, not wherever the environment's HTTP_PROXY points.
         .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = ca {
+        builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&ca.pem)?);
+    }
+    builder.build()
+}
+
+/// `wait` plus a random part of up to `wait / divisor`.
+fn jittered(wait: Duration, divisor: u32) -> Duration {
+    let spread = wait / divisor;
+    wait + spread.mul_f64(fastrand::f64())
+}
+
+/// The wait a `Retry-After` value asks for, from `now`: whole seconds or an HTTP date (a date
+/// in the past: no wait). `None` when it is neither.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The wait before retry `n` (0 for the first): `first` doubled `n` times, at most `cap`.
@@ -45,8 +83,9 @@ pub fn retry_delay(first: Duration, cap: Duration, n: u32) -> Duration {
 /// Why an attempt failed.
 #[derive(Debug, PartialEq, Eq)]
 enum Failure {
-    /// The answer had this non-2xx status.
-    Status(reqwest::StatusCode),
+    /// The answer had this non-2xx status (and, for 429 and 503, the wait its `Retry-After`
+    /// asked for).
+    Status(StatusCode, Option<Duration>),
     /// No answer within the timeout.
     Timeout(Duration),
     /// Connecting, sending or reading failed (the error and its causes).
@@ -57,10 +96,10 @@ impl Failure {
     /// Whether another attempt may succeed.
     fn retryable(&self) -> bool {
         match self {
-            Failure::Status(s) => {
+            Failure::Status(s, _) => {
                 s.is_server_error()
-                    || *s == reqwest::StatusCode::REQUEST_TIMEOUT
-                    || *s == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || *s == StatusCode::REQUEST_TIMEOUT
+                    || *s == StatusCode::TOO_MANY_REQUESTS
             }
             Failure::Timeout(_) | Failure::Request(_) => true,
         }
@@ -70,7 +109,10 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Status(s) => write!(f, "answered {s}"),
+            Failure::Status(s, None) => write!(f, "answered {s}"),
+            Failure::Status(s, Some(after)) => {
+                write!(f, "answered {s}, asking to retry after {after:?}")
+            }
             Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
             Failure::Request(e) => f.write_str(e),
         }
@@ -93,20 +135,30 @@ fn describe(error: reqwest::Error) -> String {
     text
 }
 
-/// One POST of `event` and the reading of its answer.
-async fn attempt(
-    client: &reqwest::Client,
-    webhook: &Webhook,
-    event: &AlertEvent,
-) -> Result<(), Failure> {
+/// One POST of `body` and the reading of its answer.
+async fn attempt(client: &reqwest::Client, webhook: &Webhook, body: &Body) -> Result<(), Failure> {
     let exchange = async {
-        let mut answer = client
-            .post(webhook.url.clone())
-            .json(event)
+        let mut request = client.post(webhook.url.clone());
+        if !webhook.headers.iter().any(|(n, _)| *n == CONTENT_TYPE) {
+            request = request.header(CONTENT_TYPE, body.content_type.clone());
+        }
+        for (name, value) in &webhook.headers {
+            request = request.header(name.clone(), value.clone());
+        }
+        let mut answer = request
+            .body(body.bytes.clone())
             .send()
             .await
             .map_err(|e| Failure::Request(describe(e)))?;
         let status = answer.status();
+        let retry_after = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => answer
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+            _ => None,
+        };
         // Read the (ignored) body so the connection goes back to the pool.
         let mut read = 0;
         while read <= MAX_ANSWER {
@@ -118,7 +170,7 @@ async fn attempt(
         if status.is_success() {
             Ok(())
         } else {
-            Err(Failure::Status(status))
+            Err(Failure::Status(status, retry_after))
         }
     };
     tokio::time::timeout(webhook.timeout, exchange)
@@ -131,12 +183,14 @@ async fn deliver(
     client: &reqwest::Client,
     webhook: &Webhook,
     event: &AlertEvent,
+    instance: &str,
     counters: &HookCounters,
 ) {
+    let body = render(&webhook.format, event, instance);
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let failure = match attempt(client, webhook, event).await {
+        let failure = match attempt(client, webhook, &body).await {
             Ok(()) => {
                 counters.delivered.inc();
                 tracing::debug!(webhook = %webhook.name, event = %event.event,
@@ -153,7 +207,10 @@ async fn deliver(
                 "alert delivery failed");
             return;
         }
-        let wait = retry_delay(webhook.backoff, MAX_WEBHOOK_BACKOFF, retry);
+        let wait = match &failure {
+            Failure::Status(_, Some(after)) => jittered((*after).min(MAX_RETRY_AFTER), 10),
+            _ => jittered(retry_delay(webhook.backoff, MAX_WEBHOOK_BACKOFF, retry), 4),
+        };
         tracing::debug!(webhook = %webhook.name, event = %event.event, attempts,
             reason = %failure, retry_in = ?wait, "alert delivery attempt failed");
         counters.retries.inc();
@@ -166,11 +223,12 @@ async fn deliver(
 pub(super) async fn run(
     client: reqwest::Client,
     webhook: Arc<Webhook>,
+    instance: Arc<str>,
     mut queue: mpsc::Receiver<Arc<AlertEvent>>,
     counters: Arc<HookCounters>,
 ) {
     while let Some(event) = queue.recv().await {
-        deliver(&client, &webhook, &event, &counters).await;
+        deliver(&client, &webhook, &event, &instance, &counters).await;
     }
 }
 
@@ -211,7 +269,7 @@ mod tests {
             S::REQUEST_TIMEOUT,
             S::TOO_MANY_REQUESTS,
         ] {
-            assert!(Failure::Status(retried).retryable(), "{retried}");
+            assert!(Failure::Status(retried, None).retryable(), "{retried}");
         }
         for final_answer in [
             S::BAD_REQUEST,
@@ -220,9 +278,43 @@ mod tests {
             S::MOVED_PERMANENTLY,
             S::TEMPORARY_REDIRECT,
         ] {
-            assert!(!Failure::Status(final_answer).retryable(), "{final_answer}");
+            assert!(
+                !Failure::Status(final_answer, None).retryable(),
+                "{final_answer}"
+            );
         }
         assert!(Failure::Timeout(MS).retryable());
         assert!(Failure::Request("refused".to_owned()).retryable());
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:40 GMT", now),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: retry at once"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn jitter_only_lengthens_a_wait_and_by_at_most_its_share() {
+        let wait = Duration::from_millis(800);
+        for _ in 0..200 {
+            let got = jittered(wait, 4);
+            assert!(got >= wait && got <= wait + wait / 4, "{got:?}");
+        }
+        assert_eq!(jittered(Duration::ZERO, 4), Duration::ZERO);
     }
 }

@@ -1,9 +1,12 @@
-//! Alerts: backend and service transitions POSTed as JSON to the configured webhooks.
+//! Alerts: backend and service transitions POSTed to the configured webhooks (http or https),
+//! each in its own body format (JSON, Slack, DingTalk or a template), named with this ringlb
+//! instance.
 //!
 //! Owns: the `ringlb-alerts` thread (a tokio current-thread runtime, like the health
 //! checker's), the [`AlertPublisher`] handles producers publish through, one delivery task per
-//! webhook with its own bounded queue, the HTTP client, retries with backoff, and the alert
-//! counters ([`Alerts::stats`]). Does not own: deciding that something happened or logging the
+//! webhook with its own bounded queue, the HTTP clients (one shared, one more per webhook with
+//! its own CA file), the bodies (`body`), retries with backoff, jitter and `Retry-After`, the
+//! instance's name, and the alert counters ([`Alerts::stats`]). Does not own: deciding that something happened or logging the
 //! transition itself (`availability` does both, and publishes through the publisher its
 //! service state was built with), or the webhook settings ([`crate::config::Webhook`]).
 //!
@@ -24,7 +27,8 @@
 //!    drops it for that webhook only (counted in its [`WebhookStats::dropped`], logged).
 //! 3. Each webhook's task delivers its queue in order, one event at a time: a POST bounded by
 //!    the webhook's `timeout`, and on failure up to `retries` more after waits of `backoff`,
-//!    doubling, at most [`MAX_WEBHOOK_BACKOFF`] (see `deliver`). One event therefore holds its
+//!    doubling, at most [`MAX_WEBHOOK_BACKOFF`], with jitter, or what a 429 or 503 answer's
+//!    `Retry-After` asks for (see `deliver`). One event therefore holds its
 //!    webhook for a bounded time, and a slow or dead webhook fills only its own queue: the other
 //!    webhooks, the dispatcher and the producers go on. Events to one webhook stay in order so a
 //!    receiver never sees a backend's `backend_up` before the `backend_down` it ends.
@@ -43,6 +47,7 @@
 //! every publisher (a publish after it is a no-op, and holds nothing of the thread alive), lets
 //! each webhook finish what it has queued for at most [`STOP_GRACE`], and joins the thread.
 
+mod body;
 mod deliver;
 #[cfg(test)]
 mod tests;
@@ -62,7 +67,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{AlertKind, AlertKinds, Webhook};
 use crate::control::Counter;
 
-pub use deliver::retry_delay;
+pub use body::summary;
+pub use deliver::{MAX_RETRY_AFTER, retry_delay};
 
 /// Events the sink queue holds. The dispatcher empties it within microseconds of each push, so
 /// it only fills when the alerts thread is starved; 1024 covers every backend of a large
@@ -79,14 +85,16 @@ pub const WEBHOOK_QUEUE: usize = 256;
 /// most this long.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// One alert, as POSTed (JSON, `Content-Type: application/json`):
+/// One alert. A `json` webhook gets its fields and the instance's name
+/// (`Content-Type: application/json`):
 ///
 /// ```json
 /// {"event":"backend_down","service":"redis","backend":"10.0.0.7:6379",
-///  "reason":"refused","time":"2026-11-24T17:43:09.353366Z"}
+///  "reason":"refused","time":"2026-11-24T17:43:09.353366Z","instance":"lb-1"}
 /// ```
 ///
-/// `backend` is left out of service events.
+/// `backend` is left out of service events. The other formats: see
+/// [`crate::config::BodyFormat`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AlertEvent {
     /// What happened.
@@ -194,8 +202,10 @@ struct Shared {
     hooks: Mutex<Vec<Hook>>,
     /// Spawns webhook tasks on the alerts runtime from any thread.
     runtime: tokio::runtime::Handle,
-    /// One client (one connection pool) for every webhook.
+    /// One client (one connection pool) for every webhook without a CA file of its own.
     client: reqwest::Client,
+    /// The name alerts carry: `[runtime] instance_name`, else the host name.
+    instance: Arc<str>,
 }
 
 impl Shared {
@@ -264,10 +274,24 @@ impl Shared {
                 .map(|h| h.counters.clone())
                 .unwrap_or_default();
             let webhook = Arc::new(w.clone());
+            let client = match &w.ca {
+                None => self.client.clone(),
+                Some(ca) => {
+                    let _inside = self.runtime.enter();
+                    // The file parsed when the config was loaded; should it fail now, the
+                    // platform's roots alone are better than no alerts.
+                    deliver::client(Some(ca)).unwrap_or_else(|e| {
+                        tracing::error!(webhook = %w.name, ca_file = %ca.path, error = %e,
+                            "cannot use the webhook's CA file: trusting the platform's roots only");
+                        self.client.clone()
+                    })
+                }
+            };
             let (queue, rx) = mpsc::channel(WEBHOOK_QUEUE);
             let task = self.runtime.spawn(deliver::run(
-                self.client.clone(),
+                client,
                 webhook.clone(),
+                self.instance.clone(),
                 rx,
                 counters.clone(),
             ));
@@ -352,15 +376,24 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    /// Starts the `ringlb-alerts` thread with `webhooks`; [`Alerts::publisher`] feeds it.
-    pub fn start(webhooks: &[Webhook]) -> io::Result<Alerts> {
-        let alerts = Alerts::spawn(webhooks)?;
-        tracing::info!(webhooks = webhooks.len(), "alerts started");
+    /// Starts the `ringlb-alerts` thread with `webhooks`; [`Alerts::publisher`] feeds it. The
+    /// alerts name this ringlb `instance_name`, else the host name ([`instance_name`]); it
+    /// stays for the life of the thread.
+    pub fn start(webhooks: &[Webhook], instance_name: Option<&str>) -> io::Result<Alerts> {
+        let instance = instance_name::resolve(instance_name);
+        let alerts = Alerts::spawn_named(webhooks, &instance)?;
+        tracing::info!(webhooks = webhooks.len(), instance = %instance, "alerts started");
         Ok(alerts)
     }
 
-    /// Starts the thread (without the start-up log line).
+    /// Starts the thread for the tests, as instance "test".
+    #[cfg(test)]
     fn spawn(webhooks: &[Webhook]) -> io::Result<Alerts> {
+        Alerts::spawn_named(webhooks, "test")
+    }
+
+    /// Starts the thread (without the start-up log line).
+    fn spawn_named(webhooks: &[Webhook], instance: &str) -> io::Result<Alerts> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -369,7 +402,7 @@ impl Alerts {
         let client = {
             // Inside the runtime: the client's connector may start timers and tasks on it.
             let _inside = runtime.enter();
-            deliver::client().map_err(io::Error::other)?
+            deliver::client(None).map_err(io::Error::other)?
         };
         let (events, rx) = mpsc::channel(SINK_QUEUE);
         let shared = Arc::new(Shared {
@@ -379,6 +412,7 @@ impl Alerts {
             hooks: Mutex::new(Vec::new()),
             runtime: runtime.handle().clone(),
             client,
+            instance: instance.into(),
         });
         shared.set_webhooks(webhooks);
         let (stop, stopped) = oneshot::channel();
@@ -459,6 +493,24 @@ impl std::fmt::Debug for Alerts {
         f.debug_struct("Alerts")
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+/// The name alerts carry.
+pub mod instance_name {
+    /// `configured` (`[runtime] instance_name`), else this host's name (`uname -n`), else
+    /// "ringlb" when the host has none.
+    pub fn resolve(configured: Option<&str>) -> String {
+        if let Some(name) = configured {
+            return name.to_owned();
+        }
+        let uname = rustix::system::uname();
+        let host = uname.nodename().to_string_lossy();
+        if host.is_empty() {
+            "ringlb".to_owned()
+        } else {
+            host.into_owned()
+        }
     }
 }
 

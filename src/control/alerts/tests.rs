@@ -109,6 +109,9 @@ fn webhook(name: &str, url: &str) -> Webhook {
     Webhook {
         name: name.to_owned(),
         url: url.parse().unwrap(),
+        format: crate::config::BodyFormat::Json,
+        headers: Vec::new(),
+        ca: None,
         events: AlertKinds::ALL,
         timeout: Duration::from_secs(2),
         retries: DEFAULT_WEBHOOK_RETRIES,
@@ -319,7 +322,8 @@ fn the_sink_counts_what_it_cannot_queue() {
         dropped: Counter::new(),
         hooks: Mutex::new(Vec::new()),
         runtime: rt.handle().clone(),
-        client: reqwest::Client::new(),
+        client: deliver::client(None).unwrap(),
+        instance: "test".into(),
     };
     for _ in 0..5 {
         shared.offer(event(AlertKind::ServiceDown, None));
@@ -407,7 +411,7 @@ fn publish_reaches_the_alerts_until_they_stop() {
     disabled.publish(AlertKind::BackendDown, "redis", None, &"before");
     assert_eq!(disabled.stats(), AlertStats::default());
 
-    let alerts = Alerts::start(&[hook]).unwrap();
+    let alerts = Alerts::start(&[hook], Some("lb-7")).unwrap();
     let publisher = alerts.publisher();
     publisher.publish(AlertKind::BackendUp, "redis", None, &"not subscribed");
     publisher.clone().publish(
@@ -425,6 +429,7 @@ fn publish_reaches_the_alerts_until_they_stop() {
         receiver.bodies()[0]["reason"],
         "3 connect failures in a row"
     );
+    assert_eq!(receiver.bodies()[0]["instance"], "lb-7");
     assert_eq!(publisher.stats().webhooks[0].name, "installed");
     assert_eq!(disabled.stats(), AlertStats::default(), "not connected");
     alerts.stop();

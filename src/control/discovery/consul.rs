@@ -42,7 +42,7 @@ impl ConsulWatch {
         settings: &ConsulDiscovery,
         max_backends: usize,
     ) -> Result<ConsulWatch, DiscoveryError> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()

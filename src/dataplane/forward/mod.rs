@@ -176,6 +176,14 @@ pub(super) async fn serve(
                 tracing::debug!(service = %state.config.name, client = %peer, suppressed,
                     "no backend is ready: client connection closed");
             }
+            log_access(
+                &state,
+                peer,
+                &"-",
+                (0, 0),
+                started.elapsed(),
+                "no_backend_ready",
+            );
             return;
         }
         Err(NoBackend::AllFailed) => {
@@ -184,6 +192,14 @@ pub(super) async fn serve(
                 tracing::warn!(service = %state.config.name, client = %peer, suppressed,
                     "no backend could be reached: client connection closed");
             }
+            log_access(
+                &state,
+                peer,
+                &"-",
+                (0, 0),
+                started.elapsed(),
+                "no_backend_reached",
+            );
             return;
         }
     };
@@ -221,16 +237,37 @@ pub(super) async fn serve(
     counters
         .session_duration
         .record(worker.index, duration.as_millis() as u64);
+    log_access(
+        &state,
+        peer,
+        &backend_state.address(),
+        (up, down),
+        duration,
+        end.as_str(),
+    );
+}
+
+/// The access-log line (target `ringlb::access`) of one connection, when the service has
+/// `access_log`: service, client, backend ("-" when none was reached), bytes each way, duration
+/// and how it ended.
+fn log_access(
+    state: &ServiceState,
+    peer: SocketAddr,
+    backend: &dyn std::fmt::Display,
+    (up, down): (u64, u64),
+    duration: std::time::Duration,
+    end: &str,
+) {
     if state.config.access_log {
         tracing::info!(
             target: "ringlb::access",
             service = %state.config.name,
             client = %peer,
-            backend = %backend_state.address(),
+            backend = %backend,
             bytes_up = up,
             bytes_down = down,
             duration_ms = duration.as_millis() as u64,
-            end = end.as_str(),
+            end,
         );
     }
 }
