@@ -31,6 +31,8 @@
 //!   balancer.
 //! - [`names`]: the names of enum values (`round_robin`, `per_packet`), read from their serde
 //!   derive so no `name()` repeats a spelling by hand.
+//! - [`proxyproto`]: the PROXY protocol header as bytes: parsing what a trusted client sends,
+//!   building what a backend receives, the length limits and the reasons a header is refused.
 //! - [`units`]: the one grammar for durations (`"1.5s"`) and byte sizes (`"64KiB"`), shared by
 //!   the config file and `ringlb bench`.
 //!
@@ -68,6 +70,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod loadtool;
 pub mod names;
+pub mod proxyproto;
 pub mod server;
 pub mod units;
 

@@ -76,6 +76,12 @@ pub(crate) struct ServiceFile {
     /// TCP: local addresses backend connections are made from, in turn.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) discovery: Option<Spanned<DiscoveryFile>>,
+    /// TCP: the PROXY header written first on each backend connection.
+    pub(crate) send_proxy: Option<Spanned<crate::proxyproto::Version>>,
+    /// TCP: clients from `trusted` start with a PROXY header.
+    pub(crate) accept_proxy: Option<Spanned<bool>>,
+    pub(crate) trusted: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) proxy_timeout: Option<Spanned<DurationText>>,
     pub(crate) backend: Option<Spanned<Vec<Spanned<BackendFile>>>>,
 }
 
@@ -116,6 +122,8 @@ pub(crate) struct BackendFile {
     pub(crate) backup: Option<Spanned<bool>>,
     /// TCP: this backend's own source addresses, instead of the service's.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
+    /// TCP: this backend's own `send_proxy`, instead of the service's.
+    pub(crate) send_proxy: Option<Spanned<crate::proxyproto::Version>>,
 }
 
 /// `[service.discovery]`: the keys of both kinds; validation refuses those of the other kind.

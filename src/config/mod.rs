@@ -42,6 +42,7 @@ mod validate_alert;
 mod validate_backend;
 mod validate_discovery;
 mod validate_policy;
+mod validate_proxy;
 mod validate_source;
 mod values;
 
@@ -221,11 +222,38 @@ pub struct Service {
     /// Where further backends come from while ringlb runs (`[service.discovery]`); `None`:
     /// only the backends written in the file.
     pub discovery: Option<DiscoverySettings>,
+    /// TCP: the PROXY header (`send_proxy`) written first on each backend connection, with the
+    /// client's and the service's addresses; a backend's own `send_proxy` wins. `None`
+    /// (default): no header.
+    pub send_proxy: Option<crate::proxyproto::Version>,
+    /// TCP: clients start with a PROXY header (`accept_proxy`, `trusted`, `proxy_timeout`);
+    /// `None` (default): no header is read.
+    pub accept_proxy: Option<AcceptProxy>,
     /// The backends: those written in the file, in file order, then those discovery found
     /// (see [`Backend::origin`]). No two with the same address. Without discovery never
     /// empty and at least one is not a backup; with discovery it may be empty (no candidate:
     /// the service is down until the registry lists an instance).
     pub backends: Vec<Backend>,
+}
+
+/// A service's `accept_proxy = true`: which clients must start with a PROXY header, and how
+/// long it may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// The sources allowed to send a header (`trusted`, never empty). Every other source is
+    /// refused, since the service expects a header first.
+    pub trusted: Vec<ipnet::IpNet>,
+    /// How long the whole header may take to arrive. Default
+    /// [`defaults::DEFAULT_PROXY_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+impl AcceptProxy {
+    /// Whether a connection from `source` may send a header.
+    pub fn trusts(&self, source: IpAddr) -> bool {
+        let source = source.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&source))
+    }
 }
 
 /// The UDP settings of a service: its `udp_*` keys.
@@ -263,9 +291,21 @@ pub struct Backend {
     pub source: Vec<IpAddr>,
     /// Written in the file, or found by the service's discovery.
     pub origin: Origin,
+    /// TCP: this backend's own `send_proxy`, used instead of the service's; `None` (default):
+    /// the service's.
+    pub send_proxy: Option<crate::proxyproto::Version>,
 }
 
 impl Backend {
+    /// The PROXY header version written first on connections to this backend: its own
+    /// `send_proxy`, else `service` (the service's); `None`: no header.
+    pub fn send_proxy(
+        &self,
+        service: Option<crate::proxyproto::Version>,
+    ) -> Option<crate::proxyproto::Version> {
+        self.send_proxy.or(service)
+    }
+
     /// The local addresses connections to this backend are made from: its own `source`, else
     /// `service_source` (the service's); empty when neither is set.
     pub fn sources<'a>(&'a self, service_source: &'a [IpAddr]) -> &'a [IpAddr] {
@@ -368,6 +408,18 @@ impl Config {
                 out.push_str(", access log");
             }
             summarize_source(&mut out, &s.source);
+            if let Some(v) = s.send_proxy {
+                let _ = write!(out, ", send PROXY {}", v.name());
+            }
+            if let Some(a) = &s.accept_proxy {
+                let _ = write!(
+                    out,
+                    ", accept PROXY from {} trusted prefix{} within {}",
+                    a.trusted.len(),
+                    if a.trusted.len() == 1 { "" } else { "es" },
+                    format_duration(a.timeout)
+                );
+            }
             out.push('\n');
             summarize_policy(&mut out, s);
             if let Some(d) = &s.discovery {
@@ -392,6 +444,9 @@ impl Config {
                     out.push_str(", backup");
                 }
                 summarize_source(&mut out, &b.source);
+                if let Some(v) = b.send_proxy {
+                    let _ = write!(out, ", send PROXY {}", v.name());
+                }
                 out.push('\n');
             }
         }

@@ -83,6 +83,8 @@ impl ServiceCheck<'_, '_> {
             if let Some(offset) = source_offset {
                 self.source_family(&source, address, offset, || key("source"))?;
             }
+            self.only_for(Protocol::Tcp, &b.send_proxy, || key("send_proxy"))?;
+            let send_proxy = b.send_proxy.as_ref().map(|v| *v.get_ref());
             let backup = given(&b.backup, DEFAULT_BACKUP);
             if let Some(v) = &b.backup {
                 last_backup = Some((v.span().start, key("backup")));
@@ -96,6 +98,7 @@ impl ServiceCheck<'_, '_> {
                 backup,
                 source,
                 origin: Origin::Static,
+                send_proxy,
             });
         }
         if !discovering

@@ -50,6 +50,7 @@ fn backend(port: u16, weight: u32) -> Backend {
         backup: false,
         source: Vec::new(),
         origin: crate::config::Origin::Static,
+        send_proxy: None,
     }
 }
 

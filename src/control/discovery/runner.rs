@@ -301,6 +301,7 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
             backup: d.backup,
             source: Vec::new(),
             origin,
+            send_proxy: None,
         })
         .collect();
     let same = {
