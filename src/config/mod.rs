@@ -333,7 +333,22 @@ impl Config {
     /// Parses and validates config text; `source` names it in errors and in [`Config::source`]
     /// (a path, or e.g. `<embedded>` for the built-in demo config).
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let doc = Doc { source, text };
+        Config::parse_with(text, source, true)
+    }
+
+    /// [`Config::parse`] without the network: a backend written as `host:port` is refused as
+    /// unresolvable instead of being looked up; everything else is checked the same. The
+    /// config fuzzer runs this, so that no input waits on a resolver.
+    pub fn parse_offline(text: &str, source: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, source, false)
+    }
+
+    fn parse_with(text: &str, source: &str, resolve: bool) -> Result<Config, ConfigError> {
+        let doc = Doc {
+            source,
+            text,
+            resolve,
+        };
         let deserializer = toml::de::Deserializer::parse(text).map_err(|e| doc.syntax(e))?;
         let file = serde_path_to_error::deserialize(deserializer).map_err(|e| doc.schema(e))?;
         validate::build(file, &doc)

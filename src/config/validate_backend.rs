@@ -37,7 +37,7 @@ impl ServiceCheck<'_, '_> {
             let key = |k: &str| format!("service[{}].backend[{j}].{k}", self.index);
             let spec = b.address.get_ref();
             let at = || doc.at(b.address.span().start, key("address"));
-            let address = resolve_backend(spec).map_err(|problem| match problem {
+            let address = resolve_backend(spec, doc.resolve).map_err(|problem| match problem {
                 AddrProblem::NotAddress => ConfigError::new(
                     at(),
                     Problem::NotBackendAddr {
