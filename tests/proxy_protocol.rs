@@ -289,3 +289,24 @@ fn send_proxy_on_udp_and_bad_trusted_prefixes_are_config_errors() {
         assert!(stderr.contains(expected), "{keys}: {stderr}");
     }
 }
+
+#[test]
+fn bench_serve_skips_the_header_ringlb_sends() {
+    // The benchmark's backend (tools/proxy-ab.sh): `ringlb bench serve --proxy-protocol`.
+    let serve = common::BenchServe::start(&["--proxy-protocol"]);
+    for version in ["v1", "v2"] {
+        let lb = Ringlb::start(&format!(
+            "[runtime]\nworkers = 1\n\
+             [[service]]\nname = \"svc\"\nlisten = \"127.0.0.1:0\"\nsend_proxy = \"{version}\"\n\
+             [[service.backend]]\naddress = \"{}\"\n",
+            serve.addr
+        ));
+        let mut client = connect_from(IpAddr::from([127, 0, 0, 1]), lb.addr("svc"));
+        echo_round(&mut client, b"x");
+        echo_round(&mut client, &pattern(3, 20_000));
+    }
+    // Without a header, bench serve with --proxy-protocol closes the connection.
+    let mut plain = connect_from(IpAddr::from([127, 0, 0, 1]), serve.addr);
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert!(closed_by_peer(&mut plain));
+}
