@@ -37,6 +37,8 @@
 //!   `ringlb upgrade` request socket.
 //! - [`names`]: the names of enum values (`round_robin`, `per_packet`), read from their serde
 //!   derive so no `name()` repeats a spelling by hand.
+//! - [`proxyproto`]: the PROXY protocol header as bytes: parsing what a trusted client sends,
+//!   building what a backend receives, the length limits and the reasons a header is refused.
 //! - [`tls`]: the rustls crypto provider every HTTP client of ringlb is built with.
 //! - [`units`]: the one grammar for durations (`"1.5s"`) and byte sizes (`"64KiB"`), shared by
 //!   the config file and `ringlb bench`.
@@ -76,6 +78,7 @@ pub mod demo;
 pub mod loadtool;
 pub mod logging;
 pub mod names;
+pub mod proxyproto;
 pub mod server;
 pub mod systemd;
 pub mod tls;

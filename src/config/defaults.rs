@@ -125,6 +125,10 @@ pub const MAX_BACKLOG: u32 = 65_535;
 /// capacity (64 KiB) instead of a buffer.
 pub const DEFAULT_SPLICE: bool = true;
 
+/// `proxy_timeout`: 3 s for a trusted client's PROXY header to arrive whole; an upstream
+/// balancer writes it at once, so only a stalled or hostile client takes longer.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// `access_log`: off, because one line per connection floods the log of a busy pool.
 pub const DEFAULT_ACCESS_LOG: bool = false;
 

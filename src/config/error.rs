@@ -87,6 +87,8 @@ pub(crate) struct Doc<'a> {
     pub(crate) source: &'a str,
     /// The whole file.
     pub(crate) text: &'a str,
+    /// Whether backend host names are resolved (else refused as unresolvable).
+    pub(crate) resolve: bool,
 }
 
 impl Doc<'_> {
@@ -265,6 +267,7 @@ mod tests {
         let doc = Doc {
             source: "x.toml",
             text: "a\nbc",
+            resolve: true,
         };
         assert_eq!(doc.at(3, "").to_string(), "x.toml:2:2");
         assert_eq!(
@@ -321,6 +324,7 @@ mod tests {
         let doc = Doc {
             source: "x.toml",
             text: "a\nbc",
+            resolve: true,
         };
         let problem = Problem::BadServiceName {
             value: "my service".to_owned(),

@@ -85,6 +85,12 @@ pub(crate) struct ServiceFile {
     pub(crate) discovery: Option<Spanned<DiscoveryFile>>,
     pub(crate) access: Option<Spanned<AccessFile>>,
     pub(crate) limits: Option<Spanned<LimitsFile>>,
+    /// TCP: the PROXY header written first on each backend connection.
+    pub(crate) send_proxy: Option<Spanned<crate::proxyproto::Version>>,
+    /// TCP: clients from `trusted` start with a PROXY header.
+    pub(crate) accept_proxy: Option<Spanned<bool>>,
+    pub(crate) trusted: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) proxy_timeout: Option<Spanned<DurationText>>,
     pub(crate) backend: Option<Spanned<Vec<Spanned<BackendFile>>>>,
 }
 
@@ -162,6 +168,8 @@ pub(crate) struct BackendFile {
     pub(crate) health_port: Option<Spanned<u32>>,
     /// TCP: this backend's own source addresses, instead of the service's.
     pub(crate) source: Option<Spanned<Vec<Spanned<String>>>>,
+    /// TCP: this backend's own `send_proxy`, instead of the service's.
+    pub(crate) send_proxy: Option<Spanned<crate::proxyproto::Version>>,
 }
 
 /// `[service.discovery]`: the keys of both kinds; validation refuses those of the other kind.

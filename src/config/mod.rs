@@ -45,6 +45,7 @@ mod validate_alert;
 mod validate_backend;
 mod validate_discovery;
 mod validate_policy;
+mod validate_proxy;
 mod validate_source;
 mod values;
 
@@ -245,11 +246,38 @@ pub struct Service {
     pub access: Option<Access>,
     /// TCP: per-client limits (`[service.limits]`); `None`: no limit per client.
     pub limits: Option<ClientLimits>,
+    /// TCP: the PROXY header (`send_proxy`) written first on each backend connection, with the
+    /// client's and the service's addresses; a backend's own `send_proxy` wins. `None`
+    /// (default): no header.
+    pub send_proxy: Option<crate::proxyproto::Version>,
+    /// TCP: clients start with a PROXY header (`accept_proxy`, `trusted`, `proxy_timeout`);
+    /// `None` (default): no header is read.
+    pub accept_proxy: Option<AcceptProxy>,
     /// The backends: those written in the file, in file order, then those discovery found
     /// (see [`Backend::origin`]). No two with the same address. Without discovery never
     /// empty and at least one is not a backup; with discovery it may be empty (no candidate:
     /// the service is down until the registry lists an instance).
     pub backends: Vec<Backend>,
+}
+
+/// A service's `accept_proxy = true`: which clients must start with a PROXY header, and how
+/// long it may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// The sources allowed to send a header (`trusted`, never empty). Every other source is
+    /// refused, since the service expects a header first.
+    pub trusted: Vec<ipnet::IpNet>,
+    /// How long the whole header may take to arrive. Default
+    /// [`defaults::DEFAULT_PROXY_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+impl AcceptProxy {
+    /// Whether a connection from `source` may send a header.
+    pub fn trusts(&self, source: IpAddr) -> bool {
+        let source = source.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&source))
+    }
 }
 
 /// The UDP settings of a service: its `udp_*` keys.
@@ -290,9 +318,21 @@ pub struct Backend {
     pub source: Vec<IpAddr>,
     /// Written in the file, or found by the service's discovery.
     pub origin: Origin,
+    /// TCP: this backend's own `send_proxy`, used instead of the service's; `None` (default):
+    /// the service's.
+    pub send_proxy: Option<crate::proxyproto::Version>,
 }
 
 impl Backend {
+    /// The PROXY header version written first on connections to this backend: its own
+    /// `send_proxy`, else `service` (the service's); `None`: no header.
+    pub fn send_proxy(
+        &self,
+        service: Option<crate::proxyproto::Version>,
+    ) -> Option<crate::proxyproto::Version> {
+        self.send_proxy.or(service)
+    }
+
     /// The local addresses connections to this backend are made from: its own `source`, else
     /// `service_source` (the service's); empty when neither is set.
     pub fn sources<'a>(&'a self, service_source: &'a [IpAddr]) -> &'a [IpAddr] {
@@ -320,7 +360,22 @@ impl Config {
     /// Parses and validates config text; `source` names it in errors and in [`Config::source`]
     /// (a path, or e.g. `<embedded>` for the built-in demo config).
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let doc = Doc { source, text };
+        Config::parse_with(text, source, true)
+    }
+
+    /// [`Config::parse`] without the network: a backend written as `host:port` is refused as
+    /// unresolvable instead of being looked up; everything else is checked the same. The
+    /// config fuzzer runs this, so that no input waits on a resolver.
+    pub fn parse_offline(text: &str, source: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, source, false)
+    }
+
+    fn parse_with(text: &str, source: &str, resolve: bool) -> Result<Config, ConfigError> {
+        let doc = Doc {
+            source,
+            text,
+            resolve,
+        };
         let deserializer = toml::de::Deserializer::parse(text).map_err(|e| doc.syntax(e))?;
         let file = serde_path_to_error::deserialize(deserializer).map_err(|e| doc.schema(e))?;
         validate::build(file, &doc)
@@ -395,6 +450,18 @@ impl Config {
                 out.push_str(", access log");
             }
             summarize_source(&mut out, &s.source);
+            if let Some(v) = s.send_proxy {
+                let _ = write!(out, ", send PROXY {}", v.name());
+            }
+            if let Some(a) = &s.accept_proxy {
+                let _ = write!(
+                    out,
+                    ", accept PROXY from {} trusted prefix{} within {}",
+                    a.trusted.len(),
+                    if a.trusted.len() == 1 { "" } else { "es" },
+                    format_duration(a.timeout)
+                );
+            }
             out.push('\n');
             summarize_policy(&mut out, s);
             if let Some(d) = &s.discovery {
@@ -422,6 +489,9 @@ impl Config {
                     let _ = write!(out, ", checked on port {port}");
                 }
                 summarize_source(&mut out, &b.source);
+                if let Some(v) = b.send_proxy {
+                    let _ = write!(out, ", send PROXY {}", v.name());
+                }
                 out.push('\n');
             }
         }

@@ -283,6 +283,14 @@ pub enum Problem {
         /// Line of the first backend's address.
         first_line: usize,
     },
+    /// `accept_proxy = true` without a `trusted` list: no client could send a header.
+    #[error(
+        "accept_proxy = true needs a trusted list: the sources (such as \"10.0.0.0/8\") allowed to send a PROXY header"
+    )]
+    NoTrusted,
+    /// `trusted` or `proxy_timeout` without `accept_proxy = true`.
+    #[error("applies only with accept_proxy = true")]
+    NeedsAcceptProxy,
     /// A `source` entry is not an IP address.
     #[error("{value:?} is not an IP address (a source address has no port: ringlb picks one)")]
     NotSourceAddr {

@@ -446,6 +446,9 @@ impl ServiceCheck<'_, '_> {
             Some(l) => Some(self.limits(l.into_inner())?),
             None => None,
         };
+        self.tcp_only(&s.send_proxy, "send_proxy")?;
+        let send_proxy = s.send_proxy.as_ref().map(|v| *v.get_ref());
+        let accept_proxy = self.accept_proxy(s.accept_proxy, s.trusted, &s.proxy_timeout)?;
         let backends = self.backends(s.backend, discovery.is_some())?;
         if let Some(offset) = source_offset {
             self.service_source_fits(&source, offset, &backends)?;
@@ -502,6 +505,8 @@ impl ServiceCheck<'_, '_> {
             discovery,
             access,
             limits,
+            send_proxy,
+            accept_proxy,
             backends,
         };
         Ok((service, seen))

@@ -117,7 +117,7 @@ impl ServiceCheck<'_, '_> {
 }
 
 /// A CIDR prefix with no host bits set, or a bare address (one host).
-fn parse_prefix(text: &str) -> Result<IpNet, String> {
+pub(super) fn parse_prefix(text: &str) -> Result<IpNet, String> {
     if !text.contains('/') {
         return text
             .parse::<IpAddr>()

@@ -37,7 +37,7 @@ impl ServiceCheck<'_, '_> {
             let key = |k: &str| format!("service[{}].backend[{j}].{k}", self.index);
             let spec = b.address.get_ref();
             let at = || doc.at(b.address.span().start, key("address"));
-            let address = resolve_backend(spec).map_err(|problem| match problem {
+            let address = resolve_backend(spec, doc.resolve).map_err(|problem| match problem {
                 AddrProblem::NotAddress => ConfigError::new(
                     at(),
                     Problem::NotBackendAddr {
@@ -83,6 +83,8 @@ impl ServiceCheck<'_, '_> {
             if let Some(offset) = source_offset {
                 self.source_family(&source, address, offset, || key("source"))?;
             }
+            self.only_for(Protocol::Tcp, &b.send_proxy, || key("send_proxy"))?;
+            let send_proxy = b.send_proxy.as_ref().map(|v| *v.get_ref());
             let backup = given(&b.backup, DEFAULT_BACKUP);
             if let Some(v) = &b.backup {
                 last_backup = Some((v.span().start, key("backup")));
@@ -102,6 +104,7 @@ impl ServiceCheck<'_, '_> {
                 health_port,
                 source,
                 origin: Origin::Static,
+                send_proxy,
             });
         }
         if !discovering

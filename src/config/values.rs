@@ -16,8 +16,9 @@ pub(crate) enum AddrProblem {
 }
 
 /// Turns a backend address as written into a socket address: `IP:port` and `[IPv6]:port` as they
-/// are, `host:port` through the system resolver (first address returned).
-pub(crate) fn resolve_backend(spec: &str) -> Result<SocketAddr, AddrProblem> {
+/// are, `host:port` through the system resolver (first address returned), or refused as
+/// unresolvable unless `resolve`.
+pub(crate) fn resolve_backend(spec: &str, resolve: bool) -> Result<SocketAddr, AddrProblem> {
     if let Ok(addr) = spec.parse::<SocketAddr>() {
         return if addr.port() == 0 {
             Err(AddrProblem::PortZero)
@@ -32,6 +33,11 @@ pub(crate) fn resolve_backend(spec: &str) -> Result<SocketAddr, AddrProblem> {
     let port: u16 = port.parse().map_err(|_| AddrProblem::NotAddress)?;
     if port == 0 {
         return Err(AddrProblem::PortZero);
+    }
+    if !resolve {
+        return Err(AddrProblem::Unresolvable(
+            "host names are not resolved here".to_owned(),
+        ));
     }
     let mut addrs = (host, port)
         .to_socket_addrs()
@@ -82,14 +88,14 @@ mod tests {
     #[test]
     fn backend_addresses_accept_ip_and_resolve_names() {
         assert_eq!(
-            resolve_backend("127.0.0.1:6379"),
+            resolve_backend("127.0.0.1:6379", true),
             Ok("127.0.0.1:6379".parse().unwrap())
         );
         assert_eq!(
-            resolve_backend("[::1]:5432"),
+            resolve_backend("[::1]:5432", true),
             Ok("[::1]:5432".parse().unwrap())
         );
-        let local = resolve_backend("localhost:6379").expect("localhost resolves");
+        let local = resolve_backend("localhost:6379", true).expect("localhost resolves");
         assert!(local.ip().is_loopback());
         assert_eq!(local.port(), 6379);
     }
@@ -110,13 +116,19 @@ mod tests {
             "http://db1:5432",
         ] {
             assert_eq!(
-                resolve_backend(bad),
+                resolve_backend(bad, true),
                 Err(AddrProblem::NotAddress),
                 "{bad:?}"
             );
         }
-        assert_eq!(resolve_backend("127.0.0.1:0"), Err(AddrProblem::PortZero));
-        assert_eq!(resolve_backend("localhost:0"), Err(AddrProblem::PortZero));
+        assert_eq!(
+            resolve_backend("127.0.0.1:0", true),
+            Err(AddrProblem::PortZero)
+        );
+        assert_eq!(
+            resolve_backend("localhost:0", true),
+            Err(AddrProblem::PortZero)
+        );
     }
 
     #[test]
@@ -156,7 +168,7 @@ mod tests {
     fn unknown_hosts_are_unresolvable() {
         // RFC 2606 reserves .invalid: it never resolves.
         assert!(matches!(
-            resolve_backend("db9.invalid:5432"),
+            resolve_backend("db9.invalid:5432", true),
             Err(AddrProblem::Unresolvable(_))
         ));
     }

@@ -79,6 +79,8 @@ pub enum Reason {
     LocalConnect,
     /// A TCP client closed: the worker's connection table was full.
     TableFull,
+    /// A TCP client closed: its PROXY header was refused (or it was not trusted to send one).
+    ProxyRejected,
     /// An accept failed because ringlb is out of descriptors or memory.
     AcceptPaused,
     /// An accept failed for one connection (e.g. the client reset while queued).

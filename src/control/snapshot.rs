@@ -354,6 +354,8 @@ pub struct ServiceCounters {
     pub accepted: CachePadded<Counter>,
     /// Client connections closed because no backend was ready or none could be reached.
     pub no_backend: Counter,
+    /// TCP: client connections closed at their PROXY header (`accept_proxy`), per reason.
+    pub proxy_rejected: crate::proxyproto::RejectCounters,
     /// Connects to a further candidate after one failed (`retries`).
     pub retries: Counter,
     /// Backend connects that failed for a local reason (out of fds, ports or memory); these say

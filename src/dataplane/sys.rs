@@ -85,6 +85,29 @@ pub(super) fn recv_now(
     Ok(n)
 }
 
+/// Copies what is queued on a connected socket into `buf`, replacing its contents, at most `len`
+/// bytes, and leaves it queued (`recv(2)` with `MSG_PEEK`): the bytes copied, `Ok(Some(0))` at
+/// EOF, `None` when nothing is queued.
+pub(super) fn peek_now(
+    socket: &impl AsFd,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> io::Result<Option<usize>> {
+    let socket = SockRef::from(socket);
+    buf.clear();
+    buf.reserve(len);
+    let n = nonblocking(|| {
+        socket.recv_with_flags(spare(buf, len), libc::MSG_DONTWAIT | libc::MSG_PEEK)
+    })?;
+    if let Some(n) = n {
+        // SAFETY: recv(2) wrote `n` bytes at the start of the spare capacity it was given, and
+        // never more than the `len` bytes passed (no MSG_TRUNC), which `reserve` made sure the
+        // buffer has; so after the (zero) length the first `n` bytes are initialized.
+        unsafe { buf.set_len(n) };
+    }
+    Ok(n)
+}
+
 /// Receives one datagram already queued on `socket` into `buf`, replacing its contents, at most
 /// `len` bytes (`recvfrom(2)`): the datagram's source, `None` when nothing is queued.
 pub(super) fn recv_from_now(

@@ -64,11 +64,17 @@ pub struct ServeArgs {
     /// file ("64KiB", "64k").
     #[arg(long, value_parser = parse_buffer, default_value = "64KiB")]
     pub buffer: usize,
+    /// TCP: each connection starts with a PROXY protocol header (v1 or v2, as ringlb's
+    /// `send_proxy` writes), which is read and dropped, not echoed; a connection whose header is
+    /// refused is closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Copy)]
 struct Behaviour {
     sink: bool,
+    proxy_protocol: bool,
     delay: Option<Duration>,
     buffer: usize,
 }
@@ -83,6 +89,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let behaviour = Behaviour {
         sink: args.sink,
+        proxy_protocol: args.proxy_protocol,
         delay: args.delay,
         buffer: args.buffer,
     };
@@ -170,10 +177,29 @@ async fn tcp_connection(stream: TcpStream, behaviour: Behaviour) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(behaviour.buffer);
     let (mut reader, mut writer) = (&stream, &stream);
+    // With --proxy-protocol: the header's bytes read so far, until it is whole.
+    let mut header = behaviour.proxy_protocol.then(Vec::new);
     loop {
         buf.clear();
         let BufResult(read, b) = reader.read(buf).await;
         buf = b;
+        if let (Ok(n), Some(head)) = (&read, &mut header)
+            && *n > 0
+        {
+            head.extend_from_slice(&buf);
+            match crate::proxyproto::parse_header(head) {
+                Ok(crate::proxyproto::Parse::Complete(parsed)) => {
+                    buf.clear();
+                    buf.extend_from_slice(&head[parsed.len..]);
+                    header = None;
+                    if buf.is_empty() {
+                        continue;
+                    }
+                }
+                Ok(crate::proxyproto::Parse::Incomplete) => continue,
+                Err(_) => return,
+            }
+        }
         match read {
             // EOF (echo: everything was written back) or a failure: close.
             Ok(0) | Err(_) => return,

@@ -8,8 +8,10 @@
 
 pub mod admin;
 pub mod consul;
+pub mod haproxy;
 pub mod health;
 pub mod netns;
+pub mod nginx;
 pub mod patroni;
 pub mod reload;
 pub mod udp;
@@ -55,7 +57,7 @@ pub fn wait_for_every(
 
 /// Makes the process `command` starts receive SIGKILL when the test process dies, so a test
 /// killed mid-way leaves nothing running behind it.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
     // which is async-signal-safe; it allocates nothing and touches no shared state.
     unsafe {

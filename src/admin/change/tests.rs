@@ -51,6 +51,7 @@ fn backend(port: u16, weight: u32) -> Backend {
         health_port: None,
         source: Vec::new(),
         origin: crate::config::Origin::Static,
+        send_proxy: None,
     }
 }
 

@@ -9,7 +9,8 @@
 //! Names (all prefixed `ringlb_`), labels in braces:
 //! - services {service}: `service_connections_total`, `service_connections_active`,
 //!   `service_no_backend_total`, `service_retries_total`, `service_local_connect_failures_total`,
-//!   `service_spliced_bytes_total`, `service_up`; UDP services also `udp_flows_active`, `udp_flows_opened_total`,
+//!   `service_spliced_bytes_total`, `service_up`; services with `accept_proxy` also
+//!   `service_proxy_rejected_total{reason}` (untrusted, malformed, oversized, timeout, closed); UDP services also `udp_flows_active`, `udp_flows_opened_total`,
 //!   `udp_flows_evicted_total`, `udp_flows_expired_total`, `udp_datagrams_total{direction}`
 //!   (up: client to backend, down: backend to client), `udp_datagrams_dropped_total`,
 //!   `udp_kernel_drops_total` (dropped by the kernel at the service's sockets, sampled
@@ -143,6 +144,28 @@ impl Collector for Metrics {
             "Backend connects that failed for a local reason (out of fds, ports or memory).",
             Counter,
             &per_service(&|s| load(&s.counters.local_connect_failures)),
+        )?;
+        let proxy_rejected: Vec<(Labels, u64)> = services
+            .iter()
+            .filter(|s| s.config.accept_proxy.is_some())
+            .flat_map(|s| {
+                crate::proxyproto::Reject::ALL.map(|reason| {
+                    (
+                        vec![
+                            ("service", s.config.name.clone()),
+                            ("reason", reason.as_str().to_owned()),
+                        ],
+                        load(s.counters.proxy_rejected.get(reason)),
+                    )
+                })
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "service_proxy_rejected",
+            "Client connections closed at their PROXY header (accept_proxy), by reason.",
+            Counter,
+            &proxy_rejected,
         )?;
         family(
             &mut encoder,

@@ -222,6 +222,7 @@ fn a_minimal_service_gets_every_default() {
             health_port: None,
             source: Vec::new(),
             origin: Origin::Static,
+            send_proxy: None,
         }]
     );
     assert_eq!(s.health, None, "no [service.health]: no checks");
@@ -425,7 +426,7 @@ fn messages_name_file_line_column_key_and_value() {
          `access_log`, \
          `udp_idle_timeout`, `udp_max_flows`, `udp_replies`, `udp_mode`, `on_backend_down`, \
          `slow_start`, `health`, `agent`, `persistence`, `source`, `discovery`, `access`, \
-         `limits`, `backend`"
+         `limits`, `send_proxy`, `accept_proxy`, `trusted`, `proxy_timeout`, `backend`"
     );
     assert_eq!(
         error("[runtime\nworkers = 2\n"),

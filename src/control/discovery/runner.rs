@@ -302,6 +302,7 @@ async fn handle<T: Target>(target: &Arc<T>, report: Report) {
             health_port: None,
             source: Vec::new(),
             origin,
+            send_proxy: None,
         })
         .collect();
     let same = {

@@ -2,7 +2,9 @@
 //!
 //! Owns: trying the service's distinct candidates in order within `connect_timeout` (the retries),
 //! the backend's active count while a connection to it is open or opening, and reporting each
-//! connect's result for passive health detection, connect latency and session persistence. A
+//! connect's result for passive health detection, connect latency and session persistence, and
+//! the PROXY header (`send_proxy`) written first on the new connection, before any client byte
+//! (a write that fails counts as a failed connect). A
 //! connect that fails for a local reason (out of fds, ports or memory) never counts against the
 //! backend. Does not own: the local address a connect comes from (`source`, which also moves on
 //! to the next source address when one is out of ports), which backends are candidates (the
@@ -10,16 +12,18 @@
 //! parent module).
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use compio::io::AsyncWriteExt;
 use compio::net::TcpStream;
 
 use crate::control::{BackendState, ConnectFailure, ServiceState};
+use crate::proxyproto::build_header;
 
 use super::super::source::connect_from;
 use super::super::worker::Worker;
+use super::proxy_header::Ends;
 
 /// Counts one connection open (or opening) to a backend while alive.
 pub(super) struct ActiveGuard<'a>(&'a BackendState);
@@ -52,9 +56,10 @@ pub(super) enum NoBackend {
 pub(super) async fn connect_backend<'a>(
     worker: &Worker,
     state: &'a ServiceState,
-    peer: SocketAddr,
+    ends: Ends,
 ) -> Result<(usize, TcpStream, ActiveGuard<'a>, u64), NoBackend> {
     let config = &state.config;
+    let peer = ends.client;
     let attempts = config.retries as usize + 1;
     // One spare: slow start may ask the selector for one more than it returns.
     let mut candidates = Vec::with_capacity(attempts + 1);
@@ -77,12 +82,20 @@ pub(super) async fn connect_backend<'a>(
         let epoch = backend.live.close_epoch();
         let address = backend.address();
         let connecting = Instant::now();
+        let header = backend
+            .config
+            .send_proxy(config.send_proxy)
+            .zip(ends.service)
+            .map(|(version, service)| build_header(version, peer, service));
         let (failure, kind) = match compio::time::timeout(
             config.connect_timeout,
-            connect_from(
-                &worker.sources,
-                backend.config.sources(&config.source),
-                address,
+            connect_and_send(
+                connect_from(
+                    &worker.sources,
+                    backend.config.sources(&config.source),
+                    address,
+                ),
+                header,
             ),
         )
         .await
@@ -124,6 +137,20 @@ pub(super) async fn connect_backend<'a>(
         state.connect_failed(index, &failure);
     }
     Err(NoBackend::AllFailed)
+}
+
+/// Connects, then writes `header` (the PROXY header, when the backend takes one) before
+/// anything else goes out on the connection.
+async fn connect_and_send(
+    connect: impl Future<Output = io::Result<TcpStream>>,
+    header: Option<Vec<u8>>,
+) -> io::Result<TcpStream> {
+    let mut stream = connect.await?;
+    if let Some(header) = header {
+        let compio::BufResult(written, _) = stream.write_all(header).await;
+        written?;
+    }
+    Ok(stream)
 }
 
 /// Whether a connect failed for a reason local to this host rather than the backend.

@@ -28,11 +28,20 @@
 //! (or the drain deadline passes, or the backend's close event fires), ringlb resets it at
 //! once. The direction toward the failed side ends at once: its bytes have nowhere to go.
 //!
-//! The files: `connect` (choosing and connecting a backend), `pump` (one direction through
-//! buffers or a pipe), `buffers` (the worker's spare forwarding buffers).
+//! # The client address
+//!
+//! With `accept_proxy`, the first step of [`serve`] reads the client's PROXY header
+//! (`proxy_header`) before anything else; from then on the address it gave is the client
+//! everywhere: tracking (`/connections`), the balancer's `source_hash` and stick table, the
+//! access log. A refused header closes the connection before it takes a slot.
+//!
+//! The files: `connect` (choosing and connecting a backend, and the PROXY header written to
+//! it), `pump` (one direction through buffers or a pipe), `buffers` (the worker's spare
+//! forwarding buffers), `proxy_header` (the PROXY header read from a client).
 
 mod buffers;
 mod connect;
+mod proxy_header;
 mod pump;
 
 use std::cell::Cell;
@@ -124,7 +133,14 @@ pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    // Source ACL and per-client limits, before anything is spent on the client.
+    // First of all, the PROXY header of a trusted client: its source is the client from here
+    // on, for every step below.
+    let Some(ends) = proxy_header::accept(&state, &client, peer).await else {
+        return;
+    };
+    let peer = ends.client;
+
+    // Source ACL and per-client limits, on that client, before anything else is spent on it.
     let Some(_admitted) = super::admission::admit_tcp(&state, &client, peer) else {
         return;
     };
@@ -167,7 +183,7 @@ pub(super) async fn serve(
         id,
     };
 
-    let (index, backend, _active, epoch) = match connect_backend(&worker, &state, peer).await {
+    let (index, backend, _active, epoch) = match connect_backend(&worker, &state, ends).await {
         Ok(connected) => connected,
         Err(NoBackend::NoneReady) => {
             // Logged once per transition by the control side ("service down"), not here.

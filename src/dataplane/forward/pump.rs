@@ -267,7 +267,7 @@ const READ_STREAK: u32 = 16;
 
 /// Resolves once `stream` has data to read, has reached EOF or has failed (an io_uring
 /// `POLL_ADD`; dropping the future cancels it).
-async fn readable(stream: &TcpStream) -> io::Result<()> {
+pub(super) async fn readable(stream: &TcpStream) -> io::Result<()> {
     let poll = PollOnce::new(stream.to_shared_fd(), Interest::Readable);
     compio::runtime::submit(poll).await.0.map(drop)
 }

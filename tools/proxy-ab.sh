@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# What `send_proxy` costs: one ringlb binary run twice side by side, A without and B with a
+# PROXY header on every backend connection, in interleaved rounds (A B A B ...) of `ringlb bench
+# rr` (50 connections, 64 B: the header goes out once per connection, so this shows the steady
+# state) and `ringlb bench connect` (a connection per request: one header per request, the
+# worst case). Each build's backend is a `ringlb bench serve` echo server, B's with
+# --proxy-protocol (it reads and drops the header). Prints each round, then the medians of the
+# rates and of each build's CPU time per request or connection (steadier than rates on a shared
+# machine) and the ratio B / A.
+#
+# Usage: tools/proxy-ab.sh BIN [rounds]       (default 4 rounds; every run is bounded in time)
+# Environment: WORKERS (2), DURATION seconds per bench run (4), VERSION of the header ("v2" or
+# "v1", default v2). Needs jq (installed with apt-get when absent).
+set -euo pipefail
+
+BIN=${1:?usage: tools/proxy-ab.sh BIN [rounds]}
+ROUNDS=${2:-4}
+WORKERS=${WORKERS:-2}
+DURATION=${DURATION:-4}
+VERSION=${VERSION:-v2}
+
+source "$(dirname "$0")/lib.sh"
+if ! need jq; then apt_install jq; fi
+
+# Ports below the ephemeral range and apart from the other scripts': backends 21xxx, A 22000,
+# B 22100.
+"$BIN" bench serve --listen 127.0.0.1:21000 --threads 1 >"$work/echo-a.log" 2>&1 &
+pids+=($!)
+"$BIN" bench serve --listen 127.0.0.1:21001 --threads 1 --proxy-protocol >"$work/echo-b.log" 2>&1 &
+pids+=($!)
+declare -A PORT=([a]=22000 [b]=22100) BACKEND=([a]=21000 [b]=21001) \
+  SEND=([a]="" [b]="send_proxy = \"$VERSION\"") PID=()
+for v in a b; do
+  cat >"$work/$v.toml" <<EOF2
+[runtime]
+workers = $WORKERS
+[[service]]
+name = "echo"
+listen = "127.0.0.1:${PORT[$v]}"
+${SEND[$v]}
+[[service.backend]]
+address = "127.0.0.1:${BACKEND[$v]}"
+EOF2
+  "$BIN" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
+  pids+=($!)
+  PID[$v]=$!
+done
+
+for port in 21000 21001 22000 22100; do
+  listening "$port" && continue
+  echo "nothing listens on 127.0.0.1:$port; logs in $work" >&2
+  cat "$work"/*.log >&2
+  exit 1
+done
+
+results=$work/results
+hz=$(getconf CLK_TCK)
+# per_unit TICKS_BEFORE TICKS_AFTER UNITS: microseconds of CPU per unit.
+per_unit() {
+  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" \
+    'BEGIN { if (n + 0 > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print "nan" }'
+}
+for r in $(seq "$ROUNDS"); do
+  for v in a b; do
+    port=${PORT[$v]}
+    pid=${PID[$v]}
+    t0=$(cpu_ticks "$pid")
+    json=$("$BIN" bench rr 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
+      2>/dev/null || echo '{}')
+    t1=$(cpu_ticks "$pid")
+    rr=$(jq -r '.requests_per_s // "nan"' <<<"$json")
+    rr_errors=$(jq -r '.errors_total // 0' <<<"$json")
+    rr_cpu=$(per_unit "$t0" "$t1" "$(jq -r '.requests // 0' <<<"$json")")
+    json=$("$BIN" bench connect 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
+      2>/dev/null || echo '{}')
+    t2=$(cpu_ticks "$pid")
+    cn=$(jq -r '.connections_per_s // "nan"' <<<"$json")
+    cn_errors=$(jq -r '.errors_total // 0' <<<"$json")
+    cn_cpu=$(per_unit "$t1" "$t2" "$(jq -r '.connections_opened // 0' <<<"$json")")
+    echo "round $r $v rr $rr connect $cn rr_cpu_us $rr_cpu connect_cpu_us $cn_cpu errors $rr_errors/$cn_errors" \
+      | tee -a "$results"
+  done
+done
+
+# value NAME BUILD: the values after NAME in BUILD's rounds, one per line.
+value() {
+  awk -v name="$1" -v v="$2" '$3 == v { for (i = 4; i < NF; i++) if ($i == name) print $(i + 1) }' \
+    "$results"
+}
+echo
+echo "A: no header; B: send_proxy = \"$VERSION\". The CPU per unit is the steadier figure."
+echo
+echo "| workload | A | B | B / A |"
+echo "|---|---|---|---|"
+for w in rr connect rr_cpu_us connect_cpu_us; do
+  ma=$(value $w a | median)
+  mb=$(value $w b | median)
+  case $w in
+    *_cpu_us) label="${w%_cpu_us}: ringlb's CPU per unit (us, lower is better)" ;;
+    *) label="$w (per s)" ;;
+  esac
+  echo "| $label | $ma | $mb | $(awk -v a="$ma" -v b="$mb" 'BEGIN{ if (a + 0 > 0) printf "%.2f", b/a; else print "nan" }') |"
+done
