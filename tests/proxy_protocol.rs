@@ -267,7 +267,7 @@ fn send_proxy_on_udp_and_bad_trusted_prefixes_are_config_errors() {
         ),
         (
             "accept_proxy = true\ntrusted = [\"10.0.0.0/8\", \"10.0.0/8\"]",
-            "service[0].trusted: \"10.0.0/8\" is not an address prefix",
+            "service[0].trusted: \"10.0.0/8\" is not a CIDR prefix",
         ),
     ] {
         let path = dir.path().join("bad.toml");
