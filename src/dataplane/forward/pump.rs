@@ -55,7 +55,7 @@ use compio::driver::op::{Interest, PollOnce};
 use compio::io::AsyncWriteExt;
 use compio::net::TcpStream;
 
-use crate::balancer::conntrack::ConnId;
+use crate::balancer::conntrack::{ConnId, ConnState};
 use crate::control::ServiceState;
 
 use super::super::splice::Pipe;
@@ -74,7 +74,8 @@ pub(super) enum Dir {
 /// How one direction ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DirEnd {
-    /// The reader sent EOF; every byte was written and the writer's side was shut down.
+    /// The reader sent EOF; every byte was written and the writer's side was shut down (or,
+    /// when the other direction had already ended at EOF, left for the close that follows).
     Eof,
     /// Reading from the source failed (reset or error), or it reached EOF after the source was
     /// known to have failed; every byte read before was written.
@@ -118,7 +119,7 @@ pub(super) async fn pump(
         match recv_now(from, &mut buf, size) {
             Ok(Some(0)) => {
                 worker.spare_buffers.give(size, buf);
-                return end_of_source(to, from_failed);
+                return end_of_source(worker, id, dir, to, from_failed);
             }
             Ok(Some(n)) => {
                 // A full buffer (bulk transfer) is first offered to a non-blocking send(2),
@@ -185,7 +186,7 @@ async fn pump_spliced(
     let mut streak = 0;
     loop {
         match pipe.fill(from) {
-            Ok(Some(0)) => return end_of_source(to, from_failed),
+            Ok(Some(0)) => return end_of_source(worker, id, dir, to, from_failed),
             Ok(Some(n)) => {
                 while pipe.queued() > 0 {
                     match pipe.drain(to) {
@@ -238,13 +239,32 @@ fn record(worker: &Worker, id: ConnId, dir: Dir, n: usize) {
 }
 
 /// Ends a direction at its source's EOF: a reset when the source is known to have failed (see
-/// [`pump`]), else a half-close.
-fn end_of_source(to: &TcpStream, from_failed: &Cell<bool>) -> DirEnd {
+/// [`pump`]), else a half-close, unless the other direction already ended at its own EOF.
+///
+/// Then both sides have sent their FIN and every byte has been written: the parent module closes
+/// both sockets as soon as this direction returns, and a close(2) of a socket whose peer's bytes
+/// were all read sends the same FIN that shutdown(2) would. The shutdown is skipped, one system
+/// call less per connection closed in order. The parent records the other direction's EOF in the
+/// tracking entry's state (`ClientClosed` after the client-to-backend direction, `BackendClosed`
+/// after the other) before this direction can see its own.
+fn end_of_source(
+    worker: &Worker,
+    id: ConnId,
+    dir: Dir,
+    to: &TcpStream,
+    from_failed: &Cell<bool>,
+) -> DirEnd {
     if from_failed.get() {
-        DirEnd::ReadFailed
-    } else {
-        shut_down_write(to)
+        return DirEnd::ReadFailed;
     }
+    let other_ended = match dir {
+        Dir::Up => ConnState::BackendClosed,
+        Dir::Down => ConnState::ClientClosed,
+    };
+    if worker.table.borrow().get(id).map(|c| c.state) == Some(other_ended) {
+        return DirEnd::Eof;
+    }
+    shut_down_write(to)
 }
 
 /// Ends a direction at EOF: shuts down writing toward the other side (half-close; the other
