@@ -4,14 +4,16 @@
 # Rates and CPU times on a shared machine move with the neighbours; syscall counts per request
 # do not. For each proxy and each workload this runs a fixed number of units through the proxy
 # (to `ringlb bench serve` echo backends on loopback) and counts, on the proxy process only:
-#   - every system call by name (`perf trace -s -p PID`, summed over the proxy's threads),
+#   - every system call by name (`perf trace -s` on the proxy's threads, summed over them),
 #     with how many of them failed (e.g. an accept that found no connection: EAGAIN);
 #   - io_uring requests submitted, by opcode (tracepoint io_uring:io_uring_submit_req): ringlb
 #     submits most of its I/O as requests batched into io_uring_enter calls, so a request is
 #     the comparable unit to HAProxy's recv/send syscalls;
 #   - io_uring internal poll arms (io_uring:io_uring_poll_arm: a request that found its socket
 #     not ready and waits for readiness inside the kernel) and context switches.
-# and prints them per unit (per rr request, per connect-mode connection, per UDP request) side
+# Only the threads the proxy has when counting begins are counted (the script warns when that
+# set changed during a run); io_uring's kernel workers (iou-wrk) make no system calls.
+# It prints them per unit (per rr request, per connect-mode connection, per UDP request) side
 # by side, as a markdown table.
 #
 #   rr        ringlb bench rr, 50 persistent connections, 64 B, REQUESTS requests
@@ -185,6 +187,9 @@ count() {
   timeout 120 "$BIN" bench "$@" --json >"$f.json" 2>>"$OUT/bench.err" || echo '{}' >"$f.json"
   kill -INT "$tp" "$sp" "$rp" 2>/dev/null || true
   wait "$tp" "$sp" "$rp" 2>/dev/null || true
+  # Only the threads present when counting began are counted.
+  [ "$(tids "${PID[$name]}")" = "$t" ] \
+    || echo "warning: $name started or ended threads during the $wl run: its counts may be short" >&2
   perf script -i "$f.data" -F trace 2>/dev/null | grep -o 'opcode [A-Z_]*' | awk '{print $2}' \
     | sort | uniq -c >"$f.ops" || true
   rm -f "$f.data"
