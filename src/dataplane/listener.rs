@@ -161,6 +161,21 @@ mod tests {
         }
     }
 
+    /// Linux copies TCP_NODELAY from a listener to the sockets it accepts, so the data plane
+    /// never sets it per client connection: the accepted socket has it without a setsockopt(2).
+    #[test]
+    fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
+        let (ls, addr) = bind_tcp("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = ls[0].accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+        // The kernel's default, for contrast: a plain listener's accepted sockets have Nagle.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _other = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let (accepted, _) = plain.accept().unwrap();
+        assert!(!accepted.nodelay().unwrap());
+    }
+
     #[test]
     fn udp_port_zero_gives_every_worker_the_same_port() {
         let (ss, addr) = bind_udp("127.0.0.1:0".parse().unwrap(), 3).unwrap();

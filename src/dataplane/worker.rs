@@ -36,6 +36,51 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// readiness again (which lets the worker's other tasks run under a flood of connections).
 const ACCEPT_BURST: usize = 64;
 
+/// While wake-ups find one connection each, every this many wake-ups the accept loop still
+/// tries a second accept, to notice that connections now come faster (see [`AcceptPace`]).
+const ACCEPT_PROBE_EVERY: u32 = 8;
+
+/// How many accepts the accept loop tries after one readiness wake-up.
+///
+/// Accepting until `accept(2)` fails with `EAGAIN` costs one failed system call per wake-up:
+/// when connections come one at a time, that doubles the accepts per connection. A readiness
+/// poll is an io_uring request, batched with the worker's other requests, and completes at once
+/// when another connection is already queued. So while wake-ups find one connection each, the
+/// loop accepts one and waits again (a poll instead of a failed accept), and only every
+/// [`ACCEPT_PROBE_EVERY`] wake-ups tries a second; once a wake-up finds two or more, it accepts
+/// until `EAGAIN` (or [`ACCEPT_BURST`]) again.
+#[derive(Debug, Default)]
+struct AcceptPace {
+    /// Whether the last wake-up whose accepts ended at `EAGAIN` found two or more connections.
+    bursting: bool,
+    /// Wake-ups while not bursting (every [`ACCEPT_PROBE_EVERY`]th tries a second accept).
+    single: u32,
+}
+
+impl AcceptPace {
+    /// Whether to try accept number `attempt` (from 1) since the last readiness wake-up.
+    fn tries(&self, attempt: usize) -> bool {
+        match attempt {
+            1 => true,
+            2 => self.bursting || self.single % ACCEPT_PROBE_EVERY == ACCEPT_PROBE_EVERY - 1,
+            // The second accept took a connection: they queue up.
+            n => n <= ACCEPT_BURST,
+        }
+    }
+
+    /// The loop waits for readiness again after `attempts` accepts since the last wake-up; the
+    /// last one found the queue empty (`EAGAIN`) when `drained`.
+    fn waits(&mut self, attempts: usize, drained: bool) {
+        // `attempts - 1` connections were queued. A spurious wake-up (none) says nothing.
+        if drained && attempts >= 2 {
+            self.bursting = attempts > 2;
+        }
+        if !self.bursting {
+            self.single = self.single.wrapping_add(1);
+        }
+    }
+}
+
 /// Everything a worker thread is started with.
 pub(super) struct WorkerSetup {
     pub index: usize,
@@ -402,7 +447,9 @@ async fn accept_loop(
         // While accepts fail for want of resources: whether the pause was logged.
         let mut starved: Option<bool> = None;
         let mut stop = std::pin::pin!(worker.retiring(retire));
+        // Accepts tried since the last readiness wait.
         let mut burst = 0;
+        let mut pace = AcceptPace::default();
         loop {
             // A change publishes a new state for the service (backends, weights, limits).
             follow(worker, id, &mut version, &mut state);
@@ -417,15 +464,18 @@ async fn accept_loop(
             if retire.is_set() || worker.shutdown.is_draining() {
                 break;
             }
-            // After a burst, one readiness wait lets the worker's other tasks run.
+            // After a burst (or a connection, see `AcceptPace`), one readiness wait lets the
+            // worker's other tasks run.
             burst += 1;
-            let attempt = if burst > ACCEPT_BURST {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
+            let tried = pace.tries(burst);
+            let attempt = if tried {
                 listener.accept()
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
             };
             let accepted = match attempt {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pace.waits(burst - usize::from(!tried), tried);
                     burst = 0;
                     let ready = std::pin::pin!(listener.accept_ready());
                     match select(ready, stop.as_mut()).await {
@@ -492,6 +542,53 @@ pub(super) fn is_resource_exhaustion(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
+
+    use super::{ACCEPT_BURST, ACCEPT_PROBE_EVERY, AcceptPace};
+
+    /// Runs the accept loop's pacing over wake-ups that each find `queued` connections: the
+    /// accepts it tries per wake-up (an `EAGAIN` counts as one).
+    fn accepts_per_wakeup(pace: &mut AcceptPace, queued: &[usize]) -> Vec<usize> {
+        queued
+            .iter()
+            .map(|&queued| {
+                let mut attempt = 1;
+                loop {
+                    if !pace.tries(attempt) {
+                        pace.waits(attempt - 1, false);
+                        return attempt - 1;
+                    }
+                    if attempt > queued {
+                        pace.waits(attempt, true);
+                        return attempt;
+                    }
+                    attempt += 1;
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_connection_per_wakeup_costs_one_accept_but_a_burst_is_noticed() {
+        let mut pace = AcceptPace::default();
+        // One connection per wake-up: one accept each, and a probe (a second accept, EAGAIN)
+        // once per ACCEPT_PROBE_EVERY wake-ups.
+        let n = ACCEPT_PROBE_EVERY as usize;
+        let tried = accepts_per_wakeup(&mut pace, &vec![1; 2 * n]);
+        assert_eq!(tried.iter().sum::<usize>(), 2 * n + 2, "{tried:?}");
+        // Connections now queue up: within ACCEPT_PROBE_EVERY wake-ups a probe finds the second
+        // one and that wake-up takes all of them (and one EAGAIN), as each one after it does.
+        let tried = accepts_per_wakeup(&mut pace, &vec![5; n + 3]);
+        let probe = tried.iter().position(|&t| t == 6).expect("a probe");
+        assert!(probe < n, "{tried:?}");
+        assert!(tried[..probe].iter().all(|&t| t == 1), "{tried:?}");
+        assert!(tried[probe..].iter().all(|&t| t == 6), "{tried:?}");
+        // A flood is taken ACCEPT_BURST at a time.
+        assert_eq!(accepts_per_wakeup(&mut pace, &[1000]), [ACCEPT_BURST]);
+        // Back to one per wake-up: the first wake-up that finds one stops the bursts.
+        assert_eq!(accepts_per_wakeup(&mut pace, &[1, 1, 1]), [2, 1, 1]);
+        // A spurious wake-up (nothing queued) changes nothing.
+        assert_eq!(accepts_per_wakeup(&mut pace, &[0]), [1]);
+    }
 
     #[test]
     fn a_workers_ring_runs_completion_work_only_for_the_worker() {
