@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::systemd::Manager;
 use common::udp::{Reply, UdpBackend, udp_service};
-use common::{Backend, config, pattern, runtime, service_config, temp_dir, wait_for};
+use common::{
+    Backend, collect_lines, config, pattern, runtime, service_config, temp_dir, wait_for,
+};
 
 /// A ready line: the process and its services' addresses.
 struct Ready {
@@ -58,13 +61,7 @@ impl Family {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = first.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        collect_lines(first.stderr.take().unwrap(), log.clone());
         let (tx, readies) = channel();
         let stdout = first.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -484,41 +481,19 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
 fn under_systemd_the_new_process_becomes_the_main_pid() {
     let rt = runtime();
     let backend = rt.block_on(Backend::echo(None));
-    let dir = temp_dir();
-    let path = dir.path().join("notify.sock");
-    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    manager
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let manager = Manager::start();
     let text = config(
         "",
         &[service_config("echo", "round_robin", &[backend.addr], "")],
     );
     let (mut family, first) =
-        Family::start_with_env(&text, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+        Family::start_with_env(&text, &[("NOTIFY_SOCKET", manager.path.to_str().unwrap())]);
     let (success, output) = family.upgrade(first.pid, &[]);
     assert!(success, "{output}");
     let next = family.next_ready();
     // Both say MAINPID= of the new process (the old one while it is still the main one), and
     // the new one READY=1 with it.
-    let mut messages = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let main_pid = format!("MAINPID={}", next.pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && !messages
-            .iter()
-            .any(|m: &String| m.contains(&main_pid) && m.contains("READY=1"))
-    {
-        let Ok(n) = manager.recv(&mut buf) else { break };
-        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.contains(&main_pid) && m.contains("READY=1")),
-        "{messages:?}"
-    );
+    manager.wait(0, &[&format!("MAINPID={}", next.pid), "READY=1"]);
     assert_eq!(
         echo_once(next.services["echo"], b"served").unwrap(),
         b"served"
