@@ -197,6 +197,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::control::health::test_util::block_on;
 
     fn probe(method: HttpMethod, status: &[u16], body: Option<&str>) -> HttpProbe {
         HttpProbe {
@@ -248,14 +249,6 @@ mod tests {
             judge(&p, 503, b"running"),
             Err(ProbeFailure::HttpStatus(_))
         ));
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
     }
 
     /// A server that answers one connection with `answer` after reading the request head, and
