@@ -38,7 +38,7 @@ fn client(source: Option<IpAddr>) -> Result<reqwest::Client, ProbeFailure> {
         if let Some(c) = clients.borrow().get(&source) {
             return Ok(c.clone());
         }
-        let c = reqwest::Client::builder()
+        let c = crate::tls::client_builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())
