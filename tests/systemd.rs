@@ -9,13 +9,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::systemd::Manager;
 use common::udp::{Reply, UdpBackend, udp_service};
-use common::{Backend, collect_lines, config, runtime, service_config, temp_dir, wait_for};
+use common::{Backend, config, runtime, service_config, spawn_logged, temp_dir, wait_for};
 
 /// A ringlb process and its log.
 struct Process {
@@ -67,14 +67,7 @@ impl Drop for Process {
 /// Runs `command` (ringlb run, or a wrapper of it), waits for its ready line unless it exits
 /// first.
 fn spawn(mut command: Command) -> Process {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    collect_lines(child.stderr.take().unwrap(), log.clone());
+    let (mut child, log) = spawn_logged(&mut command);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
@@ -20,9 +20,7 @@ use tokio::net::TcpStream;
 
 use common::systemd::Manager;
 use common::udp::{Reply, UdpBackend, udp_service};
-use common::{
-    Backend, collect_lines, config, pattern, runtime, service_config, temp_dir, wait_for,
-};
+use common::{Backend, config, pattern, runtime, service_config, spawn_logged, temp_dir, wait_for};
 
 /// A ready line: the process and its services' addresses.
 struct Ready {
@@ -51,17 +49,12 @@ impl Family {
         let dir = temp_dir();
         let config_path = dir.path().join("ringlb.toml");
         std::fs::write(&config_path, config_text).unwrap();
-        let mut first = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(first.stderr.take().unwrap(), log.clone());
+        let (mut first, log) = spawn_logged(
+            Command::new(env!("CARGO_BIN_EXE_ringlb"))
+                .args(["run", "--config"])
+                .arg(&config_path)
+                .envs(env.iter().copied()),
+        );
         let (tx, readies) = channel();
         let stdout = first.stdout.take().unwrap();
         std::thread::spawn(move || {

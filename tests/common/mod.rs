@@ -356,6 +356,20 @@ pub fn collect_lines(
     })
 }
 
+/// Spawns `command` with stdin closed, stdout piped for the caller to read, and stderr read line
+/// by line into the returned log (`collect_lines`).
+pub fn spawn_logged(command: &mut Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    collect_lines(child.stderr.take().unwrap(), log.clone());
+    (child, log)
+}
+
 /// A new directory `ringlb-test-*` under the system's temporary directory, removed on drop.
 pub fn temp_dir() -> TempDir {
     tempfile::Builder::new()
