@@ -49,9 +49,7 @@ listen = "127.0.0.1:$(( ${BASE[$v]} + 379 ))"
 [[service.backend]]
 address = "127.0.0.1:23379"
 EOF
-  "${BIN[$v]}" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
-  pids+=($!)
-  PID[$v]=$!
+  start_variant "${BIN[$v]}" "$v"
 done
 
 # Everything listening, or stop with the log of what did not start.

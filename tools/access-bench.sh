@@ -80,9 +80,7 @@ address = "127.0.0.1:21000"
 EOF
   } >"$work/$v.toml"
   "$BIN" check -c "$work/$v.toml" | grep -E 'access|per client' || true
-  "$BIN" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
-  pids+=($!)
-  PID[$v]=$!
+  start_variant "$BIN" "$v"
 done
 
 wait_listening 21000 21100 21200

@@ -72,6 +72,14 @@ wait_listening() {
 # The A/B scripts (ab.sh, access-bench.sh, proxy-ab.sh) run two variants in interleaved rounds
 # and append a line per variant and round to a results file: `round N VARIANT NAME VALUE ...`.
 
+# start_variant BIN V: `BIN run` on $work/V.toml (log in $work/V.log), stopped on exit; its pid
+# goes in PID[V] (an associative array the script declares).
+start_variant() {
+  "$1" run -c "$work/$2.toml" --log-level warn >"$work/$2.log" 2>&1 &
+  pids+=($!)
+  PID[$2]=$!
+}
+
 # per_unit TICKS_BEFORE TICKS_AFTER UNITS: microseconds of CPU per unit ("nan" without units).
 per_unit() {
   awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" \

@@ -41,9 +41,7 @@ ${SEND[$v]}
 [[service.backend]]
 address = "127.0.0.1:${BACKEND[$v]}"
 EOF2
-  "$BIN" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
-  pids+=($!)
-  PID[$v]=$!
+  start_variant "$BIN" "$v"
 done
 
 wait_listening 21000 21001 22000 22100
