@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::admin::Metrics;
 use common::health::{LogEvent, events};
-use common::patroni::{Cluster, TTL};
+use common::patroni::{Cluster, TTL, pg_session};
 use common::{Ringlb, runtime, wait_for};
 
 /// One cluster at a time.
@@ -84,24 +84,9 @@ fn wait_down(lb: &Ringlb, service: &str, backend: SocketAddr, count: usize, time
     );
 }
 
-/// A PostgreSQL session (as `postgres`, trusted on loopback) to `addr`.
+/// A PostgreSQL session to `addr` (`pg_session`), within 3 s.
 async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, String> {
-    let session = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut config = tokio_postgres::Config::new();
-        config.user("postgres").dbname("postgres");
-        config
-            .connect_raw(stream, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(3), session)
-        .await
-        .map_err(|_| "no session within 3 s".to_owned())??;
-    tokio::spawn(connection);
-    Ok(client)
+    pg_session(addr, Duration::from_secs(3)).await
 }
 
 /// The first column of the first row of `sql`'s answer, as text.

@@ -18,14 +18,14 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::haproxy::Haproxy;
 use common::health::free_port;
-use common::patroni::{Cluster, TTL};
-use common::{Ringlb, runtime, temp_dir, wait_for};
+use common::patroni::{Cluster, TTL, pg_session};
+use common::{Ringlb, runtime, wait_for};
 
 /// One write attempt: when it ended and which node acknowledged it (or why it failed).
 type Attempt = (Instant, Result<IpAddr, String>);
@@ -36,20 +36,7 @@ struct Proxy {
     log: Arc<Mutex<Vec<Attempt>>>,
 }
 
-struct Haproxy {
-    child: Child,
-    _dir: common::TempDir,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn haproxy(cluster: &Cluster, port: u16, server_settings: &str) -> Haproxy {
-    let dir = temp_dir();
     let mut cfg = format!(
         "global\n  maxconn 1000\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  \
          timeout client 30m\n  timeout server 30m\n  \
@@ -65,41 +52,12 @@ fn haproxy(cluster: &Cluster, port: u16, server_settings: &str) -> Haproxy {
             cluster.api_port
         ));
     }
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy starts (Debian's haproxy package)");
-    let up = wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(up, "haproxy does not listen on {port}");
-    Haproxy { child, _dir: dir }
+    Haproxy::with_config(SocketAddr::from(([127, 0, 0, 1], port)), &cfg)
 }
 
+/// A PostgreSQL session to `addr` (`pg_session`), within 1 s.
 async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, String> {
-    let session = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut config = tokio_postgres::Config::new();
-        config.user("postgres").dbname("postgres");
-        config
-            .connect_raw(stream, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(1), session)
-        .await
-        .map_err(|_| "no session within 1 s".to_owned())??;
-    tokio::spawn(connection);
-    Ok(client)
+    pg_session(addr, Duration::from_secs(1)).await
 }
 
 /// Inserts a row every 10 ms through `addr` until `stop`; ids start at `first`.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::health::{LogEvent, events, free_port, health};
+use common::health::{LogEvent, events, free_port, health, pg_bin};
 use common::{Ringlb, TempDir, config, runtime, service_config, temp_dir, wait_for};
 
 const INTERVAL: Duration = Duration::from_millis(300);
@@ -21,27 +21,6 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 /// Scheduling allowance on top of the bound the config implies.
 const SLACK: Duration = Duration::from_millis(500);
 const PASSWORD: &str = "probe-secret";
-
-/// The `bin` directory of the newest PostgreSQL under /usr/lib/postgresql.
-fn pg_bin() -> PathBuf {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
-        panic!(
-            "no PostgreSQL server under /usr/lib/postgresql/*/bin: this test needs Debian's \
-             postgresql package (`apt-get install -y postgresql`; .ci/run installs it)"
-        )
-    })
-}
 
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -8,78 +8,14 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::systemd::Manager;
 use common::udp::{Reply, UdpBackend, udp_service};
-use common::{Backend, config, runtime, service_config, temp_dir, wait_for};
-
-/// The test's notify socket: every message ringlb sends, with when it arrived.
-struct Manager {
-    messages: Arc<Mutex<Vec<(Instant, String)>>>,
-    path: std::path::PathBuf,
-    _dir: common::TempDir,
-}
-
-impl Manager {
-    fn start() -> Manager {
-        let dir = temp_dir();
-        let path = dir.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            // Ends when the test process exits (bounded by the test's own deadlines).
-            while let Ok(n) = socket.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        Manager {
-            messages,
-            path,
-            _dir: dir,
-        }
-    }
-
-    fn all(&self) -> Vec<(Instant, String)> {
-        self.messages.lock().unwrap().clone()
-    }
-
-    /// The index of the first message from `from` on with every one of `parts`, waiting up to
-    /// ten seconds.
-    fn wait(&self, from: usize, parts: &[&str]) -> usize {
-        let mut found = None;
-        wait_for(Duration::from_secs(10), || {
-            found = self
-                .all()
-                .iter()
-                .enumerate()
-                .skip(from)
-                .find(|(_, (_, m))| parts.iter().all(|p| m.lines().any(|l| l.starts_with(p))))
-                .map(|(i, _)| i);
-            found.is_some()
-        });
-        found.unwrap_or_else(|| {
-            panic!(
-                "no message with {parts:?} after #{from}; got {:?}",
-                self.all().iter().map(|(_, m)| m).collect::<Vec<_>>()
-            )
-        })
-    }
-
-    fn pings(&self) -> Vec<Instant> {
-        self.all()
-            .into_iter()
-            .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
-            .map(|(t, _)| t)
-            .collect()
-    }
-}
+use common::{Backend, config, runtime, service_config, spawn_logged, temp_dir, wait_for};
 
 /// A ringlb process and its log.
 struct Process {
@@ -131,20 +67,7 @@ impl Drop for Process {
 /// Runs `command` (ringlb run, or a wrapper of it), waits for its ready line unless it exits
 /// first.
 fn spawn(mut command: Command) -> Process {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let (mut child, log) = spawn_logged(&mut command);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -167,6 +90,16 @@ fn ringlb(config_text: &str, dir: &common::TempDir) -> Command {
     command
 }
 
+/// `ringlb run` on one round-robin service "web" to `backend`, telling `manager` how it goes.
+fn notified_web(backend: SocketAddr, manager: &Manager, dir: &common::TempDir) -> Command {
+    let mut command = ringlb(
+        &config("", &[service_config("web", "round_robin", &[backend], "")]),
+        dir,
+    );
+    command.env("NOTIFY_SOCKET", &manager.path);
+    command
+}
+
 fn echo_once(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -182,14 +115,7 @@ fn notify_says_ready_reloading_status_and_stopping() {
     let backend = rt.block_on(Backend::echo(None));
     let manager = Manager::start();
     let dir = temp_dir();
-    let mut command = ringlb(
-        &config(
-            "",
-            &[service_config("web", "round_robin", &[backend.addr], "")],
-        ),
-        &dir,
-    );
-    command.env("NOTIFY_SOCKET", &manager.path);
+    let command = notified_web(backend.addr, &manager, &dir);
     let mut lb = spawn(command);
     let web = lb.services("web");
 
@@ -238,16 +164,9 @@ fn watchdog_pings_stop_while_a_worker_is_stuck() {
     let backend = rt.block_on(Backend::echo(None));
     let manager = Manager::start();
     let dir = temp_dir();
-    let mut command = ringlb(
-        &config(
-            "",
-            &[service_config("web", "round_robin", &[backend.addr], "")],
-        ),
-        &dir,
-    );
+    let mut command = notified_web(backend.addr, &manager, &dir);
     // Pings every 200 ms; worker 0 blocks its thread for 5 s once 1.5 s have passed.
     command
-        .env("NOTIFY_SOCKET", &manager.path)
         .env("WATCHDOG_USEC", "400000")
         .env("RINGLB_TEST_STALL_WORKER", "1500:5000");
     let lb = spawn(command);

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::systemd::Manager;
 use common::udp::{Reply, UdpBackend, udp_service};
-use common::{Backend, config, pattern, runtime, service_config, temp_dir, wait_for};
+use common::{Backend, config, pattern, runtime, service_config, spawn_logged, temp_dir, wait_for};
 
 /// A ready line: the process and its services' addresses.
 struct Ready {
@@ -48,23 +49,12 @@ impl Family {
         let dir = temp_dir();
         let config_path = dir.path().join("ringlb.toml");
         std::fs::write(&config_path, config_text).unwrap();
-        let mut first = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = first.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (mut first, log) = spawn_logged(
+            Command::new(env!("CARGO_BIN_EXE_ringlb"))
+                .args(["run", "--config"])
+                .arg(&config_path)
+                .envs(env.iter().copied()),
+        );
         let (tx, readies) = channel();
         let stdout = first.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -484,41 +474,19 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
 fn under_systemd_the_new_process_becomes_the_main_pid() {
     let rt = runtime();
     let backend = rt.block_on(Backend::echo(None));
-    let dir = temp_dir();
-    let path = dir.path().join("notify.sock");
-    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    manager
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let manager = Manager::start();
     let text = config(
         "",
         &[service_config("echo", "round_robin", &[backend.addr], "")],
     );
     let (mut family, first) =
-        Family::start_with_env(&text, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+        Family::start_with_env(&text, &[("NOTIFY_SOCKET", manager.path.to_str().unwrap())]);
     let (success, output) = family.upgrade(first.pid, &[]);
     assert!(success, "{output}");
     let next = family.next_ready();
     // Both say MAINPID= of the new process (the old one while it is still the main one), and
     // the new one READY=1 with it.
-    let mut messages = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let main_pid = format!("MAINPID={}", next.pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && !messages
-            .iter()
-            .any(|m: &String| m.contains(&main_pid) && m.contains("READY=1"))
-    {
-        let Ok(n) = manager.recv(&mut buf) else { break };
-        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.contains(&main_pid) && m.contains("READY=1")),
-        "{messages:?}"
-    );
+    manager.wait(0, &[&format!("MAINPID={}", next.pid), "READY=1"]);
     assert_eq!(
         echo_once(next.services["echo"], b"served").unwrap(),
         b"served"

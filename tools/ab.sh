@@ -49,68 +49,31 @@ listen = "127.0.0.1:$(( ${BASE[$v]} + 379 ))"
 [[service.backend]]
 address = "127.0.0.1:23379"
 EOF
-  "${BIN[$v]}" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
-  pids+=($!)
-  PID[$v]=$!
+  start_variant "${BIN[$v]}" "$v"
 done
 
 # Everything listening, or stop with the log of what did not start.
-for port in 23000 23379 24000 24379 25000 25379; do
-  listening "$port" && continue
-  echo "nothing listens on 127.0.0.1:$port; logs in $work" >&2
-  cat "$work"/*.log >&2
-  exit 1
-done
+wait_listening 23000 23379 24000 24379 25000 25379
 
 results=$work/results
-hz=$(getconf CLK_TCK)
-# per_unit TICKS_BEFORE TICKS_AFTER UNITS: microseconds of CPU per unit.
-per_unit() {
-  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" \
-    'BEGIN { if (n + 0 > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print "nan" }'
-}
 for r in $(seq "$ROUNDS"); do
   for v in a b; do
     port=${BASE[$v]}
-    pid=${PID[$v]}
-    t0=$(cpu_ticks "$pid")
-    json=$("$A" bench rr 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
-      2>/dev/null || echo '{}')
-    t1=$(cpu_ticks "$pid")
-    rr=$(jq -r '.requests_per_s // "nan"' <<<"$json")
-    rr_cpu=$(per_unit "$t0" "$t1" "$(jq -r '.requests // 0' <<<"$json")")
-    json=$("$A" bench connect 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
-      2>/dev/null || echo '{}')
-    t2=$(cpu_ticks "$pid")
-    cn=$(jq -r '.connections_per_s // "nan"' <<<"$json")
-    cn_cpu=$(per_unit "$t1" "$t2" "$(jq -r '.connections_opened // 0' <<<"$json")")
+    bench_round "$A" "$port" "${PID[$v]}"
     rd=$(redis-benchmark -p $((port + 379)) -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
       | tr '\r' '\n' | grep -o 'GET: [0-9.]*' | tail -1 | cut -d' ' -f2)
-    rd_cpu=$(per_unit "$t2" "$(cpu_ticks "$pid")" "$REQUESTS")
+    rd_cpu=$(per_unit "$ticks" "$(cpu_ticks "${PID[$v]}")" "$REQUESTS")
     echo "round $r $v rr $rr connect $cn redis ${rd:-nan} rr_cpu_us $rr_cpu connect_cpu_us $cn_cpu redis_cpu_us $rd_cpu" \
       | tee -a "$results"
   done
 done
 
-# value NAME BUILD: the values after NAME in BUILD's rounds, one per line.
-value() {
-  awk -v name="$1" -v v="$2" '$3 == v { for (i = 4; i < NF; i++) if ($i == name) print $(i + 1) }' \
-    "$results"
-}
 echo
 echo "Rates depend on what else takes the CPUs; the build's CPU time per unit much less so."
 echo
 echo "| workload | A | B | B / A |"
 echo "|---|---|---|---|"
-for w in rr connect redis rr_cpu_us connect_cpu_us redis_cpu_us; do
-  ma=$(value $w a | median)
-  mb=$(value $w b | median)
-  case $w in
-    *_cpu_us) label="${w%_cpu_us}: build's CPU per unit (us, lower is better)" ;;
-    *) label="$w (per s)" ;;
-  esac
-  echo "| $label | $ma | $mb | $(awk -v a="$ma" -v b="$mb" 'BEGIN{printf "%.2f", b/a}') |"
-done
+median_rows "$results" "build's" 2 a b rr connect redis rr_cpu_us connect_cpu_us redis_cpu_us
 
 # A build that burns CPU while idle takes it from the other build's rounds and flatters itself:
 # the ratios above mean nothing then.

@@ -80,64 +80,26 @@ address = "127.0.0.1:21000"
 EOF
   } >"$work/$v.toml"
   "$BIN" check -c "$work/$v.toml" | grep -E 'access|per client' || true
-  "$BIN" run -c "$work/$v.toml" --log-level warn >"$work/$v.log" 2>&1 &
-  pids+=($!)
-  PID[$v]=$!
+  start_variant "$BIN" "$v"
 done
 
-for port in 21000 21100 21200; do
-  listening "$port" && continue
-  echo "nothing listens on 127.0.0.1:$port; logs in $work" >&2
-  cat "$work"/*.log >&2
-  exit 1
-done
+wait_listening 21000 21100 21200
 
 results=$work/results
-hz=$(getconf CLK_TCK)
-# per_unit TICKS_BEFORE TICKS_AFTER UNITS: microseconds of CPU per unit.
-per_unit() {
-  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" \
-    'BEGIN { if (n + 0 > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print "nan" }'
-}
 for r in $(seq "$ROUNDS"); do
   for v in off on; do
-    port=${BASE[$v]}
-    pid=${PID[$v]}
-    t0=$(cpu_ticks "$pid")
-    json=$("$BIN" bench rr 127.0.0.1:$port --connections 50 --duration "${DURATION}s" --json \
-      2>/dev/null || echo '{}')
-    t1=$(cpu_ticks "$pid")
-    rr=$(jq -r '.requests_per_s // "nan"' <<<"$json")
-    rr_cpu=$(per_unit "$t0" "$t1" "$(jq -r '.requests // 0' <<<"$json")")
-    json=$("$BIN" bench connect 127.0.0.1:$port --connections 50 --duration "${DURATION}s" \
-      --json 2>/dev/null || echo '{}')
-    t2=$(cpu_ticks "$pid")
-    cn=$(jq -r '.connections_per_s // "nan"' <<<"$json")
-    cn_cpu=$(per_unit "$t1" "$t2" "$(jq -r '.connections_opened // 0' <<<"$json")")
+    bench_round "$BIN" "${BASE[$v]}" "${PID[$v]}"
     echo "round $r $v rr $rr connect $cn rr_cpu_us $rr_cpu connect_cpu_us $cn_cpu" \
       | tee -a "$results"
   done
 done
 
-# value NAME VARIANT: the values after NAME in VARIANT's rounds, one per line.
-value() {
-  awk -v name="$1" -v v="$2" '$3 == v { for (i = 4; i < NF; i++) if ($i == name) print $(i + 1) }' \
-    "$results"
-}
 echo
 echo "Rates depend on what else takes the CPUs; the process's CPU time per unit much less so."
 echo
 echo "| workload | off | on ($PREFIXES prefixes, limits) | on / off |"
 echo "|---|---|---|---|"
-for w in rr connect rr_cpu_us connect_cpu_us; do
-  ma=$(value $w off | median)
-  mb=$(value $w on | median)
-  case $w in
-    *_cpu_us) label="${w%_cpu_us}: ringlb's CPU per unit (us, lower is better)" ;;
-    *) label="$w (per s)" ;;
-  esac
-  echo "| $label | $ma | $mb | $(awk -v a="$ma" -v b="$mb" 'BEGIN{ if (a + 0 > 0) printf "%.3f", b/a; else print "n/a" }') |"
-done
+median_rows "$results" "ringlb's" 3 off on rr connect rr_cpu_us connect_cpu_us
 
 # Every client was admitted: a refusal would make "on" cheaper and the comparison void.
 # refused PORT: the sum of ringlb_service_refused_total from the admin API at PORT.

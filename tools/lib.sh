@@ -56,3 +56,85 @@ listening() {
   done
   return 1
 }
+
+# wait_listening PORT...: waits (listening) for each port; when one does not answer, prints the
+# logs in $work and ends the script.
+wait_listening() {
+  local port
+  for port in "$@"; do
+    listening "$port" && continue
+    echo "nothing listens on 127.0.0.1:$port; logs in $work" >&2
+    cat "$work"/*.log >&2
+    exit 1
+  done
+}
+
+# The A/B scripts (ab.sh, access-bench.sh, proxy-ab.sh) run two variants in interleaved rounds
+# and append a line per variant and round to a results file: `round N VARIANT NAME VALUE ...`.
+
+# start_variant BIN V: `BIN run` on $work/V.toml (log in $work/V.log), stopped on exit; its pid
+# goes in PID[V] (an associative array the script declares).
+start_variant() {
+  "$1" run -c "$work/$2.toml" --log-level warn >"$work/$2.log" 2>&1 &
+  pids+=($!)
+  PID[$2]=$!
+}
+
+# per_unit TICKS_BEFORE TICKS_AFTER UNITS: microseconds of CPU per unit ("nan" without units).
+per_unit() {
+  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { if (n + 0 > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print "nan" }'
+}
+
+# bench_json BIN KIND PORT: the JSON report of `BIN bench KIND` (50 connections, $DURATION
+# seconds) against 127.0.0.1:PORT, or {} when the run failed.
+bench_json() {
+  "$1" bench "$2" "127.0.0.1:$3" --connections 50 --duration "${DURATION}s" --json 2>/dev/null \
+    || echo '{}'
+}
+
+# bench_round BIN PORT PID: `BIN bench rr` (64 B requests) then `BIN bench connect` (a connection
+# per request) against 127.0.0.1:PORT, measuring the CPU time of process PID (cpu_ticks) during
+# each. Sets rr and cn (requests and connections per second, "nan" when a run failed), rr_cpu and
+# cn_cpu (microseconds of PID's CPU per request and per connection), rr_errors and cn_errors, and
+# ticks (PID's CPU ticks at the end, for a measurement that follows).
+bench_round() {
+  local bin=$1 port=$2 pid=$3 json t0 t1
+  t0=$(cpu_ticks "$pid")
+  json=$(bench_json "$bin" rr "$port")
+  t1=$(cpu_ticks "$pid")
+  rr=$(jq -r '.requests_per_s // "nan"' <<<"$json")
+  rr_errors=$(jq -r '.errors_total // 0' <<<"$json")
+  rr_cpu=$(per_unit "$t0" "$t1" "$(jq -r '.requests // 0' <<<"$json")")
+  json=$(bench_json "$bin" connect "$port")
+  ticks=$(cpu_ticks "$pid")
+  cn=$(jq -r '.connections_per_s // "nan"' <<<"$json")
+  cn_errors=$(jq -r '.errors_total // 0' <<<"$json")
+  cn_cpu=$(per_unit "$t1" "$ticks" "$(jq -r '.connections_opened // 0' <<<"$json")")
+}
+
+# round_values RESULTS NAME VARIANT: the values after NAME in VARIANT's lines of RESULTS, one per
+# line.
+round_values() {
+  awk -v name="$2" -v v="$3" '$3 == v { for (i = 4; i < NF; i++) if ($i == name) print $(i + 1) }' \
+    "$1"
+}
+
+# median_rows RESULTS WHO DIGITS A B NAME...: a Markdown table row per NAME: the medians of
+# variant A's and variant B's values in RESULTS and the ratio B / A with DIGITS decimals ("n/a"
+# when A's median is not a positive number). A NAME ending in _cpu_us is labelled as WHO's CPU
+# per unit.
+median_rows() {
+  local results=$1 who=$2 digits=$3 a=$4 b=$5 name ma mb label
+  shift 5
+  for name in "$@"; do
+    ma=$(round_values "$results" "$name" "$a" | median)
+    mb=$(round_values "$results" "$name" "$b" | median)
+    case $name in
+      *_cpu_us) label="${name%_cpu_us}: $who CPU per unit (us, lower is better)" ;;
+      *) label="$name (per s)" ;;
+    esac
+    echo "| $label | $ma | $mb | $(awk -v a="$ma" -v b="$mb" -v d="$digits" \
+      'BEGIN { if (a + 0 > 0) printf "%." d "f", b / a; else print "n/a" }') |"
+  done
+}

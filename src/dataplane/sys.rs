@@ -72,17 +72,7 @@ pub(super) fn recv_now(
     buf: &mut Vec<u8>,
     len: usize,
 ) -> io::Result<Option<usize>> {
-    let socket = SockRef::from(socket);
-    buf.clear();
-    buf.reserve(len);
-    let n = nonblocking(|| socket.recv_with_flags(spare(buf, len), libc::MSG_DONTWAIT))?;
-    if let Some(n) = n {
-        // SAFETY: recv(2) wrote `n` bytes at the start of the spare capacity it was given, and
-        // never more than the `len` bytes passed (no MSG_TRUNC), which `reserve` made sure the
-        // buffer has; so after the (zero) length the first `n` bytes are initialized.
-        unsafe { buf.set_len(n) };
-    }
-    Ok(n)
+    recv_flags(socket, buf, len, libc::MSG_DONTWAIT)
 }
 
 /// Copies what is queued on a connected socket into `buf`, replacing its contents, at most `len`
@@ -93,12 +83,22 @@ pub(super) fn peek_now(
     buf: &mut Vec<u8>,
     len: usize,
 ) -> io::Result<Option<usize>> {
+    recv_flags(socket, buf, len, libc::MSG_DONTWAIT | libc::MSG_PEEK)
+}
+
+/// `recv(2)` with `flags` into `buf`, replacing its contents, at most `len` bytes: what
+/// [`recv_now`] and [`peek_now`] return. `flags` include `MSG_DONTWAIT` and never `MSG_TRUNC`
+/// (which would report more bytes than were written).
+fn recv_flags(
+    socket: &impl AsFd,
+    buf: &mut Vec<u8>,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<Option<usize>> {
     let socket = SockRef::from(socket);
     buf.clear();
     buf.reserve(len);
-    let n = nonblocking(|| {
-        socket.recv_with_flags(spare(buf, len), libc::MSG_DONTWAIT | libc::MSG_PEEK)
-    })?;
+    let n = nonblocking(|| socket.recv_with_flags(spare(buf, len), flags))?;
     if let Some(n) = n {
         // SAFETY: recv(2) wrote `n` bytes at the start of the spare capacity it was given, and
         // never more than the `len` bytes passed (no MSG_TRUNC), which `reserve` made sure the

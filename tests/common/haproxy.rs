@@ -24,7 +24,6 @@ impl Haproxy {
     /// Starts HAProxy forwarding every connection to `server` with `server_options` on its
     /// server line; returns once the frontend accepts connections.
     pub fn start(server: SocketAddr, server_options: &str) -> Haproxy {
-        let dir = temp_dir();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = format!(
             "global\n  maxconn 64\n\
@@ -32,6 +31,13 @@ impl Haproxy {
              frontend fe\n  bind {addr}\n  default_backend be\n\
              backend be\n  server s1 {server} {server_options}\n"
         );
+        Haproxy::with_config(addr, &config)
+    }
+
+    /// Starts HAProxy with the whole `config`, whose frontend binds `addr`; returns once that
+    /// frontend accepts connections.
+    pub fn with_config(addr: SocketAddr, config: &str) -> Haproxy {
+        let dir = temp_dir();
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
         let mut command = Command::new(binary());

@@ -3,6 +3,7 @@
 //! ringlb's transition log lines with ringlb's own timestamps.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -236,6 +237,28 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The `bin` directory of the newest PostgreSQL server under /usr/lib/postgresql (one with
+/// `initdb`); panics naming Debian's package when there is none.
+pub fn pg_bin() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server under /usr/lib/postgresql/*/bin: this test needs Debian's \
+             postgresql package (`apt-get install -y postgresql`; .ci/run installs it)"
+        )
+    })
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; a small race with other processes).

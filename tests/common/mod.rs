@@ -14,12 +14,13 @@ pub mod netns;
 pub mod nginx;
 pub mod patroni;
 pub mod reload;
+pub mod systemd;
 pub mod udp;
 pub mod webhook;
 pub mod webhook_tls;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -123,15 +124,8 @@ impl Ringlb {
             .stderr(Stdio::piped())
             .spawn()
             .expect("ringlb starts");
-        let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        let logging = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line);
-            }
-        });
+        let logging = collect_lines(child.stderr.take().unwrap(), log.clone());
         // The ready line (README "Running it"): printed once every listener is bound and the
         // workers run. The rest of stdout is read and dropped so ringlb never blocks on it.
         let stdout = child.stdout.take().unwrap();
@@ -348,6 +342,33 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 
 /// A directory removed on drop (tempfile's), so a test's files go with it.
 pub use tempfile::TempDir;
+
+/// Reads `from` line by line on a thread of its own, appending each line to `log`, until it
+/// ends or a line is not UTF-8; the returned handle joins that thread.
+pub fn collect_lines(
+    from: impl Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            log.lock().unwrap().push(line);
+        }
+    })
+}
+
+/// Spawns `command` with stdin closed, stdout piped for the caller to read, and stderr read line
+/// by line into the returned log (`collect_lines`).
+pub fn spawn_logged(command: &mut Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    collect_lines(child.stderr.take().unwrap(), log.clone());
+    (child, log)
+}
 
 /// A new directory `ringlb-test-*` under the system's temporary directory, removed on drop.
 pub fn temp_dir() -> TempDir {

@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::health::pg_bin;
 use super::{TempDir, temp_dir, wait_for_every};
 
 /// Patroni's leader key lives this long without renewal: a dead leader is replaced after it.
@@ -50,22 +51,28 @@ pub struct Cluster {
     dir: TempDir,
 }
 
-/// The `bin` directory of the newest PostgreSQL under /usr/lib/postgresql.
-pub fn pg_bin() -> PathBuf {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
-        panic!("no PostgreSQL under /usr/lib/postgresql/*/bin: install Debian's postgresql")
-    })
+/// A PostgreSQL session (as `postgres`, trusted on loopback) to `addr`, or why there is none
+/// within `within`; its connection task runs on the current tokio runtime.
+pub async fn pg_session(
+    addr: SocketAddr,
+    within: Duration,
+) -> Result<tokio_postgres::Client, String> {
+    let session = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut config = tokio_postgres::Config::new();
+        config.user("postgres").dbname("postgres");
+        config
+            .connect_raw(stream, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (client, connection) = tokio::time::timeout(within, session)
+        .await
+        .map_err(|_| format!("no session within {within:?}"))??;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 fn need(program: &str, package: &str) {

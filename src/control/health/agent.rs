@@ -188,6 +188,7 @@ pub(super) async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::health::test_util::block_on;
 
     fn report(admin: Option<Admin>, up: Option<bool>, percent: Option<u32>) -> AgentReport {
         AgentReport { admin, up, percent }
@@ -265,14 +266,6 @@ mod tests {
                 parse_line(line)
             );
         }
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
     }
 
     fn serve(answer: Vec<u8>, close: bool) -> (SocketAddr, std::thread::JoinHandle<()>) {

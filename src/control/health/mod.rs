@@ -42,6 +42,19 @@ pub mod probe;
 pub mod probe_http;
 pub mod shortage;
 
+/// What the unit tests of the checks share.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// Runs `f` to completion on a current-thread tokio runtime with I/O and timers enabled.
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+}
+
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;

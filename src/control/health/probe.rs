@@ -349,6 +349,7 @@ async fn postgres(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::health::test_util::block_on;
 
     #[test]
     fn the_role_line_is_found_in_info_replication() {
@@ -376,14 +377,6 @@ mod tests {
             ProbeFailure::Local(LocalShortage::Ports).to_string(),
             "not checked: ringlb is out of local ports (EADDRNOTAVAIL)"
         );
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn client(source: Option<IpAddr>) -> Result<reqwest::Client, ProbeFailure> {
         if let Some(c) = clients.borrow().get(&source) {
             return Ok(c.clone());
         }
-        let c = reqwest::Client::builder()
+        let c = crate::tls::client_builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())
@@ -197,6 +197,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::control::health::test_util::block_on;
 
     fn probe(method: HttpMethod, status: &[u16], body: Option<&str>) -> HttpProbe {
         HttpProbe {
@@ -248,14 +249,6 @@ mod tests {
             judge(&p, 503, b"running"),
             Err(ProbeFailure::HttpStatus(_))
         ));
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
     }
 
     /// A server that answers one connection with `answer` after reading the request head, and

@@ -185,37 +185,26 @@ pub(super) async fn serve(
 
     let (index, backend, _active, epoch) = match connect_backend(&worker, &state, ends).await {
         Ok(connected) => connected,
-        Err(NoBackend::NoneReady) => {
-            // Logged once per transition by the control side ("service down"), not here.
+        Err(no_backend) => {
             state.counters.no_backend.inc();
-            if let Some(suppressed) = Reason::NoBackendReady.admit() {
-                tracing::debug!(service = %state.config.name, client = %peer, suppressed,
-                    "no backend is ready: client connection closed");
-            }
-            log_access(
-                &state,
-                peer,
-                &"-",
-                (0, 0),
-                started.elapsed(),
-                "no_backend_ready",
-            );
-            return;
-        }
-        Err(NoBackend::AllFailed) => {
-            state.counters.no_backend.inc();
-            if let Some(suppressed) = Reason::NoBackendReached.admit() {
-                tracing::warn!(service = %state.config.name, client = %peer, suppressed,
-                    "no backend could be reached: client connection closed");
-            }
-            log_access(
-                &state,
-                peer,
-                &"-",
-                (0, 0),
-                started.elapsed(),
-                "no_backend_reached",
-            );
+            let end = match no_backend {
+                NoBackend::NoneReady => {
+                    // Logged once per transition by the control side ("service down"), not here.
+                    if let Some(suppressed) = Reason::NoBackendReady.admit() {
+                        tracing::debug!(service = %state.config.name, client = %peer, suppressed,
+                            "no backend is ready: client connection closed");
+                    }
+                    "no_backend_ready"
+                }
+                NoBackend::AllFailed => {
+                    if let Some(suppressed) = Reason::NoBackendReached.admit() {
+                        tracing::warn!(service = %state.config.name, client = %peer, suppressed,
+                            "no backend could be reached: client connection closed");
+                    }
+                    "no_backend_reached"
+                }
+            };
+            log_access(&state, peer, &"-", (0, 0), started.elapsed(), end);
             return;
         }
     };
