@@ -252,6 +252,9 @@ fn discovery_scale() {
         },
     );
     let with_rr = std::env::var("DISCOVERY_BENCH_RR").map_or(true, |v| v != "0");
+    // Quiet and churned rr runs, interleaved: 7 rounds by default (`DISCOVERY_BENCH_ROUNDS`).
+    let rounds: usize = std::env::var("DISCOVERY_BENCH_ROUNDS")
+        .map_or(7, |v| v.parse().expect("a number of rounds"));
     for n in sizes {
         let consul = rt.block_on(Consul::start(None));
         let (lb, load_time) = load(&consul, n, port);
@@ -276,10 +279,10 @@ fn discovery_scale() {
             // i0 is registered again after an even number of changes: all n are in the set.
             assert_eq!(discovery(&lb).1, n);
             let addr = lb.addr("orders");
-            // Quiet and churned runs interleaved twice, so drift on the shared machine
+            // Quiet and churned runs interleaved, so drift on the shared machine
             // shows instead of passing for an effect of churn.
             let mut runs = Vec::new();
-            for _ in 0..2 {
+            for _ in 0..rounds {
                 let cpu = lb.cpu_time();
                 let quiet = report(bench_rr(addr));
                 let quiet_cpu = lb.cpu_time().saturating_sub(cpu);
@@ -345,6 +348,26 @@ fn discovery_scale() {
         assert!(
             *counted >= 1.0 && *counted <= *made as f64,
             "updates {counted} for {made} changes"
+        );
+    }
+    if !rr.is_empty() {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let quiet = median(rr.iter().map(|r| r.0).collect());
+        let churned = median(rr.iter().map(|r| r.1).collect());
+        let ratios = median(rr.iter().map(|r| r.1 / r.0).collect());
+        let quiet_us = median(rr.iter().map(|r| r.4).collect());
+        let churned_us = median(rr.iter().map(|r| r.5).collect());
+        eprintln!(
+            "  medians of {} rounds: {quiet:.0} req/s quiet, {churned:.0} req/s churned \
+             ({:.1}%; median of the per-round ratios {:.1}%); ringlb CPU per request \
+             {quiet_us:.2} us quiet, {churned_us:.2} us churned ({:.1}%)",
+            rr.len(),
+            churned / quiet * 100.0,
+            ratios * 100.0,
+            churned_us / quiet_us * 100.0
         );
     }
     drop(echo);
