@@ -310,3 +310,57 @@ fn bench_serve_skips_the_header_ringlb_sends() {
     plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     assert!(closed_by_peer(&mut plain));
 }
+
+#[test]
+fn send_proxy_reaches_a_backend_that_speaks_first_and_one_whose_client_does() {
+    // A PROXY-aware server that speaks first (as MySQL or SMTP do): it reads the v1 header
+    // line, greets with the client address the header gave, then echoes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while !line.ends_with(b"\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                line.push(byte[0]);
+            }
+            let line = String::from_utf8(line).unwrap();
+            let source = line.split(' ').nth(2).unwrap_or("?").to_owned();
+            s.write_all(format!("hello {source}\n").as_bytes()).unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                }
+            }
+        }
+    });
+    let lb = ringlb(backend, "send_proxy = \"v1\"");
+    let greeting = |s: &mut TcpStream| {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\n") {
+            s.read_exact(&mut byte).unwrap();
+            got.push(byte[0]);
+        }
+        String::from_utf8(got).unwrap()
+    };
+    // The client waits for the server: the header goes out alone, at once.
+    let mut silent = connect_from("127.0.0.9".parse().unwrap(), lb.addr("svc"));
+    assert_eq!(greeting(&mut silent), "hello 127.0.0.9\n");
+    echo_round(&mut silent, b"after the greeting");
+    drop(silent);
+    // The client speaks at once: its bytes follow the header, in order.
+    let mut eager = connect_from("127.0.0.10".parse().unwrap(), lb.addr("svc"));
+    eager.write_all(b"first").unwrap();
+    assert_eq!(greeting(&mut eager), "hello 127.0.0.10\n");
+    let mut back = [0u8; 5];
+    eager.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"first");
+    drop(eager);
+    server.join().unwrap();
+}

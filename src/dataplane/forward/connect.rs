@@ -3,8 +3,9 @@
 //! Owns: trying the service's distinct candidates in order within `connect_timeout` (the retries),
 //! the backend's active count while a connection to it is open or opening, and reporting each
 //! connect's result for passive health detection, connect latency and session persistence, and
-//! the PROXY header (`send_proxy`) written first on the new connection, before any client byte
-//! (a write that fails counts as a failed connect). A
+//! the PROXY header (`send_proxy`) the new connection must carry before any client byte (built
+//! here, written by the client-to-backend direction together with the client's first bytes:
+//! see `pump`). A
 //! connect that fails for a local reason (out of fds, ports or memory) never counts against the
 //! backend. Does not own: the local address a connect comes from (`source`, which also moves on
 //! to the next source address when one is out of ports), which backends are candidates (the
@@ -15,7 +16,6 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use compio::io::AsyncWriteExt;
 use compio::net::TcpStream;
 
 use crate::control::{BackendState, ConnectFailure, ServiceState};
@@ -50,14 +50,26 @@ pub(super) enum NoBackend {
     AllFailed,
 }
 
-/// Tries the service's distinct candidates in order, each within `connect_timeout`. On success
-/// returns the backend's index, the stream, its active-count guard and the backend's close
-/// epoch from before the connect (so a mark-down during the connect still closes the session).
+/// A backend connection made by [`connect_backend`].
+pub(super) struct Connected<'a> {
+    /// The backend's index in the service.
+    pub index: usize,
+    pub stream: TcpStream,
+    /// Counts the connection in the backend's active count while it lives.
+    pub active: ActiveGuard<'a>,
+    /// The backend's close epoch from before the connect, so a mark-down during the connect
+    /// still closes the session.
+    pub epoch: u64,
+    /// The PROXY header the backend must receive before any client byte (`send_proxy`).
+    pub header: Option<Vec<u8>>,
+}
+
+/// Tries the service's distinct candidates in order, each within `connect_timeout`.
 pub(super) async fn connect_backend<'a>(
     worker: &Worker,
     state: &'a ServiceState,
     ends: Ends,
-) -> Result<(usize, TcpStream, ActiveGuard<'a>, u64), NoBackend> {
+) -> Result<Connected<'a>, NoBackend> {
     let config = &state.config;
     let peer = ends.client;
     let attempts = config.retries as usize + 1;
@@ -89,13 +101,10 @@ pub(super) async fn connect_backend<'a>(
             .map(|(version, service)| build_header(version, peer, service));
         let (failure, kind) = match compio::time::timeout(
             config.connect_timeout,
-            connect_and_send(
-                connect_from(
-                    &worker.sources,
-                    backend.config.sources(&config.source),
-                    address,
-                ),
-                header,
+            connect_from(
+                &worker.sources,
+                backend.config.sources(&config.source),
+                address,
             ),
         )
         .await
@@ -111,7 +120,13 @@ pub(super) async fn connect_backend<'a>(
                 }
                 state.connect_succeeded(index);
                 state.stick(peer.ip(), index, Instant::now());
-                return Ok((index, stream, active, epoch));
+                return Ok(Connected {
+                    index,
+                    stream,
+                    active,
+                    epoch,
+                    header,
+                });
             }
             Ok(Err(e)) if is_local_failure(&e) => {
                 // Out of fds, local ports or memory: the backend is not at fault, so this must
@@ -137,20 +152,6 @@ pub(super) async fn connect_backend<'a>(
         state.connect_failed(index, &failure);
     }
     Err(NoBackend::AllFailed)
-}
-
-/// Connects, then writes `header` (the PROXY header, when the backend takes one) before
-/// anything else goes out on the connection.
-async fn connect_and_send(
-    connect: impl Future<Output = io::Result<TcpStream>>,
-    header: Option<Vec<u8>>,
-) -> io::Result<TcpStream> {
-    let mut stream = connect.await?;
-    if let Some(header) = header {
-        let compio::BufResult(written, _) = stream.write_all(header).await;
-        written?;
-    }
-    Ok(stream)
 }
 
 /// Whether a connect failed for a reason local to this host rather than the backend.

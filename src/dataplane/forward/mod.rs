@@ -183,7 +183,13 @@ pub(super) async fn serve(
         id,
     };
 
-    let (index, backend, _active, epoch) = match connect_backend(&worker, &state, ends).await {
+    let connect::Connected {
+        index,
+        stream: backend,
+        active: _active,
+        epoch,
+        header,
+    } = match connect_backend(&worker, &state, ends).await {
         Ok(connected) => connected,
         Err(no_backend) => {
             state.counters.no_backend.inc();
@@ -215,7 +221,15 @@ pub(super) async fn serve(
         .established(id, backend_state.address(), Instant::now());
     backend_state.counters.connections.inc();
 
-    let end = proxy(&worker, &state, index, epoch, id, &client, &backend).await;
+    let end = proxy(
+        &worker,
+        &state,
+        (index, epoch),
+        id,
+        (&client, &backend),
+        header,
+    )
+    .await;
 
     match end {
         End::ClientReset => reset_on_close(&backend),
@@ -281,14 +295,15 @@ fn log_access(
 /// went idle, the drain deadline passed, or the backend's close event fired after `epoch`.
 /// When one side failed, what ringlb read from it is passed on to the other side first (see
 /// "Resets" in the module doc).
+/// `header`: the PROXY header the backend must receive first, sent by the client-to-backend
+/// direction with the client's first bytes.
 async fn proxy(
     worker: &Worker,
     state: &ServiceState,
-    index: usize,
-    epoch: u64,
+    (index, epoch): (usize, u64),
     id: ConnId,
-    client: &TcpStream,
-    backend: &TcpStream,
+    (client, backend): (&TcpStream, &TcpStream),
+    header: Option<Vec<u8>>,
 ) -> End {
     // Set when a write to that side failed (see `pump`).
     let client_failed = Cell::new(false);
@@ -299,7 +314,8 @@ async fn proxy(
         id,
         Dir::Up,
         (client, backend),
-        &client_failed
+        &client_failed,
+        header,
     ));
     let mut down = pin!(pump(
         worker,
@@ -307,7 +323,8 @@ async fn proxy(
         id,
         Dir::Down,
         (backend, client),
-        &backend_failed
+        &backend_failed,
+        None,
     ));
     let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
     let mut abort = pin!(worker.aborting());

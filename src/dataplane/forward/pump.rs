@@ -36,6 +36,13 @@
 //! speculative first receive does. When the client waits for the server to speak first, that
 //! read finds nothing (`EAGAIN`) and the direction waits as usual.
 //!
+//! # PROXY header
+//!
+//! With `send_proxy`, the backend must receive the header before any client byte. The
+//! client-to-backend direction writes it with the bytes of its first read, in one send (the
+//! header alone would cost a kernel round trip per connection), or alone when that read finds
+//! nothing yet (the backend may be the one to speak first) or the client's end.
+//!
 //! # Sends
 //!
 //! Only full buffers are offered to a non-blocking `send(2)` first: sending small messages that
@@ -99,6 +106,9 @@ pub(super) enum DirEnd {
 /// `from_failed` is set once the other direction failed to write to `from`: that write may have
 /// taken the socket's error, so a later EOF from `from` is its reset, not a FIN, and ends this
 /// direction as [`DirEnd::ReadFailed`] without shutting `to` down.
+///
+/// `header` (client to backend only): the PROXY header, written before anything else (see
+/// "PROXY header" in the module doc).
 pub(super) async fn pump(
     worker: &Worker,
     state: &ServiceState,
@@ -106,6 +116,7 @@ pub(super) async fn pump(
     dir: Dir,
     (from, to): (&TcpStream, &TcpStream),
     from_failed: &Cell<bool>,
+    mut header: Option<Vec<u8>>,
 ) -> DirEnd {
     let size = state.config.buffer_size;
     let mut writer = to;
@@ -130,7 +141,25 @@ pub(super) async fn pump(
                 worker.spare_buffers.take(size)
             }
         };
-        match recv_now(from, &mut buf, size) {
+        let received = recv_now(from, &mut buf, size);
+        if let Some(mut first) = header.take() {
+            // The header goes out with the client's first bytes, or alone when the client has
+            // sent nothing yet (the backend may have to speak first) or has closed.
+            if let Ok(Some(n)) = received {
+                first.extend_from_slice(&buf[..n]);
+            }
+            let BufResult(written, _) = writer.write_all(first).await;
+            if written.is_err() {
+                worker.spare_buffers.give(size, buf);
+                return DirEnd::WriteFailed;
+            }
+            if let Ok(Some(n @ 1..)) = received {
+                record(worker, id, dir, n);
+                worker.spare_buffers.give(size, buf);
+                continue;
+            }
+        }
+        match received {
             Ok(Some(0)) => {
                 worker.spare_buffers.give(size, buf);
                 return end_of_source(worker, id, dir, to, from_failed);
