@@ -176,6 +176,9 @@ pub struct ServiceState {
     /// Its source ACL and per-client table (see `access`; the table is kept across reloads
     /// while the limits stay the same).
     pub(super) admission: Admission,
+    /// Whether some backend connection carries a PROXY header (`send_proxy` on the service or
+    /// on any backend): derived once here, not per connection over every backend.
+    pub sends_proxy: bool,
 }
 
 impl ServiceState {
@@ -238,6 +241,8 @@ impl ServiceState {
             config.limits.as_ref(),
             before.map(|b| &b.admission),
         );
+        let sends_proxy =
+            config.send_proxy.is_some() || config.backends.iter().any(|b| b.send_proxy.is_some());
         let up = |members: &[usize]| members.iter().any(|&i| backends[i].live.up());
         let primary_up = up(primaries.members());
         let backup_up = backups.as_ref().is_some_and(|g| up(g.members()));
@@ -257,6 +262,7 @@ impl ServiceState {
             budget: process.budget.clone(),
             alerts: process.alerts.clone(),
             admission,
+            sends_proxy,
         }
     }
 

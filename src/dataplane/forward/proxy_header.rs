@@ -38,9 +38,7 @@ pub(super) async fn accept(
 ) -> Option<Ends> {
     let config = &state.config;
     let local = || {
-        let sends = config.send_proxy.is_some()
-            || state.backends.iter().any(|b| b.config.send_proxy.is_some());
-        if sends {
+        if state.sends_proxy {
             client.local_addr().ok()
         } else {
             None
