@@ -156,19 +156,7 @@ pids+=($HAPROXY_PID)
 # --- NGINX (stream module; own prefix, config and logs in the temp dir) ---
 mkdir -p "$work/nginx/logs"
 {
-  cat <<EOF
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes $WORKERS;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 10000; }
-stream {
-    proxy_connect_timeout 3s;
-    proxy_timeout 10m;
-    proxy_buffer_size 16k;
-EOF
+  nginx_stream_head
   for s in echo:$ECHO sink:$SINK redis:$REDIS iperf:$IPERF; do
     off=${s##*:}
     echo "    server { listen 127.0.0.1:$(port nginx "$off") reuseport; proxy_pass 127.0.0.1:$(port direct "$off"); }"

@@ -138,3 +138,22 @@ median_rows() {
       'BEGIN { if (a + 0 > 0) printf "%." d "f", b / a; else print "n/a" }') |"
   done
 }
+
+# nginx_stream_head: the start of an NGINX config for the comparison scripts (stream module,
+# $WORKERS workers, pid and logs under $work/nginx), up to the open `stream {` block with its
+# timeouts and buffer; the caller writes the `server` lines and the closing brace.
+nginx_stream_head() {
+  cat <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 10000; }
+stream {
+    proxy_connect_timeout 3s;
+    proxy_timeout 10m;
+    proxy_buffer_size 16k;
+EOF
+}

@@ -131,22 +131,12 @@ EOF
 fi
 if wants nginx; then
   mkdir -p "$work/nginx/logs"
-  cat >"$work/nginx/nginx.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes $WORKERS;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 10000; }
-stream {
-    proxy_connect_timeout 3s;
-    proxy_timeout 10m;
-    proxy_buffer_size 16k;
+  { nginx_stream_head; cat <<EOF
     server { listen 127.0.0.1:39000 reuseport; proxy_pass 127.0.0.1:$ECHO; }
     server { listen 127.0.0.1:39002 udp reuseport; proxy_pass 127.0.0.1:$UDP; proxy_timeout 10s; }
 }
 EOF
+  } >"$work/nginx/nginx.conf"
   nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" \
     >"$work/nginx.log" 2>&1 &
   PID[nginx]=$!
