@@ -21,7 +21,7 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::admin::Metrics;
@@ -227,7 +227,14 @@ fn writes_go_to_the_primary_and_reads_to_the_replica() {
 
 /// A writer through ringlb: inserts one row every 10 ms on its session, reconnecting on error,
 /// until `stop` or `limit`; returns the ids acknowledged, with the node that acknowledged each.
-async fn writer(addr: SocketAddr, stop: &AtomicBool, limit: Duration) -> Vec<(i64, IpAddr)> {
+/// Inserts a row every 10 ms through `addr` (reconnecting on error) until `stop` or `limit`;
+/// returns each acknowledged id with the node that took it, counting them in `count` as it goes.
+async fn writer(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    count: &AtomicUsize,
+    limit: Duration,
+) -> Vec<(i64, IpAddr)> {
     let start = Instant::now();
     let mut acked = Vec::new();
     let mut session: Option<tokio_postgres::Client> = None;
@@ -241,7 +248,10 @@ async fn writer(addr: SocketAddr, stop: &AtomicBool, limit: Duration) -> Vec<(i6
         id += 1;
         let sql = format!("INSERT INTO w VALUES ({id}, host(inet_server_addr())) RETURNING node");
         match one(c, &sql).await {
-            Ok(node) => acked.push((id, node.parse().unwrap())),
+            Ok(node) => {
+                acked.push((id, node.parse().unwrap()));
+                count.fetch_add(1, Ordering::Release);
+            }
             Err(_) => session = None,
         }
     }
@@ -267,14 +277,27 @@ fn a_switchover_moves_writes_to_the_new_primary_and_closes_sessions_to_the_old_o
         c
     });
     let stop = AtomicBool::new(false);
+    let count = AtomicUsize::new(0);
+    let acked_at_least = |n: usize| {
+        wait_for(Duration::from_secs(10), || {
+            count.load(Ordering::Acquire) >= n
+        })
+    };
     let (acked, reached) = std::thread::scope(|s| {
-        let writing = s.spawn(|| rt.block_on(writer(rw, &stop, Duration::from_secs(60))));
+        let writing = s.spawn(|| rt.block_on(writer(rw, &stop, &count, Duration::from_secs(60))));
         // Some writes on the old primary first.
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            acked_at_least(5),
+            "no write acknowledged before the switchover"
+        );
         cluster.switchover(old, new);
         let reached = wait_reach_primary(&rt, rw, cluster.nodes[new].ip, Duration::from_secs(20));
         // Some writes on the new primary too.
-        std::thread::sleep(Duration::from_millis(500));
+        let before = count.load(Ordering::Acquire);
+        assert!(
+            acked_at_least(before + 5),
+            "no write acknowledged after the switchover"
+        );
         stop.store(true, Ordering::Release);
         (writing.join().unwrap(), reached)
     });
