@@ -436,13 +436,22 @@ impl Cluster {
         alive(pid).then_some(pid)
     }
 
-    /// `kill -9` of node `i`'s postmaster (and its children); Patroni lives on. Returns the
-    /// killed pid.
+    /// `kill -9` of node `i`'s postmaster (and its children); Patroni lives on. Returns once
+    /// the killed process has let go of its port (a connect is refused), so a caller's next
+    /// connect cannot still reach the dying listener's backlog. Returns the killed pid.
     pub fn kill_postmaster(&self, i: usize) -> u32 {
         let pid = self
             .postmaster(i)
             .unwrap_or_else(|| panic!("{} has no postmaster", self.nodes[i].name));
         kill_with_children(pid);
+        let addr = self.pg_addr(i);
+        let closed = wait_for_every(Duration::from_millis(5), Duration::from_secs(5), || {
+            matches!(
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        });
+        assert!(closed, "{addr} still accepts 5 s after kill -9 of {pid}");
         pid
     }
 
