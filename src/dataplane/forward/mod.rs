@@ -43,6 +43,7 @@ mod buffers;
 mod connect;
 mod proxy_header;
 mod pump;
+mod readiness;
 
 use std::cell::Cell;
 use std::future::Future;

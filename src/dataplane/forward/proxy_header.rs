@@ -17,7 +17,7 @@ use crate::control::log_limit::Reason;
 use crate::proxyproto::{MAX_HEADER_LEN, Parse, Parsed, Reject, parse_header};
 
 use super::super::sys::{peek_now, recv_now};
-use super::pump::readable;
+use super::readiness::readable;
 
 /// The two ends of a client connection as ringlb reports them.
 #[derive(Clone, Copy, Debug)]

@@ -76,6 +76,7 @@ use crate::control::ServiceState;
 use super::super::splice::Pipe;
 use super::super::sys::{recv_now, send_now};
 use super::super::worker::Worker;
+use super::readiness::{Readiness, readable};
 
 /// The two directions of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +127,10 @@ pub(super) async fn pump(
     let mut streak = 0;
     // Whether the next read is tried before any wait (see "First read" in the module doc).
     let mut speculate = dir == Dir::Up;
+    let mut ready = Readiness::new(from);
+    // Whether the last read filled its buffer, so data may be left that no new arrival will
+    // report (see `readiness`).
+    let mut filled = false;
     loop {
         let mut buf = match held.take() {
             Some(buf) => buf,
@@ -135,13 +140,14 @@ pub(super) async fn pump(
             }
             None => {
                 streak = 0;
-                if readable(from).await.is_err() {
+                if ready.wait(filled).await.is_err() {
                     return DirEnd::ReadFailed;
                 }
                 worker.spare_buffers.take(size)
             }
         };
         let received = recv_now(from, &mut buf, size);
+        filled = matches!(received, Ok(Some(n)) if n == size);
         if let Some(mut first) = header.take() {
             // The header goes out with the client's first bytes, or alone when the client has
             // sent nothing yet (the backend may have to speak first) or has closed.
@@ -193,6 +199,8 @@ pub(super) async fn pump(
                     && let Some(pipe) = worker.pipes.open(from, to)
                 {
                     worker.spare_buffers.give(size, buf);
+                    // Splicing waits with one-shot polls of its own.
+                    drop(ready);
                     let ends = (from, to);
                     return pump_spliced(worker, state, id, dir, ends, pipe, from_failed).await;
                 }
@@ -327,13 +335,6 @@ fn shut_down_write(to: &TcpStream) -> DirEnd {
 /// readability once, so a bulk transfer lets the worker's other connections run at least every
 /// `READ_STREAK` × `buffer_size` bytes (256 KiB at the default).
 const READ_STREAK: u32 = 16;
-
-/// Resolves once `stream` has data to read, has reached EOF or has failed (an io_uring
-/// `POLL_ADD`; dropping the future cancels it).
-pub(super) async fn readable(stream: &TcpStream) -> io::Result<()> {
-    let poll = PollOnce::new(stream.to_shared_fd(), Interest::Readable);
-    compio::runtime::submit(poll).await.0.map(drop)
-}
 
 /// Resolves once `stream` has room to write, or has failed (an io_uring `POLL_ADD`).
 async fn writable(stream: &TcpStream) -> io::Result<()> {
