@@ -259,3 +259,94 @@ fn idle_holds_connections_open_until_the_deadline() {
     assert_eq!(u(&r, "bytes_received"), 50, "{r}");
     assert_eq!(u(&r, "errors_total"), 0, "{r}");
 }
+
+/// Runs `ringlb bench merge ARGS`; its output and whether it succeeded.
+fn merge(args: &[&std::path::Path], json: bool) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+    cmd.args(["bench", "merge"]).args(args);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().expect("ringlb bench merge runs")
+}
+
+#[test]
+fn merge_adds_the_histograms_of_real_runs() {
+    let echo = server(&[]);
+    let addr = echo.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut reports = Vec::new();
+    for (i, n) in ["400", "700"].into_iter().enumerate() {
+        let r = bench(&["rr", &addr, "-n", n, "--connections", "4", "-d", "10s"]);
+        assert_eq!(u(&r, "errors_total"), 0, "{r}");
+        assert!(r["latency_histogram"].is_string(), "{r}");
+        let path = dir.path().join(format!("run{i}.json"));
+        std::fs::write(&path, r.to_string()).unwrap();
+        files.push(path);
+        reports.push(r);
+    }
+    let paths: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+    let out = merge(&paths, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["mode"], "rr", "{m}");
+    assert_eq!(u(&m, "reports"), 2, "{m}");
+    let each = |p: &'static str| reports.iter().map(move |r| latency(r, "latency_us", p));
+    assert_eq!(
+        latency(&m, "latency_us", "count") as u64,
+        each("count").sum::<f64>() as u64,
+        "{m}"
+    );
+    assert_eq!(
+        latency(&m, "latency_us", "max"),
+        each("max").fold(0.0, f64::max),
+        "{m}"
+    );
+    // The median of all latencies lies between the medians of the two runs.
+    let p50 = latency(&m, "latency_us", "p50");
+    assert!(
+        each("p50").fold(f64::MAX, f64::min) <= p50 && p50 <= each("p50").fold(0.0, f64::max),
+        "{m}"
+    );
+    assert!(latency(&m, "latency_us", "p99") >= p50, "{m}");
+
+    let table = String::from_utf8(merge(&paths, false).stdout).unwrap();
+    for word in ["2 rr reports", "1100 latencies", "p99.9", "max"] {
+        assert!(table.contains(word), "{word:?} missing in:\n{table}");
+    }
+
+    // A file that is not a report, and a report without latencies, are refused by name.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "p99 was fine").unwrap();
+    let out = merge(&[&files[0], &notes], true);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notes.txt") && err.contains("not JSON"),
+        "{err}"
+    );
+
+    let sink = server(&["--sink"]);
+    let s = bench(&[
+        "stream",
+        &sink.addr.to_string(),
+        "--bytes",
+        "64KiB",
+        "-d",
+        "10s",
+    ]);
+    let stream = dir.path().join("stream.json");
+    std::fs::write(&stream, s.to_string()).unwrap();
+    let out = merge(&[&stream], true);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stream.json") && err.contains("without a latency histogram"),
+        "{err}"
+    );
+}

@@ -11,14 +11,23 @@
 #   rr        ringlb bench rr, 50 persistent connections, 64-byte messages      requests/s
 #   connect   ringlb bench connect, 50 concurrent, a connection per request    connections/s
 #   stream    ringlb bench stream, one connection to a sink                     Gbit/s
-#   p99       ringlb bench rr --rate R (open loop, below saturation)            p99 latency, us
+#   p99       ringlb bench rr --rate R (open loop, below saturation)            p50/p99/p99.9, us
+#             of the latency histogram merged over all rounds (`ringlb bench merge` on each
+#             round's --json report), not a median of per-round p99s: every request weighs the same
 #   redis     redis-benchmark -t get -c 50                                      requests/s
 #   iperf3    one stream                                                        Gbit/s
 #   udp       ringlb bench udp, 50 sockets, 64-byte and 1400-byte datagrams      requests/s
 #             (against a `ringlb bench serve --udp` echo; NGINX: stream `listen ... udp`)
+#   scale     ringlb bench rr, 64-byte messages, at 50, 500 and 5000            requests/s and
+#             connections (SCALE_CONNS); proxies only, not the backend          proxy CPU/request
+#             How each proxy's cost per request grows with the connections it holds. Not in the
+#             default set: it adds three runs per proxy and round, about a third more time.
+#             HAProxy's maxconn (8000), NGINX's worker_connections (10000 per worker) and
+#             ringlb's max_connections (its 10,000 default) allow 5000 proxied connections
+#             within a 20,000 open-files limit; `ringlb bench` raises its own limit if needed.
 #
 # and prints medians and the ratios ringlb/HAProxy and ringlb/NGINX as a markdown table (the rows
-# of the workloads run). Then
+# of the workloads run; the scale workload its own table: a row per connection count). Then
 # memory (unless IDLE_CONNS=0): each proxy holds IDLE_CONNS idle proxied connections (`ringlb
 # bench idle` as the client, `bench serve` as the backend, each its own process, so that no
 # process passes the 20,000 fd limit), and the proxy's memory (PSS, summed over its processes) is
@@ -33,8 +42,11 @@
 # Environment: WORKERS (2), DURATION seconds per bench run (5), CLIENT_THREADS (2), RATE (req/s
 # of the p99 row; default a quarter of the slowest proxy's rr rate, measured first), REQUESTS per
 # redis-benchmark run (200000), SECONDS_IPERF (5), IDLE_CONNS (5000; 0 skips the memory part),
-# OUT (results directory), WORKLOADS (a space-separated subset of "rr connect stream p99 redis
-# iperf udp"; default all; "udp" is both datagram sizes, "udp64" or "udp1400" one of them).
+# OUT (results directory; the p99 row's reports are kept there, p99-TARGET.jsonl), WORKLOADS (a
+# space-separated subset of "rr connect stream p99 redis iperf udp scale"; default all but scale;
+# "udp" is both datagram sizes, "udp64" or "udp1400" one of them), SCALE_CONNS (connection counts
+# of the scale workload, "50 500 5000").
+# Connection scaling only: DURATION=5 IDLE_CONNS=0 WORKLOADS=scale tools/compare.sh 5
 # Needs: haproxy, nginx + libnginx-mod-stream, redis-server, redis-tools, iperf3, jq (installed
 # with apt-get when absent).
 set -euo pipefail
@@ -47,6 +59,7 @@ CLIENT_THREADS=${CLIENT_THREADS:-2}
 REQUESTS=${REQUESTS:-200000}
 SECONDS_IPERF=${SECONDS_IPERF:-5}
 IDLE_CONNS=${IDLE_CONNS:-5000}
+SCALE_CONNS=${SCALE_CONNS:-50 500 5000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 BIN=$CARGO_TARGET_DIR/release/ringlb
 OUT=${OUT:-$(mktemp -d /tmp/ringlb-compare.XXXXXX)}
@@ -136,6 +149,8 @@ global
     maxconn 8000
 defaults
     mode tcp
+    # Each frontend as many as the process (the scale workload holds 5000).
+    maxconn 8000
     balance roundrobin
     timeout connect 3s
     timeout client 10m
@@ -202,7 +217,22 @@ measure() {
 w_rr()      { measure "$1" .requests_per_s .requests 1e6 rr "$(port "$1" $ECHO)" --connections 50 --size 64; }
 w_connect() { measure "$1" .connections_per_s .connections_opened 1e6 connect "$(port "$1" $ECHO)" --connections 50 --size 64; }
 w_stream()  { measure "$1" .sent_gbit_per_s "(.bytes_sent / 1e9)" 1e3 stream "$(port "$1" $SINK)" --connections 1; }
-w_p99()     { bench rr "$(port "$1" $ECHO)" --connections 50 --size 64 --rate "$RATE" | tee -a "$OUT/raw.jsonl" | jq -r '.latency_us.p99 // "nan"'; }
+# p99: each round's report (with its latency histogram) goes to $OUT/p99-TARGET.jsonl, merged
+# after the last round; the round's own p99 is printed for the raw log.
+w_p99() {
+  local json
+  json=$(bench rr "$(port "$1" $ECHO)" --connections 50 --size 64 --rate "$RATE")
+  echo "$json" >>"$OUT/raw.jsonl"
+  if jq -e '.latency_histogram | type == "string"' >/dev/null 2>&1 <<<"$json"; then
+    echo "$json" >>"$OUT/p99-$1.jsonl"
+  fi
+  jq -r '.latency_us.p99 // "nan"' <<<"$json"
+}
+# scale: rr at $2 connections, rate and proxy CPU per request; not run against the backend.
+w_scale() {
+  if [ "$1" = direct ]; then printf 'nan\tnan\n'; return; fi
+  measure "$1" .requests_per_s .requests 1e6 rr "$(port "$1" $ECHO)" --connections "$2" --size 64
+}
 udp_load() { # target size
   if [ "$1" = haproxy ] || { [ "$1" = ringlb ] && [ -z "$RINGLB_UDP" ]; }; then echo nan; return; fi
   bench udp "$(port "$1" $UDP)" --connections 50 --size "$2" --timeout 1s | tee -a "$OUT/raw.jsonl" | jq -r '.requests_per_s // "nan"'
@@ -220,13 +250,27 @@ w_iperf() {
 
 read -ra SELECTED <<<"${WORKLOADS:-rr connect stream p99 redis iperf udp}"
 WORKLOADS=()
+SCALE_LEVELS=()
 for w in "${SELECTED[@]}"; do
   case $w in
     udp) WORKLOADS+=(udp64 udp1400) ;;
+    scale)
+      for c in $SCALE_CONNS; do
+        [[ $c =~ ^[1-9][0-9]*$ ]] || { echo "SCALE_CONNS: $c is not a connection count" >&2; exit 2; }
+        SCALE_LEVELS+=("$c")
+        WORKLOADS+=("scale$c")
+      done ;;
     rr|connect|stream|p99|redis|iperf|udp64|udp1400) WORKLOADS+=("$w") ;;
-    *) echo "unknown workload $w (rr connect stream p99 redis iperf udp udp64 udp1400)" >&2; exit 2 ;;
+    *) echo "unknown workload $w (rr connect stream p99 redis iperf udp udp64 udp1400 scale)" >&2; exit 2 ;;
   esac
 done
+# run_workload W TARGET: the workload's value (and CPU per unit, when it measures one).
+run_workload() {
+  case $1 in
+    scale*) w_scale "$2" "${1#scale}" ;;
+    *) "w_$1" "$2" ;;
+  esac
+}
 
 # ran WORKLOAD: whether WORKLOAD is among those run.
 ran() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
@@ -247,13 +291,26 @@ declare -A R
 for round in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     for w in "${WORKLOADS[@]}"; do
-      read -r v c < <(w_$w "$t")
+      read -r v c < <(run_workload "$w" "$t")
       R[${w}_$t]+="$v "
       R[${w}cpu_$t]+="${c:-nan} "
       echo "round $round $t $w $v ${c:-}" | tee -a "$OUT/raw.txt" >&2
     done
   done
 done
+
+# p99: the percentiles of each target's histograms merged over all rounds.
+if ran p99; then
+  for t in "${TARGETS[@]}"; do
+    merged='{}'
+    if [ -s "$OUT/p99-$t.jsonl" ]; then
+      merged=$("$BIN" bench merge "$OUT/p99-$t.jsonl" --json 2>>"$OUT/bench.err" || echo '{}')
+    fi
+    read -r p50 p99 p999 n < <(jq -r '[.latency_us.p50, .latency_us.p99, .latency_us.p999, .latency_us.count] | map(. // "nan") | @tsv' <<<"$merged")
+    R[p99_p50_$t]=$p50 R[p99_p99_$t]=$p99 R[p99_p999_$t]=$p999
+    echo "merged p99 $t: $n latencies, p50 $p50 p99 $p99 p99.9 $p999 us" | tee -a "$OUT/raw.txt" >&2
+  done
+fi
 
 # --- memory: IDLE_CONNS idle proxied connections ---
 pss_kib() { # pid -> PSS in KiB of the process and its children
@@ -289,21 +346,24 @@ a, b = '$1', '$2'
 try: print(f'{float(a)/float(b):.2f}')
 except Exception: print('n/a')"; }
 m() { printf '%s' "${R[$1]:-}" | median; }
-row() { # label workload: nothing when the workload (for a CPU row, its own) was not run
-  ran "${2%cpu}" || return 0
+row() { # label key: nothing when the key's workload (for a CPU row, its own) was not run
+  local w=${2%cpu}
+  ran "${w%%_*}" || return 0
   local r h n d
   r=$(m "$2_ringlb") h=$(m "$2_haproxy") n=$(m "$2_nginx") d=$(m "$2_direct")
   echo "| $1 | $r | $h | $n | $d | $(ratio "$r" "$h") | $(ratio "$r" "$n") |"
 }
 {
-echo "Host: $(nproc) CPUs ($(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')), $(uname -r); ringlb $WORKERS workers, HAProxy $(haproxy -v | head -1 | awk '{print $3}') nbthread $WORKERS, NGINX $(nginx -v 2>&1 | awk -F/ '{print $2}') $WORKERS workers; client ringlb bench $CLIENT_THREADS threads; everything on the same $(nproc) CPUs; median of $ROUNDS interleaved rounds, ${DURATION} s per bench run"
+echo "Host: $(nproc) CPUs ($(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')), $(uname -r); ringlb $WORKERS workers, HAProxy $(haproxy -v | head -1 | awk '{print $3}') nbthread $WORKERS, NGINX $(nginx -v 2>&1 | awk -F/ '{print $2}') $WORKERS workers; client ringlb bench $CLIENT_THREADS threads; everything on the same $(nproc) CPUs; median of $ROUNDS interleaved rounds (latency rows: percentiles of all rounds' histograms merged), ${DURATION} s per bench run"
 echo
 echo "| workload | ringlb | HAProxy | NGINX | direct (no proxy) | ringlb / HAProxy | ringlb / NGINX |"
 echo "|---|---|---|---|---|---|---|"
 row "rr: 50 conns, 64 B (req/s)" rr
 row "connect: conn per request, 50 concurrent (conn/s)" connect
 row "stream: 1 conn to sink (Gbit/s)" stream
-row "p99 at $RATE req/s, 50 conns (us, lower is better)" p99
+row "p50 at $RATE req/s, 50 conns, all rounds merged (us, lower is better)" p99_p50
+row "p99 at $RATE req/s, 50 conns, all rounds merged (us, lower is better)" p99_p99
+row "p99.9 at $RATE req/s, 50 conns, all rounds merged (us, lower is better)" p99_p999
 row "redis-benchmark -t get -c 50 (req/s)" redis
 row "iperf3 single stream (Gbit/s)" iperf
 row "udp: 50 sockets, 64 B (req/s)" udp64
@@ -316,6 +376,15 @@ if [ -z "$RINGLB_UDP" ]; then
   echo "ringlb UDP: not measured, this build: $RINGLB_UDP_NOTE. HAProxy has no UDP proxy."
 else
   echo "HAProxy (community) has no UDP proxy."
+fi
+if [ "${#SCALE_LEVELS[@]}" -gt 0 ]; then
+  echo
+  echo "| rr, 64 B, connections | ringlb req/s | ringlb CPU per req (us) | HAProxy req/s | HAProxy CPU per req (us) | CPU ringlb / HAProxy | NGINX req/s | NGINX CPU per req (us) |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for c in "${SCALE_LEVELS[@]}"; do
+    rc=$(m "scale${c}cpu_ringlb") hc=$(m "scale${c}cpu_haproxy")
+    echo "| $c | $(m "scale${c}_ringlb") | $rc | $(m "scale${c}_haproxy") | $hc | $(ratio "$rc" "$hc") | $(m "scale${c}_nginx") | $(m "scale${c}cpu_nginx") |"
+  done
 fi
 if [ "$IDLE_CONNS" -gt 0 ]; then
   echo

@@ -3,8 +3,9 @@
 //!
 //! Owns: the load modes (`connect`, `rr`, `stream`, `udp`, `idle`), their options and bounds,
 //! measuring (hdrhistogram latencies, corrected for coordinated omission under `--rate` by
-//! measuring from each request's intended send time, as wrk2 does), errors by kind, and the
-//! report (a table, a live progress line on a terminal, or JSON).
+//! measuring from each request's intended send time, as wrk2 does), errors by kind, the report
+//! (a table, a live progress line on a terminal, or JSON with the whole latency histogram), and
+//! `bench merge`, which adds the histograms of several JSON reports.
 //!
 //! Like the data plane it runs on compio (io_uring): one runtime per `--threads` thread and many
 //! connections per thread as tasks, so that a two-core machine can saturate a proxy. It shares
@@ -15,9 +16,10 @@
 //!
 //! Layout: `args` (options and the validated plan), `runner` (threads, runtimes, deadline,
 //! progress), `tcp` and `udp` (one task per connection, per mode), `report` (errors, counters,
-//! table, JSON), `serve` (the echo/sink server).
+//! table, JSON), `merge` (`bench merge`), `serve` (the echo/sink server).
 
 mod args;
+mod merge;
 mod report;
 mod runner;
 mod serve;
@@ -25,6 +27,7 @@ mod tcp;
 mod udp;
 
 pub use args::{CommonArgs, IdleArgs, MessageArgs, Mode, Plan, StreamArgs};
+pub use merge::{MergeArgs, Merged};
 pub use report::{ErrorKind, Percentiles, Report};
 pub use serve::ServeArgs;
 
@@ -50,12 +53,15 @@ pub enum BenchCommand {
     Idle(IdleArgs),
     /// Run an echo or sink server (TCP or UDP) to use as a backend.
     Serve(ServeArgs),
+    /// Merge the latency histograms of several `--json` reports: percentiles over all of them.
+    Merge(MergeArgs),
 }
 
 /// Runs a `ringlb bench` command and prints its report on stdout.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let plan = match &args.command {
         BenchCommand::Serve(s) => return serve::run(s),
+        BenchCommand::Merge(m) => return merge::run(m),
         BenchCommand::Rr(m) => Plan::message(Mode::Rr, m)?,
         BenchCommand::Connect(m) => Plan::message(Mode::Connect, m)?,
         BenchCommand::Udp(m) => Plan::message(Mode::Udp, m)?,

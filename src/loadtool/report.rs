@@ -2,13 +2,18 @@
 //! (a table for people, one JSON object for scripts).
 //!
 //! Owns: the error taxonomy ([`ErrorKind`]), per-thread counters that the progress line reads
-//! while the load runs ([`Counters`]), merging threads' results into a [`Report`], and printing.
+//! while the load runs ([`Counters`]), merging threads' results into a [`Report`], printing, and
+//! the text form of a latency histogram in the JSON report ([`encode_histogram`],
+//! [`decode_histogram`]), which `bench merge` reads back.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use serde::Serialize;
 
 use super::args::{Mode, Plan};
@@ -148,6 +153,27 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(ns.clamp(1, MAX_LATENCY_NS));
 }
 
+/// `h` as text: HdrHistogram's compressed V2 encoding (zlib-deflated) in standard base64, the
+/// form of a histogram in HdrHistogram's interval logs, so that its other tools read it too.
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .expect("a histogram of u64 counts serialises into memory");
+    BASE64.encode(bytes)
+}
+
+/// The histogram that [`encode_histogram`] (or another HdrHistogram V2 encoder) wrote as `text`.
+pub fn decode_histogram(text: &str) -> anyhow::Result<Histogram<u64>> {
+    use anyhow::Context;
+    let bytes = BASE64
+        .decode(text.trim())
+        .context("the histogram is not base64")?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("the histogram is not an HdrHistogram V2 encoding: {e:?}"))
+}
+
 /// What one thread measured.
 #[derive(Debug)]
 pub struct ThreadResult {
@@ -171,7 +197,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Option<Percentiles> {
+    /// The percentiles of `h` (nanoseconds), or `None` when it is empty.
+    pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
         if h.is_empty() {
             return None;
         }
@@ -212,6 +239,9 @@ pub struct Report {
     pub latency_us: Option<Percentiles>,
     /// Under `--rate` only: latency from the actual send, which hides queueing.
     pub service_time_us: Option<Percentiles>,
+    /// The whole histogram behind `latency_us` (nanoseconds, [`encode_histogram`]), for merging
+    /// runs with `bench merge`; null when nothing was measured.
+    pub latency_histogram: Option<String>,
     /// Errors by kind; every kind is present.
     pub errors: serde_json::Map<String, serde_json::Value>,
     pub errors_total: u64,
@@ -266,6 +296,7 @@ impl Report {
             sent_gbit_per_s: round(sent as f64 * 8.0 / secs / 1e9, 4),
             received_gbit_per_s: round(received as f64 * 8.0 / secs / 1e9, 4),
             latency_us: Percentiles::of(&latency),
+            latency_histogram: (!latency.is_empty()).then(|| encode_histogram(&latency)),
             service_time_us: if plan.rate.is_some() {
                 Percentiles::of(&service)
             } else {
@@ -412,6 +443,18 @@ mod tests {
         assert_eq!(ErrorKind::of(&eof), ErrorKind::Closed);
         let ports = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
         assert!(ErrorKind::of(&ports).is_local_exhaustion());
+    }
+
+    #[test]
+    fn histograms_survive_their_text_form() {
+        let mut h = histogram();
+        for us in [3, 40, 41, 900, 70_000] {
+            record(&mut h, Duration::from_micros(us));
+        }
+        let back = decode_histogram(&encode_histogram(&h)).unwrap();
+        assert_eq!(back, h);
+        assert!(decode_histogram("not base64!").is_err());
+        assert!(decode_histogram(&BASE64.encode(b"not a histogram")).is_err());
     }
 
     #[test]

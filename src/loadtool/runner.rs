@@ -2,9 +2,9 @@
 //! driving its share of the connections as tasks; the calling thread shows progress and merges
 //! the results.
 //!
-//! Owns: thread start and the common start line (a barrier), each thread's context ([`Ctx`]:
-//! deadline, request budget, counters, histograms), the open-loop schedule, and the progress
-//! line. Guarantees: every task is cut at the deadline (`start + duration`), and with
+//! Owns: the open-files limit a load needs, thread start and the common start line (a barrier),
+//! each thread's context ([`Ctx`]: deadline, request budget, counters, histograms), the
+//! open-loop schedule, and the progress line. Guarantees: every task is cut at the deadline (`start + duration`), and with
 //! `--requests N` exactly N attempts are made over all threads unless the deadline comes first.
 
 use std::cell::{Cell, RefCell};
@@ -177,8 +177,29 @@ fn thread_main(
     })
 }
 
+/// Descriptors a load needs besides one per connection: the runtimes' rings, stdio, spare.
+const FD_SPARE: u64 = 64;
+
+/// Raises the soft open-files limit (up to the hard one) when `connections` sockets would not fit
+/// under it; a load that still does not fit counts `fds` errors rather than failing here.
+fn raise_fd_limit(connections: usize) {
+    let needed = connections as u64 + FD_SPARE;
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
+    if soft >= needed {
+        return;
+    }
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(n) if n >= needed => {}
+        Ok(n) => eprintln!(
+            "the open-files limit is {n}, below the {needed} this load needs: expect fds errors"
+        ),
+        Err(e) => eprintln!("cannot raise the open-files limit to {needed}: {e}"),
+    }
+}
+
 /// Runs the load to its end and returns the merged report.
 pub fn run(plan: Plan) -> anyhow::Result<Report> {
+    raise_fd_limit(plan.connections);
     let plan = Arc::new(plan);
     let counters: Vec<_> = (0..plan.threads)
         .map(|_| Arc::new(CachePadded::new(Counters::default())))
