@@ -71,7 +71,7 @@ pub(super) struct Readiness<'a> {
 /// Poll events that say the source is ending: the peer's FIN (`POLLRDHUP`), a hang-up or an
 /// error. Each is reported once, by the arrival that brings it, but a read returns the data
 /// queued before it first and the end only on the next read: see "Edges, not levels".
-const ENDING: i16 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i16;
+const ENDING: i16 = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
 
 impl<'a> Readiness<'a> {
     pub(super) fn new(stream: &'a TcpStream) -> Self {
