@@ -626,8 +626,11 @@ fn five_thousand_silent_clients_are_closed_by_the_idle_timeout() {
     /// Silent clients opened at once; the next batch waits until ringlb took them all.
     const BATCH: usize = 250;
     const IDLE: Duration = Duration::from_secs(2);
-    /// Allowed on top of idle timeout + 1 s for a shared two-core machine.
-    const MARGIN: Duration = Duration::from_secs(1);
+    /// Allowed on top of idle timeout + 1 s for a shared two-core machine: with 5,000 client
+    /// tasks on the test's own runtime and the rest of the suite's builds beside it, a client
+    /// task may see its close late by more than a second (the backend-side bound below is
+    /// measured inside the backend, and is the tighter one in practice).
+    const MARGIN: Duration = Duration::from_secs(3);
     let _serial = serial();
     let started = Instant::now();
     let rt = runtime();
