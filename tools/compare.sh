@@ -233,15 +233,25 @@ w_scale() {
   if [ "$1" = direct ]; then printf 'nan\tnan\n'; return; fi
   measure "$1" .requests_per_s .requests 1e6 rr "$(port "$1" $ECHO)" --connections "$2" --size 64
 }
-udp_load() { # target size
-  if [ "$1" = haproxy ] || { [ "$1" = ringlb ] && [ -z "$RINGLB_UDP" ]; }; then echo nan; return; fi
-  bench udp "$(port "$1" $UDP)" --connections 50 --size "$2" --timeout 1s | tee -a "$OUT/raw.jsonl" | jq -r '.requests_per_s // "nan"'
+udp_load() { # target size -> "rate cpu" (CPU per request: one datagram each way)
+  if [ "$1" = haproxy ] || { [ "$1" = ringlb ] && [ -z "$RINGLB_UDP" ]; }; then printf 'nan\tnan\n'; return; fi
+  measure "$1" .requests_per_s .requests 1e6 udp "$(port "$1" $UDP)" --connections 50 --size "$2" --timeout 1s
 }
 w_udp64()   { udp_load "$1" 64; }
 w_udp1400() { udp_load "$1" 1400; }
+# redis: redis-benchmark's GET rate, and the proxy's CPU per request over its REQUESTS requests.
 w_redis() {
-  timeout 120 redis-benchmark -h 127.0.0.1 -p "$(port "$1" $REDIS)" -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
-    | tr '\r' '\n' | awk '/GET:/ {print $2}' | tail -1 | grep . || echo nan
+  local pid a b rate
+  pid=$(proxy_pid "$1")
+  [ -n "$pid" ] && a=$(cpu_ticks "$pid")
+  rate=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$(port "$1" $REDIS)" -t get -c 50 -n "$REQUESTS" -q 2>/dev/null \
+    | tr '\r' '\n' | awk '/GET:/ {print $2}' | tail -1 | grep . || echo nan)
+  if [ -n "$pid" ] && [ "$rate" != nan ]; then
+    b=$(cpu_ticks "$pid")
+    printf '%s\t%s\n' "$rate" "$(python3 -c "print(round(($b - $a) / $(getconf CLK_TCK) * 1e6 / $REQUESTS, 2))")"
+  else
+    printf '%s\tnan\n' "$rate"
+  fi
 }
 w_iperf() {
   timeout $((SECONDS_IPERF + 30)) iperf3 -c 127.0.0.1 -p "$(port "$1" $IPERF)" -t "$SECONDS_IPERF" -J 2>/dev/null \
@@ -371,6 +381,9 @@ row "udp: 50 sockets, 1400 B (req/s)" udp1400
 row "proxy CPU per rr request (us, lower is better)" rrcpu
 row "proxy CPU per connect-mode connection (us, lower is better)" connectcpu
 row "proxy CPU per GB streamed (ms, lower is better)" streamcpu
+row "proxy CPU per redis-benchmark GET (us, lower is better)" rediscpu
+row "proxy CPU per UDP request, 64 B (us, lower is better)" udp64cpu
+row "proxy CPU per UDP request, 1400 B (us, lower is better)" udp1400cpu
 echo
 if [ -z "$RINGLB_UDP" ]; then
   echo "ringlb UDP: not measured, this build: $RINGLB_UDP_NOTE. HAProxy has no UDP proxy."
