@@ -27,7 +27,10 @@
 #             within a 20,000 open-files limit; `ringlb bench` raises its own limit if needed.
 #
 # and prints medians and the ratios ringlb/HAProxy and ringlb/NGINX as a markdown table (the rows
-# of the workloads run; the scale workload its own table: a row per connection count). Then
+# of the workloads run; the scale workload its own table: a row per connection count), with each
+# proxy's CPU time per unit of work (rr request, connection, GB streamed, redis-benchmark GET, UDP
+# request: user + system ticks of the proxy's processes over the run / the units it completed).
+# Then
 # memory (unless IDLE_CONNS=0): each proxy holds IDLE_CONNS idle proxied connections (`ringlb
 # bench idle` as the client, `bench serve` as the backend, each its own process, so that no
 # process passes the 20,000 fd limit), and the proxy's memory (PSS, summed over its processes) is
