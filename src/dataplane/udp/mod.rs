@@ -97,6 +97,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
+use compio::buf::IoBuf;
 use compio::net::UdpSocket;
 use event_listener::Event;
 use futures_util::future::{Either, select};
@@ -108,14 +109,23 @@ use crate::control::{ServiceId, ServiceState};
 
 use super::worker::{LoopGuard, Retire, Worker};
 use flow::{End, Link, Target, Upstream};
-use upstream::{UpstreamFds, is_backend_failure, recv_now, send_now};
+use upstream::{UpstreamFds, is_backend_failure, send_now};
 
 mod flow;
+mod receive;
 mod upstream;
 
-/// Size of every datagram buffer: the largest UDP payload is 65,507 bytes over IPv4 and 65,527
-/// over IPv6, so no datagram is ever truncated.
-pub(super) const MAX_DATAGRAM: usize = 65_536;
+/// The largest UDP payload: 65,527 bytes over IPv6 (65,507 over IPv4).
+const MAX_PAYLOAD: usize = 65_527;
+
+/// What a multishot receive writes into its buffer before each payload: an
+/// `io_uring_recvmsg_out` header (four `u32`) and room for the source address (a
+/// `sockaddr_storage`).
+const MULTISHOT_HEADER: usize = 4 * 4 + std::mem::size_of::<libc::sockaddr_storage>();
+
+/// Size of every datagram buffer, those of the worker's buffer pool included: the largest UDP
+/// payload and the header a multishot receive puts before it, so no datagram is ever truncated.
+pub(super) const MAX_DATAGRAM: usize = MAX_PAYLOAD + MULTISHOT_HEADER;
 
 /// Reply buffers in each worker's io_uring buffer pool. A buffer is held only from the moment a
 /// reply arrives until it has been sent on to the client, so 128 cover the replies of 128 flows
@@ -186,7 +196,7 @@ pub(super) fn spawn(worker: &Rc<Worker>, setup: UdpSetup, retire: Rc<Retire>) ->
         last: RefCell::new(state.clone()),
     });
     let guard = worker.loop_started();
-    compio::runtime::spawn(receive_loop(svc.clone(), guard)).detach();
+    compio::runtime::spawn(receive::receive_loop(svc.clone(), guard)).detach();
     let guard = worker.loop_started();
     compio::runtime::spawn(expire_loop(svc.clone(), guard)).detach();
     let guard = worker.loop_started();
@@ -221,63 +231,6 @@ struct UdpService {
     buffer_freed: Rc<Event>,
     /// Replies taken with non-blocking receives land here; never borrowed across an await.
     scratch: RefCell<Vec<u8>>,
-}
-
-/// Receives client datagrams until the drain begins (or a reload retires the service), then
-/// drops every flow.
-async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
-    // Made once: a fresh drain future per datagram would allocate a listener each time.
-    let mut drain = pin!(svc.worker.retiring(&svc.retire));
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
-    let mut candidates: Vec<usize> = Vec::new();
-    loop {
-        buf.clear();
-        let recv = pin!(svc.socket.recv_from(buf));
-        let BufResult(received, b) = match select(recv, drain.as_mut()).await {
-            Either::Left((r, _)) => r,
-            Either::Right(_) => break,
-        };
-        buf = b;
-        match received {
-            Ok((_, client)) => {
-                buf = svc.forward_up(buf, client, &mut candidates).await;
-                // Datagrams already queued are taken with non-blocking receives: one trip round
-                // the event loop for a burst, not one per datagram.
-                for _ in 0..DRAIN_BATCH {
-                    match recv_now(&svc.socket, &mut buf) {
-                        Ok(Some(client)) => {
-                            buf = svc.forward_up(buf, client, &mut candidates).await;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            if let Some(suppressed) = Reason::UdpReceive.admit() {
-                                tracing::debug!(service = %svc.name, error = %e, suppressed,
-                                    "udp receive failed");
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                if let Some(suppressed) = Reason::UdpReceive.admit() {
-                    tracing::debug!(service = %svc.name, error = %e, suppressed,
-                        "udp receive failed");
-                }
-                compio::time::sleep(RECV_ERROR_BACKOFF).await;
-            }
-        }
-    }
-    let flows = svc.flows.borrow_mut().drain();
-    for flow in flows {
-        svc.log_end(&flow, End::Shutdown);
-    }
-    tracing::debug!(
-        worker = svc.worker.index,
-        service = %svc.name,
-        "udp socket closed"
-    );
 }
 
 /// Ends flows that have been idle for the idle timeout, sleeping until the next one is due.
@@ -342,14 +295,15 @@ async fn drops_loop(svc: Rc<UdpService>, _running: LoopGuard) {
 }
 
 impl UdpService {
-    /// Sends one client datagram (in `buf`) on to its flow's backend; returns the buffer.
-    async fn forward_up(
+    /// Sends one client datagram (all of `buf`) on to its flow's backend; returns the buffer.
+    /// The one handling of a client datagram, whichever way it was received.
+    async fn forward_up<B: IoBuf>(
         self: &Rc<Self>,
-        mut buf: Vec<u8>,
+        mut buf: B,
         client: SocketAddr,
         candidates: &mut Vec<usize>,
-    ) -> Vec<u8> {
-        let len = buf.len();
+    ) -> B {
+        let len = buf.buf_len();
         for attempt in 0..SEND_ATTEMPTS {
             if self.fds.at_limit() {
                 self.room_for_link(client).await;
@@ -358,7 +312,7 @@ impl UdpService {
                 self.current_state().counters.udp_datagrams_dropped.inc();
                 return buf;
             };
-            let sent = match send_now(&target.socket, &buf, target.dest) {
+            let sent = match send_now(&target.socket, buf.as_init(), target.dest) {
                 Ok(Some(n)) => Ok(n),
                 Err(e) => Err(e),
                 Ok(None) => {
