@@ -9,8 +9,9 @@
 //! [`crate::balancer::flowtable`]) or when to stop ([`crate::control::Shutdown`]).
 //!
 //! This file is the client side (the service's socket, the flow table, the datagrams going up,
-//! choosing a backend); `flow` is a flow's state and life (its link, how it ends, its access-log
-//! line); `upstream` is the backend side (the reader of each link's replies, upstream sockets).
+//! choosing a backend); `receive` reads the service's socket; `flow` is a flow's state and life
+//! (its link, how it ends, its access-log line); `upstream` is the backend side (the reader of
+//! each link's replies, upstream sockets).
 //!
 //! # Flows
 //!
@@ -66,22 +67,46 @@
 //!
 //! # I/O and buffers
 //!
-//! io_uring wakes each task: the service's receive loop waits on a `recvfrom` of the service
-//! socket, and each link's reader on a receive of its upstream socket into the worker's io_uring
-//! buffer pool (a provided buffer ring of [`REPLY_BUFFERS`] buffers of [`MAX_DATAGRAM`] bytes,
-//! Linux 5.19+): the kernel takes a buffer only when a reply arrives, so thousands of flows
-//! waiting for replies hold no buffer each, and the pool bounds reply memory per worker. When the
-//! pool is empty a reader waits for a buffer to come back; the reply stays queued in its socket.
+//! io_uring wakes each task. Each link's reader waits on a receive of its upstream socket into
+//! the worker's io_uring buffer pool (a provided buffer ring of [`REPLY_BUFFERS`] buffers of
+//! [`MAX_DATAGRAM`] bytes, Linux 5.19+): the kernel takes a buffer only when a reply arrives, so
+//! thousands of flows waiting for replies hold no buffer each, and the pool bounds datagram
+//! memory per worker. When the pool is empty a reader waits for a buffer to come back; the
+//! reply stays queued in its socket.
 //!
-//! After each wake-up, up to [`DRAIN_BATCH`] datagrams already queued on that socket are taken
-//! with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
+//! ## Receiving client datagrams
+//!
+//! The service's socket is read by one multishot `recvmsg` into the same pool (`receive`): armed
+//! once, it completes once per datagram with the datagram, its source and a header in a pool
+//! buffer, so a client datagram costs one completion and no system call to receive it (no
+//! readiness poll, no receive that finds the queue empty). Each datagram is forwarded from its
+//! pool buffer, which goes back to the pool at once (or after the io_uring send that a full
+//! socket buffer calls for). Buffers are sized for the largest payload plus that header, so no
+//! datagram is truncated.
+//!
+//! The multishot receive ends when the pool has no free buffer as a datagram arrives (a burst
+//! larger than the pool, or buffers held by replies waiting to be sent): the kernel leaves that
+//! datagram queued on the socket. It can also end by itself, or the kernel can refuse it. The
+//! loop then reads the socket the fallback way: an io_uring `recvfrom` into the loop's own
+//! buffer, then non-blocking receives of what is already queued (see below), for 20 ms after
+//! the pool ran dry (1 s after an error), then arms a new multishot receive (at once when it
+//! merely ended). So a dry pool never stops the service's socket from being read, a burst never
+//! keeps replies of other flows from their buffers for longer than the datagrams already taken
+//! are being forwarded, and nothing is lost that the fallback way alone would not lose: what
+//! the pool could not take stays in the socket's buffer, whose overflow the kernel counts as
+//! drops. Both ways hand each datagram to the one [`UdpService::forward_up`].
+//!
+//! ## Non-blocking calls
+//!
+//! After each wake-up of a reader or of the fallback receive, up to [`DRAIN_BATCH`] datagrams
+//! already queued on that socket are taken with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
 //! `send`/`sendto`, which succeeds whenever the socket buffer has room (a UDP send never waits
 //! for its peer); only a full socket buffer sends through io_uring and waits. A burst thus costs
 //! one trip round the event loop instead of two per datagram (the 100,000-datagram test runs
 //! about 3.5 times faster than with io_uring alone). This is the readiness-plus-syscall pattern
 //! the design names for splice; io_uring still does all the waiting.
 //!
-//! Nothing is allocated per datagram by this module: the receive loop reuses one 64 KiB buffer,
+//! Nothing is allocated per datagram by this module: the fallback receive reuses one 64 KiB buffer,
 //! non-blocking reply receives use one 64 KiB scratch buffer per service (never held across an
 //! await; only a reply that must wait for a full socket buffer is copied out). compio itself
 //! allocates a small record per submitted operation, as on the TCP path. Counters are
@@ -127,9 +152,10 @@ const MULTISHOT_HEADER: usize = 4 * 4 + std::mem::size_of::<libc::sockaddr_stora
 /// payload and the header a multishot receive puts before it, so no datagram is ever truncated.
 pub(super) const MAX_DATAGRAM: usize = MAX_PAYLOAD + MULTISHOT_HEADER;
 
-/// Reply buffers in each worker's io_uring buffer pool. A buffer is held only from the moment a
-/// reply arrives until it has been sent on to the client, so 128 cover the replies of 128 flows
-/// arriving in one turn of the event loop; memory is bounded at 128 × 64 KiB = 8 MiB per worker.
+/// Buffers in each worker's io_uring buffer pool, for replies and for client datagrams of the
+/// multishot receive. A buffer is held only from the moment a datagram arrives until it has been
+/// sent on, so 128 cover 128 datagrams arriving in one turn of the event loop; memory is bounded
+/// at 128 × 64 KiB = 8 MiB per worker.
 pub(super) const REPLY_BUFFERS: u16 = 128;
 
 /// Longest wait of a reader for a freed reply buffer before it tries again anyway (a buffer can

@@ -2,14 +2,16 @@
 //! buffer pool while it runs, the readiness-plus-syscall path while it cannot.
 //!
 //! Owns the service's receive loop and the choice between the two ways of receiving; each
-//! datagram, however received, goes to [`UdpService::forward_up`]. Does not own what happens to
-//! a datagram (the parent module) nor the buffer pool (the worker registers it; its buffers are
-//! shared with the reply readers of `upstream`).
+//! datagram, however received, goes to one [`Handler`] (the service's is
+//! [`UdpService::forward_up`]). Does not own what happens to a datagram (the parent module) nor
+//! the buffer pool (the worker registers it; its buffers are shared with the reply readers of
+//! `upstream`).
 //!
 //! See the parent module's "Receiving client datagrams" for why and when each way is used.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,47 @@ use super::super::worker::LoopGuard;
 use super::flow::End;
 use super::upstream::{is_pool_empty, recv_now};
 use super::{DRAIN_BATCH, MAX_DATAGRAM, RECV_ERROR_BACKOFF, UdpService};
+
+/// What is done with each client datagram received.
+pub(super) trait Handler {
+    /// Handles one datagram (all of `buf`) from `client`; returns the buffer.
+    async fn datagram<B: IoBuf>(&mut self, buf: B, client: SocketAddr) -> B;
+    /// A datagram that cannot be handled (truncated, or without a source address) was dropped.
+    fn dropped(&mut self);
+    /// A buffer of the pool went back to it.
+    fn buffer_back(&self);
+    /// The service's name, for logs.
+    fn name(&self) -> &str;
+}
+
+/// The service's handler: each datagram goes on to its flow's backend.
+struct Forward {
+    svc: Rc<UdpService>,
+    /// Reused for every backend choice.
+    candidates: Vec<usize>,
+}
+
+impl Handler for Forward {
+    async fn datagram<B: IoBuf>(&mut self, buf: B, client: SocketAddr) -> B {
+        self.svc.forward_up(buf, client, &mut self.candidates).await
+    }
+
+    fn dropped(&mut self) {
+        self.svc
+            .current_state()
+            .counters
+            .udp_datagrams_dropped
+            .inc();
+    }
+
+    fn buffer_back(&self) {
+        self.svc.buffer_freed.notify(1);
+    }
+
+    fn name(&self) -> &str {
+        &self.svc.name
+    }
+}
 
 /// How long the service's socket is read the fallback way after the buffer pool ran dry under
 /// the multishot receive, before a multishot receive is armed again: long enough for the
@@ -57,23 +100,12 @@ enum Ended {
 /// drops every flow.
 pub(super) async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
     // Made once: a fresh drain future per datagram would allocate a listener each time.
-    let mut drain = pin!(svc.worker.retiring(&svc.retire));
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
-    let mut candidates: Vec<usize> = Vec::new();
-    // The multishot receive is used from this instant on.
-    let mut multishot_from = Instant::now();
-    loop {
-        let ended = if Instant::now() >= multishot_from {
-            receive_multishot(&svc, drain.as_mut(), &mut candidates).await
-        } else {
-            receive_fallback(&svc, drain.as_mut(), &mut buf, &mut candidates).await
-        };
-        match ended {
-            Ended::Retired => break,
-            Ended::Rearm | Ended::Received => {}
-            Ended::FallBack(wait) => multishot_from = Instant::now() + wait,
-        }
-    }
+    let drain = pin!(svc.worker.retiring(&svc.retire));
+    let mut forward = Forward {
+        svc: svc.clone(),
+        candidates: Vec::new(),
+    };
+    receive(&svc.socket, drain, &mut forward).await;
     let flows = svc.flows.borrow_mut().drain();
     for flow in flows {
         svc.log_end(&flow, End::Shutdown);
@@ -83,6 +115,30 @@ pub(super) async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
         service = %svc.name,
         "udp socket closed"
     );
+}
+
+/// Receives datagrams on `socket` and hands each to `handler`, until `drain` resolves: with a
+/// multishot receive while it runs, the fallback way for a while after it could not.
+async fn receive(
+    socket: &UdpSocket,
+    mut drain: Pin<&mut impl Future<Output = ()>>,
+    handler: &mut impl Handler,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
+    // The multishot receive is used from this instant on.
+    let mut multishot_from = Instant::now();
+    loop {
+        let ended = if Instant::now() >= multishot_from {
+            receive_multishot(socket, drain.as_mut(), handler).await
+        } else {
+            receive_fallback(socket, drain.as_mut(), &mut buf, handler).await
+        };
+        match ended {
+            Ended::Retired => return,
+            Ended::Rearm | Ended::Received => {}
+            Ended::FallBack(wait) => multishot_from = Instant::now() + wait,
+        }
+    }
 }
 
 /// A multishot `recvmsg` of the service's socket into the worker's buffer pool: one completion
@@ -103,13 +159,13 @@ type MultishotItem = io::Result<Option<RecvMsgMultiResult>>;
 /// Receives datagrams with one multishot receive until it ends, the pool runs dry or the drain
 /// begins.
 async fn receive_multishot(
-    svc: &Rc<UdpService>,
+    socket: &UdpSocket,
     mut drain: Pin<&mut impl Future<Output = ()>>,
-    candidates: &mut Vec<usize>,
+    handler: &mut impl Handler,
 ) -> Ended {
-    let stream = match arm(&svc.socket) {
+    let stream = match arm(socket) {
         Ok(stream) => stream,
-        Err(e) => return multishot_failed(svc, &e),
+        Err(e) => return multishot_failed(handler, &e),
     };
     let mut stream = pin!(stream);
     loop {
@@ -119,22 +175,22 @@ async fn receive_multishot(
             Either::Right(_) => return Ended::Retired,
         };
         match item {
-            Some(Ok(Some(datagram))) => svc.forward_pooled(datagram, candidates).await,
+            Some(Ok(Some(datagram))) => handle_pooled(datagram, handler).await,
             // The kernel ended the receive (after its last datagram, if any): arm another.
             Some(Ok(None)) | None => return Ended::Rearm,
             // The pool had no buffer when a datagram arrived: the datagram is still queued on the
             // socket, where the fallback way reads it.
             Some(Err(e)) if is_pool_empty(&e) => return Ended::FallBack(REARM_AFTER_DRY),
-            Some(Err(e)) => return multishot_failed(svc, &e),
+            Some(Err(e)) => return multishot_failed(handler, &e),
         }
     }
 }
 
 /// The kernel refused or failed the multishot receive: the fallback way reads the socket for
 /// [`REARM_AFTER_ERROR`].
-fn multishot_failed(svc: &UdpService, e: &io::Error) -> Ended {
+fn multishot_failed(handler: &impl Handler, e: &io::Error) -> Ended {
     if let Some(suppressed) = Reason::UdpReceive.admit() {
-        tracing::debug!(service = %svc.name, error = %e, suppressed,
+        tracing::debug!(service = %handler.name(), error = %e, suppressed,
             "udp multishot receive failed: receiving without it for a while");
     }
     Ended::FallBack(REARM_AFTER_ERROR)
@@ -143,14 +199,14 @@ fn multishot_failed(svc: &UdpService, e: &io::Error) -> Ended {
 /// The fallback way: waits for one datagram with an io_uring `recvfrom` into the loop's own
 /// buffer, then takes up to [`DRAIN_BATCH`] more already queued with non-blocking receives.
 async fn receive_fallback(
-    svc: &Rc<UdpService>,
+    socket: &UdpSocket,
     mut drain: Pin<&mut impl Future<Output = ()>>,
     buf: &mut Vec<u8>,
-    candidates: &mut Vec<usize>,
+    handler: &mut impl Handler,
 ) -> Ended {
     let mut owned = std::mem::take(buf);
     owned.clear();
-    let recv = pin!(svc.socket.recv_from(owned));
+    let recv = pin!(socket.recv_from(owned));
     let BufResult(received, b) = match select(recv, drain.as_mut()).await {
         Either::Left((r, _)) => r,
         Either::Right(_) => return Ended::Retired,
@@ -158,16 +214,16 @@ async fn receive_fallback(
     owned = b;
     match received {
         Ok((_, client)) => {
-            owned = svc.forward_up(owned, client, candidates).await;
+            owned = handler.datagram(owned, client).await;
             // Datagrams already queued are taken with non-blocking receives: one trip round the
             // event loop for a burst, not one per datagram.
             for _ in 0..DRAIN_BATCH {
-                match recv_now(&svc.socket, &mut owned) {
-                    Ok(Some(client)) => owned = svc.forward_up(owned, client, candidates).await,
+                match recv_now(socket, &mut owned) {
+                    Ok(Some(client)) => owned = handler.datagram(owned, client).await,
                     Ok(None) => break,
                     Err(e) => {
                         if let Some(suppressed) = Reason::UdpReceive.admit() {
-                            tracing::debug!(service = %svc.name, error = %e, suppressed,
+                            tracing::debug!(service = %handler.name(), error = %e, suppressed,
                                 "udp receive failed");
                         }
                         break;
@@ -178,7 +234,7 @@ async fn receive_fallback(
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
         Err(e) => {
             if let Some(suppressed) = Reason::UdpReceive.admit() {
-                tracing::debug!(service = %svc.name, error = %e, suppressed,
+                tracing::debug!(service = %handler.name(), error = %e, suppressed,
                     "udp receive failed");
             }
             compio::time::sleep(RECV_ERROR_BACKOFF).await;
@@ -188,45 +244,36 @@ async fn receive_fallback(
     Ended::Received
 }
 
-impl UdpService {
-    /// Sends on one datagram of the multishot receive, from its pool buffer, which then goes
-    /// back to the pool.
-    async fn forward_pooled(
-        self: &Rc<Self>,
-        datagram: RecvMsgMultiResult,
-        candidates: &mut Vec<usize>,
-    ) {
-        let client = datagram.addr().and_then(|a| a.as_socket());
-        let truncated = datagram.flags().contains(ReturnFlags::TRUNC);
-        match client {
-            // Pool buffers have room for the largest datagram and its header: never truncated.
-            Some(client) if !truncated => {
-                let len = datagram.data().len();
-                let buffer = datagram.into_inner();
-                // The payload is the end of the buffer, after the header and source address.
-                let payload = buffer.buf_len() - len;
-                drop(
-                    self.forward_up(buffer.slice(payload..), client, candidates)
-                        .await,
-                );
-            }
-            _ => {
-                self.current_state().counters.udp_datagrams_dropped.inc();
-                if let Some(suppressed) = Reason::UdpReceive.admit() {
-                    tracing::debug!(service = %self.name, truncated, suppressed,
-                        "udp datagram without a source address or truncated: dropped");
-                }
-                drop(datagram);
-            }
+/// Hands one datagram of the multishot receive to `handler` from its pool buffer, which then
+/// goes back to the pool.
+async fn handle_pooled(datagram: RecvMsgMultiResult, handler: &mut impl Handler) {
+    let client = datagram.addr().and_then(|a| a.as_socket());
+    let truncated = datagram.flags().contains(ReturnFlags::TRUNC);
+    match client {
+        // Pool buffers have room for the largest datagram and its header: never truncated.
+        Some(client) if !truncated => {
+            let len = datagram.data().len();
+            let buffer = datagram.into_inner();
+            // The payload is the end of the buffer, after the header and source address.
+            let payload = buffer.buf_len() - len;
+            drop(handler.datagram(buffer.slice(payload..), client).await);
         }
-        // The buffer is back in the pool.
-        self.buffer_freed.notify(1);
+        _ => {
+            handler.dropped();
+            if let Some(suppressed) = Reason::UdpReceive.admit() {
+                tracing::debug!(service = %handler.name(), truncated, suppressed,
+                    "udp datagram without a source address or truncated: dropped");
+            }
+            drop(datagram);
+        }
     }
+    handler.buffer_back();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
     use std::num::NonZeroU16;
 
     /// A runtime whose buffer pool is the worker's: `buffers` buffers of [`MAX_DATAGRAM`] bytes.
@@ -303,6 +350,100 @@ mod tests {
                 Some(sender.local_addr().unwrap())
             );
             assert_eq!(buf, [2u8; 10]);
+        });
+    }
+
+    /// Records what it is handed: each datagram's number and whether it came in a pool buffer.
+    struct Recorder {
+        got: Rc<RefCell<Vec<(u32, bool)>>>,
+    }
+
+    impl Handler for Recorder {
+        async fn datagram<B: IoBuf>(&mut self, buf: B, _client: SocketAddr) -> B {
+            let seq = u32::from_le_bytes(buf.as_init()[..4].try_into().unwrap());
+            let pooled = std::any::type_name::<B>() != std::any::type_name::<Vec<u8>>();
+            // A slow handler: the buffer is held across turns of the event loop.
+            compio::time::sleep(Duration::from_millis(1)).await;
+            self.got.borrow_mut().push((seq, pooled));
+            buf
+        }
+
+        fn dropped(&mut self) {
+            panic!("a datagram was dropped");
+        }
+
+        fn buffer_back(&self) {}
+
+        fn name(&self) -> &str {
+            "test"
+        }
+    }
+
+    /// Polls `done` every millisecond for up to 5 s.
+    async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            compio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+
+    /// A backlog ten times the pool: the multishot receive fills every buffer and ends, the
+    /// fallback reads the rest, every datagram is handled once and in order, and the multishot
+    /// receive is armed again afterwards.
+    #[test]
+    fn a_backlog_beyond_the_pool_is_read_by_the_fallback_then_the_multishot_resumes() {
+        const POOL: u16 = 4;
+        const BACKLOG: u32 = 40;
+        runtime(POOL).block_on(async {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for seq in 0..BACKLOG {
+                sender.send_to(&seq.to_le_bytes(), addr).unwrap();
+            }
+            let got = Rc::new(RefCell::new(Vec::new()));
+            let mut recorder = Recorder { got: got.clone() };
+            let receiver = compio::runtime::spawn(async move {
+                let drain = pin!(std::future::pending::<()>());
+                receive(&socket, drain, &mut recorder).await;
+            });
+            let all = wait_until(|| got.borrow().len() >= BACKLOG as usize).await;
+            assert!(all, "handled {} of {BACKLOG}", got.borrow().len());
+            let seqs: Vec<u32> = got.borrow().iter().map(|&(seq, _)| seq).collect();
+            assert_eq!(
+                seqs,
+                (0..BACKLOG).collect::<Vec<_>>(),
+                "each once, in order"
+            );
+            let pooled = got.borrow().iter().filter(|&&(_, pooled)| pooled).count();
+            assert!(
+                got.borrow()[0].1,
+                "the first datagram came by the multishot receive"
+            );
+            assert!(
+                pooled < BACKLOG as usize,
+                "the fallback read part of the backlog"
+            );
+            // Later datagrams, one at a time: once its pause is over, the multishot receive is
+            // armed again.
+            let mut seq = BACKLOG;
+            let resumed = wait_until(|| {
+                if got.borrow().len() == seq as usize {
+                    if got.borrow().last().is_some_and(|&(_, pooled)| pooled) {
+                        return true;
+                    }
+                    sender.send_to(&seq.to_le_bytes(), addr).unwrap();
+                    seq += 1;
+                }
+                false
+            })
+            .await;
+            assert!(resumed, "no datagram came by the multishot receive again");
+            drop(receiver);
         });
     }
 }
