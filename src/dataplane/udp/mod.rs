@@ -58,12 +58,13 @@
 //! Every datagram picks a backend on its own. The flow (per client address) then holds one
 //! *unconnected* upstream socket, and each datagram is sent to its backend with `sendto`: replies
 //! from any backend arrive on that socket and go back to the flow's client. This keeps the bound
-//! of one upstream socket per flow however many backends a client's datagrams reach, with no
-//! per-datagram state. Replies whose source is not one of the service's backends are dropped (an
-//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when it is
-//! the one that wakes the reader, the pool receive cannot report its source. An unconnected socket gets no ICMP errors, so per-packet mode does not
-//! see refused backends; health checks will. Per-packet datagrams count in no backend's active
-//! count, so `least_conn` and `power_of_two` see no UDP load there.
+//! of one upstream socket per flow however many backends a client's datagrams reach, with no per-
+//! datagram state. Replies whose source is not one of the service's backends are dropped (an
+//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when it is the
+//! one that wakes the reader, the pool receive cannot report its source. An unconnected socket gets
+//! no ICMP errors, so per-packet mode does not see refused backends; health checks will. Per-packet
+//! datagrams count in no backend's active count, so `least_conn` and `power_of_two` see no UDP load
+//! there.
 //!
 //! # I/O and buffers
 //!
@@ -98,20 +99,22 @@
 //!
 //! ## Non-blocking calls
 //!
-//! After each wake-up of a reader or of the fallback receive, up to [`DRAIN_BATCH`] datagrams
-//! already queued on that socket are taken with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
-//! `send`/`sendto`, which succeeds whenever the socket buffer has room (a UDP send never waits
-//! for its peer); only a full socket buffer sends through io_uring and waits. A burst thus costs
-//! one trip round the event loop instead of two per datagram (the 100,000-datagram test runs
-//! about 3.5 times faster than with io_uring alone). This is the readiness-plus-syscall pattern
-//! the design names for splice; io_uring still does all the waiting.
+//! After each wake-up of the fallback receive, and of a reader whose replies queue up (while they
+//! come one at a time, a reader only probes every few wake-ups, so request and response costs no
+//! receive that finds nothing), up to [`DRAIN_BATCH`] datagrams already queued on that socket are
+//! taken with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
+//! `send`/`sendto`, which succeeds whenever the socket buffer has room (a UDP send never waits for
+//! its peer); only a full socket buffer sends through io_uring and waits. A burst thus costs one
+//! trip round the event loop instead of two per datagram (the 100,000-datagram test runs about 3.5
+//! times faster than with io_uring alone). This is the readiness-plus-syscall pattern the design
+//! names for splice; io_uring still does all the waiting.
 //!
 //! Nothing is allocated per datagram by this module: the fallback receive reuses one 64 KiB buffer,
 //! non-blocking reply receives use one 64 KiB scratch buffer per service (never held across an
 //! await; only a reply that must wait for a full socket buffer is copied out). compio itself
-//! allocates a small record per submitted operation, as on the TCP path. Counters are
-//! process-wide atomics updated per datagram; what the kernel dropped at a service's socket
-//! (its receive buffer full) is read from the socket once a second (`drops_loop`).
+//! allocates a small record per submitted operation, as on the TCP path. Counters are process-wide
+//! atomics updated per datagram; what the kernel dropped at a service's socket (its receive buffer
+//! full) is read from the socket once a second (`drops_loop`).
 
 use std::cell::{Cell, RefCell};
 use std::io;
