@@ -87,15 +87,15 @@
 //!
 //! The multishot receive ends when the pool has no free buffer as a datagram arrives (a burst
 //! larger than the pool, or buffers held by replies waiting to be sent): the kernel leaves that
-//! datagram queued on the socket. It can also end by itself, or the kernel can refuse it. The
-//! loop then reads the socket the fallback way: an io_uring `recvfrom` into the loop's own
-//! buffer, then non-blocking receives of what is already queued (see below), for 20 ms after
-//! the pool ran dry (1 s after an error), then arms a new multishot receive (at once when it
-//! merely ended). So a dry pool never stops the service's socket from being read, a burst never
-//! keeps replies of other flows from their buffers for longer than the datagrams already taken
-//! are being forwarded, and nothing is lost that the fallback way alone would not lose: what
-//! the pool could not take stays in the socket's buffer, whose overflow the kernel counts as
-//! drops. Both ways hand each datagram to the one [`UdpService::forward_up`].
+//! datagram queued on the socket. It can also end by itself, or the kernel can refuse it. The loop
+//! then reads the socket the fallback way: an io_uring `recvfrom` into the loop's own buffer, then
+//! non-blocking receives of what is already queued (see below), for 20 ms after the pool ran dry (a
+//! second after an error), then arms a new multishot receive (at once when it merely ended after a
+//! datagram). So a dry pool never stops the service's socket from being read, a burst holds pool
+//! buffers, which replies of other flows also need, only while the datagrams already taken are
+//! being forwarded, and nothing is lost that the fallback way alone would not lose: what the pool
+//! could not take stays in the socket's buffer, whose overflow the kernel counts as drops. Both
+//! ways hand each datagram to the one [`UdpService::forward_up`].
 //!
 //! ## Non-blocking calls
 //!

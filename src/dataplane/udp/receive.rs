@@ -1,5 +1,6 @@
 //! Receiving clients' datagrams on a UDP service's socket: a multishot receive into the worker's
-//! buffer pool while it runs, the readiness-plus-syscall path while it cannot.
+//! buffer pool while it runs, an io_uring `recvfrom` followed by non-blocking receives while it
+//! cannot.
 //!
 //! Owns the service's receive loop and the choice between the two ways of receiving; each
 //! datagram, however received, goes to one [`Handler`] (the service's is
@@ -88,7 +89,7 @@ const REARM_AFTER_ERROR: Duration = Duration::from_secs(1);
 enum Ended {
     /// The drain began or the service is retired.
     Retired,
-    /// The multishot receive ended by itself: arm another at once.
+    /// The multishot receive ended by itself after a datagram: arm another at once.
     Rearm,
     /// The multishot receive could not go on for a while (no free buffer, or an error).
     FallBack(Duration),
@@ -168,6 +169,7 @@ async fn receive_multishot(
         Err(e) => return multishot_failed(handler, &e),
     };
     let mut stream = pin!(stream);
+    let mut received = false;
     loop {
         let item = match select(stream.next(), drain.as_mut()).await {
             Either::Left((item, _)) => item,
@@ -175,9 +177,14 @@ async fn receive_multishot(
             Either::Right(_) => return Ended::Retired,
         };
         match item {
-            Some(Ok(Some(datagram))) => handle_pooled(datagram, handler).await,
-            // The kernel ended the receive (after its last datagram, if any): arm another.
-            Some(Ok(None)) | None => return Ended::Rearm,
+            Some(Ok(Some(datagram))) => {
+                received = true;
+                handle_pooled(datagram, handler).await;
+            }
+            // The kernel ended the receive after its last datagram: arm another. One that ends
+            // without any is not armed again at once, so it cannot spin.
+            Some(Ok(None)) | None if received => return Ended::Rearm,
+            Some(Ok(None)) | None => return Ended::FallBack(REARM_AFTER_DRY),
             // The pool had no buffer when a datagram arrived: the datagram is still queued on the
             // socket, where the fallback way reads it.
             Some(Err(e)) if is_pool_empty(&e) => return Ended::FallBack(REARM_AFTER_DRY),
