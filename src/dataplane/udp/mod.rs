@@ -9,8 +9,9 @@
 //! [`crate::balancer::flowtable`]) or when to stop ([`crate::control::Shutdown`]).
 //!
 //! This file is the client side (the service's socket, the flow table, the datagrams going up,
-//! choosing a backend); `flow` is a flow's state and life (its link, how it ends, its access-log
-//! line); `upstream` is the backend side (the reader of each link's replies, upstream sockets).
+//! choosing a backend); `receive` reads the service's socket; `flow` is a flow's state and life
+//! (its link, how it ends, its access-log line); `upstream` is the backend side (the reader of
+//! each link's replies, upstream sockets).
 //!
 //! # Flows
 //!
@@ -57,36 +58,63 @@
 //! Every datagram picks a backend on its own. The flow (per client address) then holds one
 //! *unconnected* upstream socket, and each datagram is sent to its backend with `sendto`: replies
 //! from any backend arrive on that socket and go back to the flow's client. This keeps the bound
-//! of one upstream socket per flow however many backends a client's datagrams reach, with no
-//! per-datagram state. Replies whose source is not one of the service's backends are dropped (an
-//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when it is
-//! the one that wakes the reader, the pool receive cannot report its source. An unconnected socket gets no ICMP errors, so per-packet mode does not
-//! see refused backends; health checks will. Per-packet datagrams count in no backend's active
-//! count, so `least_conn` and `power_of_two` see no UDP load there.
+//! of one upstream socket per flow however many backends a client's datagrams reach, with no per-
+//! datagram state. Replies whose source is not one of the service's backends are dropped (an
+//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when it is the
+//! one that wakes the reader, the pool receive cannot report its source. An unconnected socket gets
+//! no ICMP errors, so per-packet mode does not see refused backends; health checks will. Per-packet
+//! datagrams count in no backend's active count, so `least_conn` and `power_of_two` see no UDP load
+//! there.
 //!
 //! # I/O and buffers
 //!
-//! io_uring wakes each task: the service's receive loop waits on a `recvfrom` of the service
-//! socket, and each link's reader on a receive of its upstream socket into the worker's io_uring
-//! buffer pool (a provided buffer ring of [`REPLY_BUFFERS`] buffers of [`MAX_DATAGRAM`] bytes,
-//! Linux 5.19+): the kernel takes a buffer only when a reply arrives, so thousands of flows
-//! waiting for replies hold no buffer each, and the pool bounds reply memory per worker. When the
-//! pool is empty a reader waits for a buffer to come back; the reply stays queued in its socket.
+//! io_uring wakes each task. Each link's reader waits on a receive of its upstream socket into
+//! the worker's io_uring buffer pool (a provided buffer ring of [`REPLY_BUFFERS`] buffers of
+//! [`MAX_DATAGRAM`] bytes, Linux 5.19+): the kernel takes a buffer only when a reply arrives, so
+//! thousands of flows waiting for replies hold no buffer each, and the pool bounds datagram
+//! memory per worker. When the pool is empty a reader waits for a buffer to come back; the
+//! reply stays queued in its socket.
 //!
-//! After each wake-up, up to [`DRAIN_BATCH`] datagrams already queued on that socket are taken
-//! with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
-//! `send`/`sendto`, which succeeds whenever the socket buffer has room (a UDP send never waits
-//! for its peer); only a full socket buffer sends through io_uring and waits. A burst thus costs
-//! one trip round the event loop instead of two per datagram (the 100,000-datagram test runs
-//! about 3.5 times faster than with io_uring alone). This is the readiness-plus-syscall pattern
-//! the design names for splice; io_uring still does all the waiting.
+//! ## Receiving client datagrams
 //!
-//! Nothing is allocated per datagram by this module: the receive loop reuses one 64 KiB buffer,
+//! The service's socket is read by one multishot `recvmsg` into the same pool (`receive`): armed
+//! once, it completes once per datagram with the datagram, its source and a header in a pool
+//! buffer, so a client datagram costs one completion and no system call to receive it (no
+//! readiness poll, no receive that finds the queue empty). Each datagram is forwarded from its
+//! pool buffer, which goes back to the pool at once (or after the io_uring send that a full
+//! socket buffer calls for). Buffers are sized for the largest payload plus that header, so no
+//! datagram is truncated.
+//!
+//! The multishot receive ends when the pool has no free buffer as a datagram arrives (a burst
+//! larger than the pool, or buffers held by replies waiting to be sent): the kernel leaves that
+//! datagram queued on the socket. It can also end by itself, or the kernel can refuse it. The loop
+//! then reads the socket the fallback way: an io_uring `recvfrom` into the loop's own buffer, then
+//! non-blocking receives of what is already queued (see below), for 20 ms after the pool ran dry (a
+//! second after an error), then arms a new multishot receive (at once when it merely ended after a
+//! datagram). So a dry pool never stops the service's socket from being read, a burst holds pool
+//! buffers, which replies of other flows also need, only while the datagrams already taken are
+//! being forwarded, and nothing is lost that the fallback way alone would not lose: what the pool
+//! could not take stays in the socket's buffer, whose overflow the kernel counts as drops. Both
+//! ways hand each datagram to the one [`UdpService::forward_up`].
+//!
+//! ## Non-blocking calls
+//!
+//! After each wake-up of the fallback receive, and of a reader whose replies queue up (while they
+//! come one at a time, a reader only probes every few wake-ups, so request and response costs no
+//! receive that finds nothing), up to [`DRAIN_BATCH`] datagrams already queued on that socket are
+//! taken with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
+//! `send`/`sendto`, which succeeds whenever the socket buffer has room (a UDP send never waits for
+//! its peer); only a full socket buffer sends through io_uring and waits. A burst thus costs one
+//! trip round the event loop instead of two per datagram (the 100,000-datagram test runs about 3.5
+//! times faster than with io_uring alone). This is the readiness-plus-syscall pattern the design
+//! names for splice; io_uring still does all the waiting.
+//!
+//! Nothing is allocated per datagram by this module: the fallback receive reuses one 64 KiB buffer,
 //! non-blocking reply receives use one 64 KiB scratch buffer per service (never held across an
 //! await; only a reply that must wait for a full socket buffer is copied out). compio itself
-//! allocates a small record per submitted operation, as on the TCP path. Counters are
-//! process-wide atomics updated per datagram; what the kernel dropped at a service's socket
-//! (its receive buffer full) is read from the socket once a second (`drops_loop`).
+//! allocates a small record per submitted operation, as on the TCP path. Counters are process-wide
+//! atomics updated per datagram; what the kernel dropped at a service's socket (its receive buffer
+//! full) is read from the socket once a second (`drops_loop`).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -97,6 +125,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
+use compio::buf::IoBuf;
 use compio::net::UdpSocket;
 use event_listener::Event;
 use futures_util::future::{Either, select};
@@ -108,18 +137,28 @@ use crate::control::{ServiceId, ServiceState};
 
 use super::worker::{LoopGuard, Retire, Worker};
 use flow::{End, Link, Target, Upstream};
-use upstream::{UpstreamFds, is_backend_failure, recv_now, send_now};
+use upstream::{UpstreamFds, is_backend_failure, send_now};
 
 mod flow;
+mod receive;
 mod upstream;
 
-/// Size of every datagram buffer: the largest UDP payload is 65,507 bytes over IPv4 and 65,527
-/// over IPv6, so no datagram is ever truncated.
-pub(super) const MAX_DATAGRAM: usize = 65_536;
+/// The largest UDP payload: 65,527 bytes over IPv6 (65,507 over IPv4).
+const MAX_PAYLOAD: usize = 65_527;
 
-/// Reply buffers in each worker's io_uring buffer pool. A buffer is held only from the moment a
-/// reply arrives until it has been sent on to the client, so 128 cover the replies of 128 flows
-/// arriving in one turn of the event loop; memory is bounded at 128 × 64 KiB = 8 MiB per worker.
+/// What a multishot receive writes into its buffer before each payload: an
+/// `io_uring_recvmsg_out` header (four `u32`) and room for the source address (a
+/// `sockaddr_storage`).
+const MULTISHOT_HEADER: usize = 4 * 4 + std::mem::size_of::<libc::sockaddr_storage>();
+
+/// Size of every datagram buffer, those of the worker's buffer pool included: the largest UDP
+/// payload and the header a multishot receive puts before it, so no datagram is ever truncated.
+pub(super) const MAX_DATAGRAM: usize = MAX_PAYLOAD + MULTISHOT_HEADER;
+
+/// Buffers in each worker's io_uring buffer pool, for replies and for client datagrams of the
+/// multishot receive. A buffer is held only from the moment a datagram arrives until it has been
+/// sent on, so 128 cover 128 datagrams arriving in one turn of the event loop; memory is bounded
+/// at 128 × 64 KiB = 8 MiB per worker.
 pub(super) const REPLY_BUFFERS: u16 = 128;
 
 /// Longest wait of a reader for a freed reply buffer before it tries again anyway (a buffer can
@@ -186,7 +225,7 @@ pub(super) fn spawn(worker: &Rc<Worker>, setup: UdpSetup, retire: Rc<Retire>) ->
         last: RefCell::new(state.clone()),
     });
     let guard = worker.loop_started();
-    compio::runtime::spawn(receive_loop(svc.clone(), guard)).detach();
+    compio::runtime::spawn(receive::receive_loop(svc.clone(), guard)).detach();
     let guard = worker.loop_started();
     compio::runtime::spawn(expire_loop(svc.clone(), guard)).detach();
     let guard = worker.loop_started();
@@ -221,63 +260,6 @@ struct UdpService {
     buffer_freed: Rc<Event>,
     /// Replies taken with non-blocking receives land here; never borrowed across an await.
     scratch: RefCell<Vec<u8>>,
-}
-
-/// Receives client datagrams until the drain begins (or a reload retires the service), then
-/// drops every flow.
-async fn receive_loop(svc: Rc<UdpService>, _running: LoopGuard) {
-    // Made once: a fresh drain future per datagram would allocate a listener each time.
-    let mut drain = pin!(svc.worker.retiring(&svc.retire));
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
-    let mut candidates: Vec<usize> = Vec::new();
-    loop {
-        buf.clear();
-        let recv = pin!(svc.socket.recv_from(buf));
-        let BufResult(received, b) = match select(recv, drain.as_mut()).await {
-            Either::Left((r, _)) => r,
-            Either::Right(_) => break,
-        };
-        buf = b;
-        match received {
-            Ok((_, client)) => {
-                buf = svc.forward_up(buf, client, &mut candidates).await;
-                // Datagrams already queued are taken with non-blocking receives: one trip round
-                // the event loop for a burst, not one per datagram.
-                for _ in 0..DRAIN_BATCH {
-                    match recv_now(&svc.socket, &mut buf) {
-                        Ok(Some(client)) => {
-                            buf = svc.forward_up(buf, client, &mut candidates).await;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            if let Some(suppressed) = Reason::UdpReceive.admit() {
-                                tracing::debug!(service = %svc.name, error = %e, suppressed,
-                                    "udp receive failed");
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                if let Some(suppressed) = Reason::UdpReceive.admit() {
-                    tracing::debug!(service = %svc.name, error = %e, suppressed,
-                        "udp receive failed");
-                }
-                compio::time::sleep(RECV_ERROR_BACKOFF).await;
-            }
-        }
-    }
-    let flows = svc.flows.borrow_mut().drain();
-    for flow in flows {
-        svc.log_end(&flow, End::Shutdown);
-    }
-    tracing::debug!(
-        worker = svc.worker.index,
-        service = %svc.name,
-        "udp socket closed"
-    );
 }
 
 /// Ends flows that have been idle for the idle timeout, sleeping until the next one is due.
@@ -342,14 +324,15 @@ async fn drops_loop(svc: Rc<UdpService>, _running: LoopGuard) {
 }
 
 impl UdpService {
-    /// Sends one client datagram (in `buf`) on to its flow's backend; returns the buffer.
-    async fn forward_up(
+    /// Sends one client datagram (all of `buf`) on to its flow's backend; returns the buffer.
+    /// The one handling of a client datagram, whichever way it was received.
+    async fn forward_up<B: IoBuf>(
         self: &Rc<Self>,
-        mut buf: Vec<u8>,
+        mut buf: B,
         client: SocketAddr,
         candidates: &mut Vec<usize>,
-    ) -> Vec<u8> {
-        let len = buf.len();
+    ) -> B {
+        let len = buf.buf_len();
         for attempt in 0..SEND_ATTEMPTS {
             if self.fds.at_limit() {
                 self.room_for_link(client).await;
@@ -358,7 +341,7 @@ impl UdpService {
                 self.current_state().counters.udp_datagrams_dropped.inc();
                 return buf;
             };
-            let sent = match send_now(&target.socket, &buf, target.dest) {
+            let sent = match send_now(&target.socket, buf.as_init(), target.dest) {
                 Ok(Some(n)) => Ok(n),
                 Err(e) => Err(e),
                 Ok(None) => {

@@ -121,9 +121,10 @@ enum Step {
 /// Reads the replies of one link and sends them to the flow's client, until the link fails, the
 /// flow's replies are all in, or the task is cancelled (the flow ended).
 ///
-/// Each wake-up of the io_uring receive is followed by up to [`DRAIN_BATCH`] non-blocking
-/// receives of replies already queued, into the service's scratch buffer, so a flow with several
-/// replies in flight costs one trip round the event loop, not one per reply.
+/// A wake-up of the io_uring receive is followed by up to [`DRAIN_BATCH`] non-blocking receives
+/// of replies already queued, into the service's scratch buffer, so a flow with several replies
+/// in flight costs one trip round the event loop, not one per reply; while replies come one at a
+/// time, [`DrainPace`] skips them.
 pub(super) async fn read_replies(
     svc: Rc<UdpService>,
     state: Arc<ServiceState>,
@@ -133,6 +134,7 @@ pub(super) async fn read_replies(
     backend: Option<usize>,
 ) {
     const EMPTY: &[u8] = &[];
+    let mut pace = DrainPace::default();
     loop {
         // `None` is an empty datagram.
         let received = match backend {
@@ -176,12 +178,17 @@ pub(super) async fn read_replies(
         if step == Step::Stop {
             return;
         }
-        for _ in 0..DRAIN_BATCH {
+        let mut taken = 0;
+        let mut drained = false;
+        while taken < DRAIN_BATCH && pace.tries(taken) {
             // No await between the receive and the use of the scratch buffer: no other task can
             // touch it meanwhile.
             let received = recv_now(&socket, &mut svc.scratch.borrow_mut());
             let source = match received {
-                Ok(None) => break,
+                Ok(None) => {
+                    drained = true;
+                    break;
+                }
                 Ok(Some(source)) => source,
                 Err(e) => {
                     svc.upstream_failed(&state, client, link, &e);
@@ -204,6 +211,47 @@ pub(super) async fn read_replies(
             if step == Step::Stop {
                 return;
             }
+            taken += 1;
+        }
+        pace.waits(taken, drained);
+    }
+}
+
+/// While wake-ups of a reader find one reply each, every this many wake-ups the reader still
+/// tries a non-blocking receive, to notice that replies now come faster (see [`DrainPace`]).
+const DRAIN_PROBE_EVERY: u32 = 8;
+
+/// Whether a reader tries non-blocking receives after an io_uring wake-up.
+///
+/// Receiving until `recvfrom` fails with `EAGAIN` costs one failed system call per wake-up: when
+/// replies come one at a time (request and response), that doubles the receives per reply. An
+/// io_uring receive is batched with the worker's other requests and completes at once when a
+/// reply is already queued. So while wake-ups find one reply each, the reader waits on io_uring
+/// again at once, and only every [`DRAIN_PROBE_EVERY`] wake-ups tries a non-blocking receive;
+/// once one finds a reply queued, it takes replies until `EAGAIN` (or [`DRAIN_BATCH`]) again.
+#[derive(Debug, Default)]
+struct DrainPace {
+    /// Whether the last wake-up that tried found replies queued behind the first.
+    bursting: bool,
+    /// Wake-ups while not bursting (every [`DRAIN_PROBE_EVERY`]th tries a receive).
+    single: u32,
+}
+
+impl DrainPace {
+    /// Whether to try another non-blocking receive after `taken` replies since the wake-up.
+    fn tries(&self, taken: usize) -> bool {
+        taken > 0 || self.bursting || self.single % DRAIN_PROBE_EVERY == DRAIN_PROBE_EVERY - 1
+    }
+
+    /// The reader waits on io_uring again after taking `taken` replies with non-blocking
+    /// receives; the last one found the socket empty (`EAGAIN`) when `drained`.
+    fn waits(&mut self, taken: usize, drained: bool) {
+        // A receive that was not tried says nothing.
+        if taken > 0 || drained {
+            self.bursting = taken > 0;
+        }
+        if !self.bursting {
+            self.single = self.single.wrapping_add(1);
         }
     }
 }
@@ -379,6 +427,47 @@ mod tests {
         assert_eq!(canonical(v4), v4);
         let v6: SocketAddr = "[::1]:53".parse().unwrap();
         assert_eq!(canonical(v6), v6);
+    }
+
+    /// Runs a reader's pacing over wake-ups that each find `queued` replies behind the first:
+    /// the non-blocking receives it tries per wake-up (an `EAGAIN` counts as one).
+    fn receives_per_wakeup(pace: &mut DrainPace, queued: &[usize]) -> Vec<usize> {
+        queued
+            .iter()
+            .map(|&queued| {
+                let mut taken = 0;
+                while taken < DRAIN_BATCH && pace.tries(taken) {
+                    if taken == queued {
+                        pace.waits(taken, true);
+                        return taken + 1;
+                    }
+                    taken += 1;
+                }
+                pace.waits(taken, false);
+                taken
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_reply_per_wakeup_costs_no_failed_receive_but_a_burst_is_noticed() {
+        let mut pace = DrainPace::default();
+        let n = DRAIN_PROBE_EVERY as usize;
+        // Replies one at a time: one probe (failing) every DRAIN_PROBE_EVERY wake-ups.
+        let tried = receives_per_wakeup(&mut pace, &vec![0; 4 * n]);
+        assert_eq!(tried.iter().sum::<usize>(), 4, "{tried:?}");
+        // Replies start to queue: noticed at the next probe at the latest, then drained.
+        let tried = receives_per_wakeup(&mut pace, &vec![3; n + 2]);
+        let first = tried.iter().position(|&t| t > 0).expect("a probe");
+        assert!(first < n, "{tried:?}");
+        assert!(tried[first..].iter().all(|&t| t == 4), "{tried:?}");
+        // A burst larger than the batch: the batch is taken, and draining goes on.
+        let tried = receives_per_wakeup(&mut pace, &[DRAIN_BATCH + 5, 2]);
+        assert_eq!(tried, [DRAIN_BATCH, 3]);
+        // Back to one at a time: the next wake-up still tries (and fails), then probes only.
+        let tried = receives_per_wakeup(&mut pace, &vec![0; 2 * n]);
+        assert_eq!(tried[0], 1);
+        assert!(tried[1..].iter().sum::<usize>() <= 2, "{tried:?}");
     }
 
     #[test]
