@@ -127,10 +127,11 @@ algorithm = "round_robin"
 [[service.backend]]
 address = "127.0.0.1:$(port direct $UDP)"
 EOF
-RINGLB_UDP=""
+RINGLB_UDP="" RINGLB_UDP_PID=""
 if "$BIN" check --config "$work/ringlb-udp.toml" >/dev/null 2>&1; then
   "$BIN" run --config "$work/ringlb-udp.toml" --log-level warn >"$work/ringlb-udp.log" 2>&1 &
   udp_pid=$!
+  RINGLB_UDP_PID=$udp_pid
   pids+=($udp_pid)
   sleep 1
   if kill -0 "$udp_pid" 2>/dev/null \
@@ -202,7 +203,13 @@ bench() { # mode port args... -> JSON
   timeout $((DURATION + 30)) "$BIN" bench "$1" "127.0.0.1:$2" --threads "$CLIENT_THREADS" \
     --duration "${DURATION}s" --json "${@:3}" 2>>"$OUT/bench.err" || echo '{}'
 }
-proxy_pid() { case $1 in ringlb) echo "$RINGLB_PID" ;; haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+# proxy_pid TARGET: the process whose CPU time is the target's (ringlb-udp: ringlb's UDP instance).
+proxy_pid() {
+  case $1 in
+    ringlb) echo "$RINGLB_PID" ;; ringlb-udp) echo "$RINGLB_UDP_PID" ;;
+    haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;;
+  esac
+}
 # measure TARGET JQ_VALUE JQ_UNITS SCALE bench-args... -> "value cpu": the bench's value and the
 # proxy's CPU time per unit (SCALE: us per unit from ticks/units), "nan" for the direct target.
 # CPU time per unit depends little on what else runs on the machine, unlike rates.
@@ -238,7 +245,9 @@ w_scale() {
 }
 udp_load() { # target size -> "rate cpu" (CPU per request: one datagram each way)
   if [ "$1" = haproxy ] || { [ "$1" = ringlb ] && [ -z "$RINGLB_UDP" ]; }; then printf 'nan\tnan\n'; return; fi
-  measure "$1" .requests_per_s .requests 1e6 udp "$(port "$1" $UDP)" --connections 50 --size "$2" --timeout 1s
+  local t=$1
+  [ "$t" = ringlb ] && t=ringlb-udp
+  measure "$t" .requests_per_s .requests 1e6 udp "$(port "$1" $UDP)" --connections 50 --size "$2" --timeout 1s
 }
 w_udp64()   { udp_load "$1" 64; }
 w_udp1400() { udp_load "$1" 1400; }
@@ -374,9 +383,9 @@ echo "|---|---|---|---|---|---|---|"
 row "rr: 50 conns, 64 B (req/s)" rr
 row "connect: conn per request, 50 concurrent (conn/s)" connect
 row "stream: 1 conn to sink (Gbit/s)" stream
-row "p50 at $RATE req/s, 50 conns, all rounds merged (us, lower is better)" p99_p50
-row "p99 at $RATE req/s, 50 conns, all rounds merged (us, lower is better)" p99_p99
-row "p99.9 at $RATE req/s, 50 conns, all rounds merged (us, lower is better)" p99_p999
+row "p50 at ${RATE:-} req/s, 50 conns, all rounds merged (us, lower is better)" p99_p50
+row "p99 at ${RATE:-} req/s, 50 conns, all rounds merged (us, lower is better)" p99_p99
+row "p99.9 at ${RATE:-} req/s, 50 conns, all rounds merged (us, lower is better)" p99_p999
 row "redis-benchmark -t get -c 50 (req/s)" redis
 row "iperf3 single stream (Gbit/s)" iperf
 row "udp: 50 sockets, 64 B (req/s)" udp64

@@ -597,3 +597,13 @@ pub fn config(runtime_extra: &str, services: &[String]) -> String {
         services.join("\n")
     )
 }
+
+/// Sends signal `sig` to process `pid` (a process the test started or found in its own
+/// fixture's files); whether it was delivered.
+pub fn send_signal(pid: u32, sig: i32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) takes two integers and touches no memory of this process.
+    unsafe { libc::kill(pid, sig) == 0 }
+}

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::health::free_port;
-use crate::common::{TempDir, die_with_parent, temp_dir, wait_for};
+use crate::common::{TempDir, die_with_parent, send_signal, temp_dir, wait_for};
 
 /// Where Debian installs the dynamic stream module (libnginx-mod-stream).
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -87,9 +87,18 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// A fast shutdown (SIGTERM): the master stops its worker and exits. A SIGKILL of the
+    /// master alone would leave the worker running, orphaned, with its listening socket.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The child is not reaped yet (its `Child` is here), so its pid names no other process.
+        send_signal(self.child.id(), libc::SIGTERM);
+        let exited = wait_for(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::health::pg_bin;
-use super::{TempDir, temp_dir, wait_for_every};
+use super::{TempDir, send_signal, temp_dir, wait_for_every};
 
 /// Patroni's leader key lives this long without renewal: a dead leader is replaced after it.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -109,11 +109,7 @@ fn own_group(command: &mut Command) -> &mut Command {
 }
 
 fn sigkill(pid: u32) {
-    // SAFETY: kill(2) with a pid the fixture started (or read from its own cluster's files);
-    // no memory is involved.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-    }
+    send_signal(pid, libc::SIGKILL);
 }
 
 /// The pid and parent pid of every process, from /proc.
