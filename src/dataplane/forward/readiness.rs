@@ -221,6 +221,25 @@ mod tests {
             .expect("a wake-up within 5 s")
     }
 
+    /// Writes all of `bytes` from the peer.
+    async fn send(peer: &mut TcpStream, bytes: Vec<u8>) {
+        let (written, _) = peer.write_all(bytes).await.into();
+        written.unwrap();
+    }
+
+    /// A readiness of `ours` taken through its one-shot waits to the multishot poll, one
+    /// message of 10 bytes per wait.
+    async fn switched<'a>(ours: &'a TcpStream, peer: &mut TcpStream) -> Readiness<'a> {
+        let mut ready = Readiness::new(ours);
+        for _ in 0..MULTISHOT_AFTER {
+            send(peer, vec![1u8; 10]).await;
+            wait(&mut ready, false).await.unwrap();
+            assert_eq!(drain(ours), 10);
+        }
+        assert!(ready.is_multishot());
+        ready
+    }
+
     /// Reads what is queued (at most 64 KiB) without waiting.
     fn drain(stream: &TcpStream) -> usize {
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -236,9 +255,7 @@ mod tests {
         let (ours, mut peer) = pair().await;
         let mut ready = Readiness::new(&ours);
         for round in 0..10u32 {
-            let msg = vec![round as u8; 100];
-            let (written, _) = peer.write_all(msg).await.into();
-            written.unwrap();
+            send(&mut peer, vec![round as u8; 100]).await;
             wait(&mut ready, false).await.unwrap();
             assert_eq!(drain(&ours), 100, "round {round}");
             assert_eq!(ready.is_multishot(), round + 1 >= MULTISHOT_AFTER);
@@ -248,21 +265,11 @@ mod tests {
     #[compio::test]
     async fn arrivals_while_busy_are_not_lost() {
         let (ours, mut peer) = pair().await;
-        let mut ready = Readiness::new(&ours);
-        // Switch to multishot.
-        for _ in 0..MULTISHOT_AFTER {
-            let (written, _) = peer.write_all(vec![1u8; 10]).await.into();
-            written.unwrap();
-            wait(&mut ready, false).await.unwrap();
-            assert_eq!(drain(&ours), 10);
-        }
-        assert!(ready.is_multishot());
+        let mut ready = switched(&ours, &mut peer).await;
         // Two arrivals while the direction does not wait: one wait takes both, and the read
         // after it finds all the data.
-        let (written, _) = peer.write_all(vec![2u8; 10]).await.into();
-        written.unwrap();
-        let (written, _) = peer.write_all(vec![3u8; 10]).await.into();
-        written.unwrap();
+        send(&mut peer, vec![2u8; 10]).await;
+        send(&mut peer, vec![3u8; 10]).await;
         wait(&mut ready, false).await.unwrap();
         assert_eq!(drain(&ours), 20);
         // EOF is an arrival too.
@@ -275,19 +282,11 @@ mod tests {
     #[compio::test]
     async fn an_end_behind_data_is_not_missed() {
         let (ours, mut peer) = pair().await;
-        let mut ready = Readiness::new(&ours);
-        for _ in 0..MULTISHOT_AFTER {
-            let (written, _) = peer.write_all(vec![1u8; 10]).await.into();
-            written.unwrap();
-            wait(&mut ready, false).await.unwrap();
-            assert_eq!(drain(&ours), 10);
-        }
-        assert!(ready.is_multishot());
+        let mut ready = switched(&ours, &mut peer).await;
         // Data and the FIN arrive in one segment (corked, then shut down): one completion, a
         // short read that returns the data, and a second wait that must still see the end.
         socket2::SockRef::from(&peer).set_tcp_cork(true).unwrap();
-        let (written, _) = peer.write_all(vec![2u8; 10]).await.into();
-        written.unwrap();
+        send(&mut peer, vec![2u8; 10]).await;
         socket2::SockRef::from(&peer)
             .shutdown(std::net::Shutdown::Write)
             .unwrap();
@@ -301,15 +300,8 @@ mod tests {
     #[compio::test]
     async fn a_level_wait_finds_data_left_behind_by_a_full_read() {
         let (ours, mut peer) = pair().await;
-        let mut ready = Readiness::new(&ours);
-        for _ in 0..MULTISHOT_AFTER {
-            let (written, _) = peer.write_all(vec![1u8; 10]).await.into();
-            written.unwrap();
-            wait(&mut ready, false).await.unwrap();
-            assert_eq!(drain(&ours), 10);
-        }
-        let (written, _) = peer.write_all(vec![7u8; 3000]).await.into();
-        written.unwrap();
+        let mut ready = switched(&ours, &mut peer).await;
+        send(&mut peer, vec![7u8; 3000]).await;
         wait(&mut ready, false).await.unwrap();
         // A read that fills a small buffer leaves data behind; no new arrival will report it,
         // so the next wait is a level one, which completes at once.
