@@ -34,21 +34,11 @@ pids+=($!)
 start_redis 23379
 declare -A BASE=([a]=24000 [b]=25000) BIN=([a]=$A [b]=$B) RUNTIME=([a]=${RUNTIME_A:-} [b]=${RUNTIME_B:-}) PID=()
 for v in a b; do
-  cat >"$work/$v.toml" <<EOF
-[runtime]
-workers = $WORKERS
-${RUNTIME[$v]}
-[[service]]
-name = "echo"
-listen = "127.0.0.1:$(( ${BASE[$v]} ))"
-[[service.backend]]
-address = "127.0.0.1:23000"
-[[service]]
-name = "redis"
-listen = "127.0.0.1:$(( ${BASE[$v]} + 379 ))"
-[[service.backend]]
-address = "127.0.0.1:23379"
-EOF
+  {
+    printf '[runtime]\nworkers = %s\n%s\n' "$WORKERS" "${RUNTIME[$v]}"
+    ringlb_service echo "127.0.0.1:${BASE[$v]}" 127.0.0.1:23000
+    ringlb_service redis "127.0.0.1:$(( ${BASE[$v]} + 379 ))" 127.0.0.1:23379
+  } >"$work/$v.toml"
   start_variant "${BIN[$v]}" "$v"
 done
 

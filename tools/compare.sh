@@ -98,16 +98,8 @@ pids+=($!)
   echo "workers = $WORKERS"
   for s in echo:$ECHO sink:$SINK redis:$REDIS iperf:$IPERF; do
     name=${s%%:*} off=${s##*:}
-    cat <<EOF
-
-[[service]]
-name = "$name"
-listen = "127.0.0.1:$(port ringlb "$off")"
-algorithm = "round_robin"
-buffer_size = "16KiB"
-[[service.backend]]
-address = "127.0.0.1:$(port direct "$off")"
-EOF
+    ringlb_service "$name" "127.0.0.1:$(port ringlb "$off")" "127.0.0.1:$(port direct "$off")" \
+      'algorithm = "round_robin"' 'buffer_size = "16KiB"'
   done
 } >"$work/ringlb.toml"
 "$BIN" run --config "$work/ringlb.toml" --log-level warn >"$work/ringlb.log" 2>&1 &
@@ -115,18 +107,11 @@ RINGLB_PID=$!
 pids+=($RINGLB_PID)
 
 # ringlb UDP: its own instance, so a build without UDP still runs every TCP row.
-cat >"$work/ringlb-udp.toml" <<EOF
-[runtime]
-workers = $WORKERS
-
-[[service]]
-name = "udp"
-listen = "127.0.0.1:$(port ringlb $UDP)"
-protocol = "udp"
-algorithm = "round_robin"
-[[service.backend]]
-address = "127.0.0.1:$(port direct $UDP)"
-EOF
+{
+  printf '[runtime]\nworkers = %s\n' "$WORKERS"
+  ringlb_service udp "127.0.0.1:$(port ringlb $UDP)" "127.0.0.1:$(port direct $UDP)" \
+    'protocol = "udp"' 'algorithm = "round_robin"'
+} >"$work/ringlb-udp.toml"
 RINGLB_UDP="" RINGLB_UDP_PID=""
 if "$BIN" check --config "$work/ringlb-udp.toml" >/dev/null 2>&1; then
   "$BIN" run --config "$work/ringlb-udp.toml" --log-level warn >"$work/ringlb-udp.log" 2>&1 &

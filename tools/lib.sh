@@ -157,3 +157,13 @@ stream {
     proxy_buffer_size 16k;
 EOF
 }
+
+# ringlb_service NAME LISTEN BACKEND [LINE...]: one `[[service]]` table of a ringlb config for
+# the comparison scripts, with one backend; each LINE (e.g. 'protocol = "udp"') goes into the
+# service's own table.
+ringlb_service() {
+  printf '\n[[service]]\nname = "%s"\nlisten = "%s"\n' "$1" "$2"
+  local line
+  for line in "${@:4}"; do printf '%s\n' "$line"; done
+  printf '[[service.backend]]\naddress = "%s"\n' "$3"
+}

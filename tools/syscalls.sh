@@ -81,26 +81,13 @@ if wants ringlb; then
     name="ringlb"
     [ ${#BINS[@]} -gt 1 ] && name="ringlb:$(basename "${BINS[$i]}")"
     base=$((37000 + 100 * i))
-    cat >"$work/ringlb-$i.toml" <<EOF
-[runtime]
-workers = $WORKERS
-
-[[service]]
-name = "echo"
-listen = "127.0.0.1:$base"
-algorithm = "round_robin"
-buffer_size = "16KiB"
-[[service.backend]]
-address = "127.0.0.1:$ECHO"
-
-[[service]]
-name = "udp"
-listen = "127.0.0.1:$((base + 2))"
-protocol = "udp"
-algorithm = "round_robin"
-[[service.backend]]
-address = "127.0.0.1:$UDP"
-EOF
+    {
+      printf '[runtime]\nworkers = %s\n' "$WORKERS"
+      ringlb_service echo "127.0.0.1:$base" "127.0.0.1:$ECHO" \
+        'algorithm = "round_robin"' 'buffer_size = "16KiB"'
+      ringlb_service udp "127.0.0.1:$((base + 2))" "127.0.0.1:$UDP" \
+        'protocol = "udp"' 'algorithm = "round_robin"'
+    } >"$work/ringlb-$i.toml"
     "${BINS[$i]}" run --config "$work/ringlb-$i.toml" --log-level warn >"$work/ringlb-$i.log" 2>&1 &
     PID[$name]=$!
     pids+=($!)
