@@ -108,7 +108,6 @@ impl<'a> Readiness<'a> {
                     // EOF or an error is queued behind the data: reads from now on go on
                     // until it is read, with one-shot (level) polls.
                     self.multishot = None;
-                    self.waits = 0;
                     self.ended = true;
                 } else if armed.is_terminated() {
                     // The kernel ended the multishot poll: the next wait arms a new one.
