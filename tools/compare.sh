@@ -131,28 +131,13 @@ if [ -z "$RINGLB_UDP" ]; then
 fi
 
 # --- HAProxy ---
-cat >"$work/haproxy.cfg" <<EOF
-global
-    nbthread $WORKERS
-    # Each proxied connection takes two fds; stay inside a 20,000 open-files limit.
-    maxconn 8000
-defaults
-    mode tcp
-    # Each frontend as many as the process (the scale workload holds 5000).
-    maxconn 8000
-    balance roundrobin
-    timeout connect 3s
-    timeout client 10m
-    timeout server 10m
-EOF
-for s in echo:$ECHO sink:$SINK redis:$REDIS iperf:$IPERF; do
-  name=${s%%:*} off=${s##*:}
-  cat >>"$work/haproxy.cfg" <<EOF
-listen $name
-    bind 127.0.0.1:$(port haproxy "$off")
-    server ${name}1 127.0.0.1:$(port direct "$off")
-EOF
-done
+{
+  haproxy_tcp_head
+  for s in echo:$ECHO sink:$SINK redis:$REDIS iperf:$IPERF; do
+    name=${s%%:*} off=${s##*:}
+    haproxy_listen "$name" "127.0.0.1:$(port haproxy "$off")" "127.0.0.1:$(port direct "$off")"
+  done
+} >"$work/haproxy.cfg"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
 pids+=($HAPROXY_PID)

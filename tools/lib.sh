@@ -167,3 +167,27 @@ ringlb_service() {
   for line in "${@:4}"; do printf '%s\n' "$line"; done
   printf '[[service.backend]]\naddress = "%s"\n' "$3"
 }
+
+# haproxy_tcp_head: the start of an HAProxy config for the comparison scripts (tcp mode, round
+# robin, $WORKERS threads); the caller adds `listen` sections with haproxy_listen.
+haproxy_tcp_head() {
+  cat <<HEAD
+global
+    nbthread $WORKERS
+    # Each proxied connection takes two fds; stay inside a 20,000 open-files limit.
+    maxconn 8000
+defaults
+    mode tcp
+    # Each frontend as many as the process (compare.sh's scale workload holds 5000).
+    maxconn 8000
+    balance roundrobin
+    timeout connect 3s
+    timeout client 10m
+    timeout server 10m
+HEAD
+}
+
+# haproxy_listen NAME BIND SERVER: one `listen` section with one server.
+haproxy_listen() {
+  printf 'listen %s\n    bind %s\n    server %s1 %s\n' "$1" "$2" "$1" "$3"
+}

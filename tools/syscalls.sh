@@ -96,20 +96,7 @@ if wants ringlb; then
   done
 fi
 if wants haproxy; then
-  cat >"$work/haproxy.cfg" <<EOF
-global
-    nbthread $WORKERS
-    maxconn 8000
-defaults
-    mode tcp
-    balance roundrobin
-    timeout connect 3s
-    timeout client 10m
-    timeout server 10m
-listen echo
-    bind 127.0.0.1:38000
-    server echo1 127.0.0.1:$ECHO
-EOF
+  { haproxy_tcp_head; haproxy_listen echo 127.0.0.1:38000 "127.0.0.1:$ECHO"; } >"$work/haproxy.cfg"
   haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
   PID[haproxy]=$!
   pids+=($!)
