@@ -95,7 +95,7 @@ mod tests {
         let gate = WakeGate::new();
         let runs = Cell::new(0);
         let kept: Cell<Option<Waker>> = Cell::new(None);
-        let mut poll = || {
+        let poll = || {
             gate.poll(&cx, |group_cx| {
                 runs.set(runs.get() + 1);
                 kept.set(Some(group_cx.waker().clone()));
