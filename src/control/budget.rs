@@ -1,7 +1,8 @@
 //! The process-wide connection budget derived from the open-files limit.
 //!
 //! Owns: how many proxied connections the process may hold at once so that it never runs out of
-//! file descriptors mid-connection, and the wake-up for accept loops paused on it. Each proxied
+//! file descriptors mid-connection, and the wake-up for accept loops paused on it (relayed by
+//! one task per worker, see [`ConnectionBudget::freed_after`]). Each proxied
 //! TCP connection holds two descriptors (client and backend); the rest of the process (rings,
 //! event fds, listeners, logs) needs a reserve. As HAProxy derives its `maxconn` from
 //! `ulimit -n`, ringlb pauses accepting when the budget is spent, instead of accepting a client
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam::utils::CachePadded;
 use event_listener::Event;
 
-use super::wait::wait_until;
+use super::wait::wait_for;
 
 /// Descriptors kept for everything that is not a proxied connection: two per worker ring
 /// (io_uring fd and its wake-up eventfd), stdio, and the runtimes of the health checker, the
@@ -38,6 +39,8 @@ pub const PIPES_PER_WORKER: u64 = 64;
 pub struct ConnectionBudget {
     max: u64,
     active: CachePadded<AtomicU64>,
+    /// Slots freed so far, of any service or of the budget (see [`Self::freed_after`]).
+    freed_count: AtomicU64,
     freed: Event,
 }
 
@@ -47,6 +50,7 @@ impl ConnectionBudget {
         ConnectionBudget {
             max,
             active: CachePadded::new(AtomicU64::new(0)),
+            freed_count: AtomicU64::new(0),
             freed: Event::new(),
         }
     }
@@ -148,14 +152,32 @@ impl ConnectionBudget {
         self.active() >= self.max
     }
 
-    /// Wakes every waiter: a slot (of a service or of the budget) was freed.
+    /// Counts a freed slot (of a service or of the budget) and wakes the relays waiting in
+    /// [`Self::freed_after`].
     pub fn notify_freed(&self) {
+        self.freed_count.fetch_add(1, Ordering::Release);
         self.freed.notify(usize::MAX);
     }
 
-    /// Waits until `paused` returns false, re-checking after every freed slot.
-    pub async fn wait_while(&self, paused: impl Fn() -> bool) {
-        wait_until(&self.freed, || !paused()).await
+    /// Slots freed so far: where a relay starts counting (see [`Self::freed_after`]).
+    pub fn freed_count(&self) -> u64 {
+        self.freed_count.load(Ordering::Acquire)
+    }
+
+    /// Resolves with the count of freed slots once it has moved past `seen`.
+    ///
+    /// Only one task per worker waits here, and it relays the wake-up to the connections and
+    /// accept loops of its own worker, which wait on a worker-local event (`dataplane::worker`).
+    /// Waking a task of another thread pushes it onto that thread's wake queue, which is
+    /// bounded: when every waiter listened here, a freed slot woke every waiting connection of
+    /// every other worker, and two workers that each freed a slot while the other's queue was
+    /// full each waited for the other to drain its queue, forever.
+    pub async fn freed_after(&self, seen: u64) -> u64 {
+        wait_for(&self.freed, || {
+            let count = self.freed_count();
+            (count != seen).then_some(count)
+        })
+        .await
     }
 }
 

@@ -41,6 +41,7 @@ use super::access::Admission;
 use super::alerts::AlertPublisher;
 use super::backend::{BackendState, init_clock};
 use super::histogram::LatencyHistogram;
+use super::wait::wait_until;
 use super::{ConnectionBudget, Counter};
 
 /// Some of a service's backends and their selector (the balancer core's type).
@@ -323,8 +324,10 @@ impl ServiceState {
     }
 
     /// Resolves when a connection may be admitted again (or may be: callers re-check).
-    pub async fn wait_for_slot(&self) {
-        self.budget.wait_while(|| self.at_limit()).await
+    /// `freed`: the waiting worker's local event, which its relay of
+    /// [`ConnectionBudget::freed_after`] notifies on every freed slot.
+    pub async fn wait_for_slot(&self, freed: &Event) {
+        wait_until(freed, || !self.at_limit()).await
     }
 }
 

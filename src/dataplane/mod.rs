@@ -268,7 +268,7 @@ impl DataPlane {
     pub fn start(
         config: &Config,
         snapshot: SharedSnapshot,
-        budget: &ConnectionBudget,
+        budget: &Arc<ConnectionBudget>,
         shutdown: Arc<Shutdown>,
         mut inherited: Inherited,
     ) -> Result<DataPlane, DataPlaneError> {
@@ -294,6 +294,7 @@ impl DataPlane {
                 mailbox,
                 snapshot: snapshot.clone(),
                 max_connections: usize::try_from(budget.max()).unwrap_or(usize::MAX),
+                budget: budget.clone(),
                 shutdown: shutdown.clone(),
                 stats: worker_stats,
                 exited: exit_tx.clone(),

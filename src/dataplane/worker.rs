@@ -23,7 +23,7 @@ use futures_util::future::{Either, select};
 use crate::balancer::conntrack::ConnTable;
 use crate::control::log_limit::Reason;
 use crate::control::wait::wait_until;
-use crate::control::{ServiceId, ServiceState, SharedSnapshot, Shutdown};
+use crate::control::{ConnectionBudget, ServiceId, ServiceState, SharedSnapshot, Shutdown};
 
 use super::{ConnInfo, DataPlaneError, ListenerKey, WorkerStats, forward, udp};
 
@@ -93,6 +93,9 @@ pub(super) struct WorkerSetup {
     pub snapshot: SharedSnapshot,
     /// The process-wide connection budget's maximum, which bounds this worker's table.
     pub max_connections: usize,
+    /// The process-wide connection budget, whose freed slots the worker relays to its own
+    /// waiters.
+    pub budget: Arc<ConnectionBudget>,
     pub shutdown: Arc<Shutdown>,
     pub stats: Arc<WorkerStats>,
     pub exited: Sender<usize>,
@@ -172,6 +175,11 @@ pub(super) struct Worker {
     /// shutdown never makes thousands of connections contend on a shared lock or flood another
     /// thread's queue.
     aborted: LocalFlag,
+    /// Notified (from this thread, by the relay in [`serve`]) whenever a connection slot of
+    /// any service, or of the process-wide budget, was freed. The accept loops paused at a
+    /// limit and the connections queued for a slot wait on it, never on the process-wide
+    /// budget itself (see [`ConnectionBudget::freed_after`]).
+    pub slot_freed: Event,
     /// The listeners this worker serves, by key, to retire them on reload.
     listeners: RefCell<HashMap<ListenerKey, Rc<Retire>>>,
     /// Listener loops (TCP accept loops, UDP receive and expiry loops) still running.
@@ -264,6 +272,7 @@ async fn serve(setup: WorkerSetup) {
         conn_closed: Event::new(),
         sessions_closing: Event::new(),
         aborted: LocalFlag::default(),
+        slot_freed: Event::new(),
         listeners: RefCell::new(HashMap::new()),
         loops: Cell::new(0),
         loop_ended: Event::new(),
@@ -279,6 +288,13 @@ async fn serve(setup: WorkerSetup) {
             worker.shutdown.aborting().await;
             worker.aborted.set();
         })
+    };
+    // The one task of this worker woken across threads when a slot is freed; it wakes this
+    // worker's waiters from its own thread.
+    let slot_relay = {
+        let worker = worker.clone();
+        let budget = setup.budget;
+        compio::runtime::spawn(async move { relay_freed_slots(&budget, &worker.slot_freed).await })
     };
     // The heartbeat `GET /health` reads: it only advances while this worker's loop turns.
     let heartbeat = {
@@ -321,8 +337,20 @@ async fn serve(setup: WorkerSetup) {
     wait_until(&worker.loop_ended, || worker.loops.get() == 0).await;
     wait_until_empty(&worker).await;
     drop(abort_relay);
+    drop(slot_relay);
     drop(heartbeat);
     tracing::debug!(worker = worker.index, "worker drained");
+}
+
+/// Wakes this worker's waiters for a connection slot (on `local`) each time the process frees
+/// one: the only task of the worker that another thread wakes for it (see
+/// [`ConnectionBudget::freed_after`]).
+async fn relay_freed_slots(budget: &ConnectionBudget, local: &Event) {
+    let mut seen = budget.freed_count();
+    loop {
+        seen = budget.freed_after(seen).await;
+        local.notify(usize::MAX);
+    }
 }
 
 /// A test hook, compiled into debug builds only (`cfg(debug_assertions)`): with
@@ -455,7 +483,7 @@ async fn accept_loop(
             follow(worker, id, &mut version, &mut state);
             if state.at_limit() {
                 // Pause: leave new connections in the kernel's accept queue until a slot frees.
-                let slot = std::pin::pin!(state.wait_for_slot());
+                let slot = std::pin::pin!(state.wait_for_slot(&worker.slot_freed));
                 if let Either::Right(_) = select(slot, stop.as_mut()).await {
                     break;
                 }
@@ -542,8 +570,14 @@ pub(super) fn is_resource_exhaustion(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use event_listener::Event;
 
     use super::{ACCEPT_BURST, ACCEPT_PROBE_EVERY, AcceptPace};
+    use crate::control::{ConnectionBudget, ServiceState};
 
     /// Runs the accept loop's pacing over wake-ups that each find `queued` connections: the
     /// accepts it tries per wake-up (an `EAGAIN` counts as one).
@@ -588,6 +622,64 @@ mod tests {
         assert_eq!(accepts_per_wakeup(&mut pace, &[1, 1, 1]), [2, 1, 1]);
         // A spurious wake-up (nothing queued) changes nothing.
         assert_eq!(accepts_per_wakeup(&mut pace, &[0]), [1]);
+    }
+
+    /// Connections of two workers queued for the slots of a small budget: each freed slot
+    /// reaches them through one relay task per worker, and every one of them gets its turn.
+    /// When every queued connection waited on the process-wide budget itself, a freed slot woke
+    /// all of the other worker's queued connections through that thread's bounded wake queue,
+    /// and two workers that freed slots at once could each wait for the other's queue forever.
+    #[test]
+    fn queued_connections_of_two_workers_all_get_a_slot_through_their_relays() {
+        const PER_WORKER: usize = 300;
+        let text = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n\
+                    [[service.backend]]\naddress = \"127.0.0.1:9001\"\n";
+        let config = crate::config::Config::parse(text, "test").unwrap();
+        let budget = Arc::new(ConnectionBudget::new(2));
+        let service = config.services.into_iter().next().unwrap();
+        let state = Arc::new(ServiceState::new(service, budget.clone()));
+        let (done_tx, done) = crossbeam::channel::unbounded();
+        for _ in 0..2 {
+            let (budget, state, done_tx) = (budget.clone(), state.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                super::runtime(None).unwrap().block_on(async move {
+                    let local = Rc::new(Event::new());
+                    let relay = {
+                        let local = local.clone();
+                        compio::runtime::spawn(async move {
+                            super::relay_freed_slots(&budget, &local).await
+                        })
+                    };
+                    let queued = (0..PER_WORKER).map(|_| {
+                        let (state, local, done_tx) =
+                            (state.clone(), local.clone(), done_tx.clone());
+                        compio::runtime::spawn(async move {
+                            loop {
+                                state.wait_for_slot(&local).await;
+                                if state.try_acquire_slot() {
+                                    break;
+                                }
+                            }
+                            // Held across a turn of the loop, as a connection holds its slot.
+                            compio::time::sleep(Duration::from_micros(20)).await;
+                            state.release_slot();
+                            let _ = done_tx.send(());
+                        })
+                    });
+                    futures_util::future::join_all(queued.collect::<Vec<_>>()).await;
+                    drop(relay);
+                });
+            });
+        }
+        for served in 0..2 * PER_WORKER {
+            done.recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{served} of {} queued connections got a slot",
+                        2 * PER_WORKER
+                    )
+                });
+        }
     }
 
     #[test]

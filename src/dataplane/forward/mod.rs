@@ -151,7 +151,7 @@ pub(super) async fn serve(
     // The accept loop paused at the limit, but another worker may have taken the last slot in
     // the meantime: queue the connection until a slot frees rather than accept-then-close.
     while !state.try_acquire_slot() {
-        let slot = pin!(state.wait_for_slot());
+        let slot = pin!(state.wait_for_slot(&worker.slot_freed));
         let abort = pin!(worker.aborting());
         if let futures_util::future::Either::Right(_) =
             futures_util::future::select(slot, abort).await
