@@ -569,7 +569,7 @@ mod tests {
             }
             let armed =
                 multishot_armed(&backend, &socket, &recorder, first, Duration::from_secs(5));
-            assert!(armed.await, "a multishot receive at the third wait");
+            assert!(armed.await, "a multishot receive at wait MULTISHOT_AT");
             drop(reader);
             close_upstream(socket, hold);
             assert!(fds.at_limit(), "a closing fd is still counted");
