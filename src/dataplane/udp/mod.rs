@@ -61,11 +61,11 @@
 //! from any backend arrive on that socket and go back to the flow's client. This keeps the bound
 //! of one upstream socket per flow however many backends a client's datagrams reach, with no per-
 //! datagram state. Replies whose source is not one of the service's backends are dropped (an
-//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when it is the
-//! one that wakes the reader, the pool receive cannot report its source. An unconnected socket gets
-//! no ICMP errors, so per-packet mode does not see refused backends; health checks will. Per-packet
-//! datagrams count in no backend's active count, so `least_conn` and `power_of_two` see no UDP load
-//! there.
+//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when a
+//! one-shot pool receive takes it (see "Receiving replies"), its source is not reported; the
+//! multishot receive reports it. An unconnected socket gets no ICMP errors, so per-packet mode
+//! does not see refused backends; health checks will. Per-packet datagrams count in no backend's
+//! active count, so `least_conn` and `power_of_two` see no UDP load there.
 //!
 //! # I/O and buffers
 //!
@@ -84,8 +84,8 @@
 //! one completion and no request, for the rest of the link's life. Not from the start, because
 //! a multishot receive costs a request to arm and another to cancel when the flow ends, where
 //! the one-shot way costs one per reply and nothing at the end once the flow's replies are all
-//! in: a flow of one request and one or two replies (a DNS query, `udp_replies = 1`) would pay
-//! twice what it pays now. A `recvmsg` even on a connected socket, not a plain multishot `recv`:
+//! in: a flow of one request and one or two replies (a DNS query, `udp_replies = 1`) would make
+//! two requests where one serves it. A `recvmsg` even on a connected socket, not a plain multishot `recv`:
 //! an empty reply would end a multishot `recv` (a completion of 0 bytes reads as the end of the
 //! stream), while a `recvmsg` completion always carries its header; and per-packet mode needs
 //! each reply's source.
