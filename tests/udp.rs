@@ -1,6 +1,7 @@
-//! UDP through a real ringlb process: datagrams of every size byte-exact and in order, the flow
-//! bound under a flood of source ports, idle expiry, `udp_replies`, refused backends, per-packet
-//! mode, every algorithm, the drain, and real DNS (dnsmasq) queried with a DNS library.
+//! UDP through a real ringlb process: datagrams of every size byte-exact and in order, bursts of
+//! replies beyond the buffer pool, the flow bound under a flood of source ports, idle expiry,
+//! `udp_replies`, refused backends, per-packet mode, every algorithm, the drain, and real DNS
+//! (dnsmasq) queried with a DNS library.
 //!
 //! The backends, clients and DNS fixtures are in `common::udp`. What ringlb tracks is observed
 //! from outside: the source port a backend sees (one upstream socket per flow), ringlb's open file
@@ -208,6 +209,46 @@ fn a_burst_of_replies_to_many_flows_all_reach_their_clients() {
             assert!(buf[4..n].iter().all(|&b| b == round));
         }
     }
+}
+
+#[test]
+fn bursts_of_replies_beyond_the_buffer_pool_all_reach_their_clients_in_order() {
+    // Every request is answered with a burst of 100 replies, to 8 flows at once: 800 replies in
+    // flight, far more than the worker's pool holds (128 buffers), so the links' multishot
+    // receives (armed at each reader's third wait, in the first burst) may find the pool dry and
+    // end, and the one-shot way then reads the rest until they are armed again (whether the pool
+    // runs dry depends on timing; the `replies` module's unit test makes it certain). Every reply
+    // must reach its client, in order: 100 small replies fit the upstream socket's default
+    // receive buffer (212992 bytes), and the clients' buffers are large, so the kernel drops none.
+    const CLIENTS: usize = 8;
+    const BURST: u32 = 100;
+    const ROUNDS: u8 = 4;
+    let backend = UdpBackend::start(Reply::Burst(BURST));
+    let lb = Ringlb::start(&config(
+        "",
+        &[udp_service("bursts", "round_robin", &[backend.addr], "")],
+    ));
+    let addr = lb.addr("bursts");
+    let clients: Vec<_> = (0..CLIENTS).map(|_| big_buffers(client())).collect();
+    let mut buf = [0u8; 64];
+    for round in 0..ROUNDS {
+        for (i, s) in clients.iter().enumerate() {
+            s.send_to(&[i as u8, round], addr).unwrap();
+        }
+        for (i, s) in clients.iter().enumerate() {
+            for seq in 0..BURST {
+                let (n, _) = s.recv_from(&mut buf).unwrap_or_else(|e| {
+                    panic!(
+                        "round {round}: client {i}: no reply {seq} of {BURST}: {e}; log:\n{}",
+                        lb.log_text()
+                    )
+                });
+                let expected = [&seq.to_le_bytes()[..], &[i as u8, round]].concat();
+                assert_eq!(&buf[..n], &expected[..], "round {round}: client {i}");
+            }
+        }
+    }
+    assert_eq!(backend.received(), (CLIENTS * usize::from(ROUNDS)) as u64);
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub enum Reply {
     Twice(&'static str),
     /// Like [`Reply::Whoami`] to datagrams that start with the given bytes; nothing to others.
     WhoamiIfPrefixed(&'static str, &'static [u8]),
+    /// This many datagrams at once, each its number (`u32`, little-endian) then the datagram.
+    Burst(u32),
 }
 
 /// A UDP backend on loopback served by one thread until dropped (or [`UdpBackend::close`]d,
@@ -70,6 +72,10 @@ impl UdpBackend {
                         socket.send_to(format!("{name} {src}").as_bytes(), src)
                     }
                     Reply::WhoamiIfPrefixed(..) => Ok(0),
+                    Reply::Burst(count) => (0..count).try_fold(0, |_, seq| {
+                        let reply = [&seq.to_le_bytes()[..], &buf[..n]].concat();
+                        socket.send_to(&reply, src)
+                    }),
                 };
             }
         });

@@ -7,7 +7,7 @@
 //! flow ends or the backend fails, ending a flow whose replies are all in or that was evicted,
 //! the flow counters kept by those, and the access-log line of a flow.
 //! Does not own: the flow table's rules ([`crate::balancer::flowtable`]), the service's socket
-//! and the datagrams going up (the parent module), or reading replies (`upstream`).
+//! and the datagrams going up (the parent module), or reading replies (`replies`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,7 +24,8 @@ use crate::control::log_limit::Reason;
 use crate::control::{ConnectFailure, ServiceState};
 
 use super::UdpService;
-use super::upstream::{FdHold, close_upstream, is_backend_failure, open_upstream, read_replies};
+use super::replies::read_replies;
+use super::upstream::{FdHold, close_upstream, is_backend_failure, open_upstream};
 
 /// What the flow table keeps for a flow.
 pub(super) struct Upstream {

@@ -9,9 +9,10 @@
 //! [`crate::balancer::flowtable`]) or when to stop ([`crate::control::Shutdown`]).
 //!
 //! This file is the client side (the service's socket, the flow table, the datagrams going up,
-//! choosing a backend); `receive` reads the service's socket; `flow` is a flow's state and life
-//! (its link, how it ends, its access-log line); `upstream` is the backend side (the reader of
-//! each link's replies, upstream sockets).
+//! choosing a backend); `receive` reads the service's socket; `replies` reads each link's
+//! upstream socket; `multishot` is the multishot receive both use; `flow` is a flow's state and
+//! life (its link, how it ends, its access-log line); `upstream` is the backend side (what a
+//! reply does, upstream sockets and their fds).
 //!
 //! # Flows
 //!
@@ -31,8 +32,8 @@
 //!   a datagram protocol has nothing in flight to finish; TCP connections keep draining.
 //!
 //! Ending a flow cancels its reader task and closes its upstream socket. The fd is not closed
-//! at once: the reader's pending io_uring receive holds it until the kernel confirms the
-//! cancellation, one io_uring round trip later. Each worker counts a service's upstream fds
+//! at once: the reader's pending io_uring receive (one-shot or multishot) holds it until the
+//! kernel confirms the cancellation, one io_uring round trip later. Each worker counts a service's upstream fds
 //! from opening to the actual close, and opens a new upstream socket only while the count is
 //! below its share of `udp_max_flows` plus [`CLOSING_SLACK`](upstream::CLOSING_SLACK) (8) fds
 //! still closing. So a service holds at most `max(udp_max_flows, workers) + 8 × workers`
@@ -60,11 +61,11 @@
 //! from any backend arrive on that socket and go back to the flow's client. This keeps the bound
 //! of one upstream socket per flow however many backends a client's datagrams reach, with no per-
 //! datagram state. Replies whose source is not one of the service's backends are dropped (an
-//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when it is the
-//! one that wakes the reader, the pool receive cannot report its source. An unconnected socket gets
-//! no ICMP errors, so per-packet mode does not see refused backends; health checks will. Per-packet
-//! datagrams count in no backend's active count, so `least_conn` and `power_of_two` see no UDP load
-//! there.
+//! unconnected socket accepts datagrams from anyone), and so may be an empty reply: when a
+//! one-shot pool receive takes it (see "Receiving replies"), its source is not reported; the
+//! multishot receive reports it. An unconnected socket gets no ICMP errors, so per-packet mode
+//! does not see refused backends; health checks will. Per-packet datagrams count in no backend's
+//! active count, so `least_conn` and `power_of_two` see no UDP load there.
 //!
 //! # I/O and buffers
 //!
@@ -74,6 +75,36 @@
 //! thousands of flows waiting for replies hold no buffer each, and the pool bounds datagram
 //! memory per worker. When the pool is empty a reader waits for a buffer to come back; the
 //! reply stays queued in its socket.
+//!
+//! ## Receiving replies
+//!
+//! A link's reader (`replies`) receives its first two replies with one-shot io_uring receives
+//! into the pool, one request each. At its third wait it arms one multishot `recvmsg` into the
+//! pool (`multishot`, the same receive as the service socket's): from then on each reply costs
+//! one completion and no request, for the rest of the link's life. Not from the start, because
+//! a multishot receive costs a request to arm and another to cancel when the flow ends, where
+//! the one-shot way costs one per reply and nothing at the end once the flow's replies are all
+//! in: a flow of one request and one or two replies (a DNS query, `udp_replies = 1`) would make
+//! two requests where one serves it. A `recvmsg` even on a connected socket, not a plain multishot `recv`:
+//! an empty reply would end a multishot `recv` (a completion of 0 bytes reads as the end of the
+//! stream), while a `recvmsg` completion always carries its header; and per-packet mode needs
+//! each reply's source.
+//!
+//! Each reply is handled as the one-shot way handles it (sent on at once, or with an io_uring
+//! send when the service socket's buffer is full; counted; the flow ended once its replies are
+//! all in), and its buffer goes back to the pool at once. The multishot receive ends when the
+//! pool has no free buffer as a reply arrives (the reply stays queued on the socket), when the
+//! kernel ends it, or when it fails: the reader then goes back to one-shot receives, which wait
+//! for a buffer when the pool is dry, for 20 ms (a second after an error), then arms a new one
+//! (at once when it merely ended after a reply). Errors that say the backend is not there
+//! (ICMP refused or unreachable) end the link on either way. So a dry pool never stops a socket
+//! from being read (readers wait for a buffer as on the one-shot way), and nothing is lost that
+//! the one-shot way would not lose: replies that found no buffer wait in their socket, and a
+//! flow's end drops what its socket held either way. One difference: while a reply waits for
+//! room in the service socket (its buffer full, which every flow of the service waits on alike),
+//! the link's multishot receive goes on taking its replies into pool buffers, where the one-shot
+//! way leaves them in the socket; they go out as soon as there is room, but until then they hold
+//! buffers that other readers may be waiting for.
 //!
 //! ## Receiving client datagrams
 //!
@@ -99,9 +130,9 @@
 //!
 //! ## Non-blocking calls
 //!
-//! After each wake-up of the fallback receive, and of a reader whose replies queue up (while they
-//! come one at a time, a reader only probes every few wake-ups, so request and response costs no
-//! receive that finds nothing), up to [`DRAIN_BATCH`] datagrams already queued on that socket are
+//! After each wake-up of the fallback receive, and of a reader on one-shot receives whose replies
+//! queue up (while they come one at a time, a reader only probes every few wake-ups, so request
+//! and response costs no receive that finds nothing), up to [`DRAIN_BATCH`] datagrams already queued on that socket are
 //! taken with non-blocking `recvfrom` calls, and every datagram is first sent with a non-blocking
 //! `send`/`sendto`, which succeeds whenever the socket buffer has room (a UDP send never waits for
 //! its peer); only a full socket buffer sends through io_uring and waits. A burst thus costs one
@@ -140,7 +171,9 @@ use flow::{End, Link, Target, Upstream};
 use upstream::{UpstreamFds, is_backend_failure, send_now};
 
 mod flow;
+mod multishot;
 mod receive;
+mod replies;
 mod upstream;
 
 /// The largest UDP payload: 65,527 bytes over IPv6 (65,507 over IPv4).
@@ -169,7 +202,7 @@ const BUFFER_RETRY: Duration = Duration::from_millis(5);
 const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Datagrams taken with non-blocking receives after each io_uring wake-up of a socket (see
-/// `receive_loop` and `upstream::read_replies`): enough to empty a busy socket's queue in one
+/// `receive_loop` and `replies::read_replies`): enough to empty a busy socket's queue in one
 /// trip round the event loop, few enough (at most 2 MiB of 64 KiB datagrams) that one socket
 /// does not keep the worker from its others for long.
 pub(super) const DRAIN_BATCH: usize = 32;

@@ -4,9 +4,9 @@
 //!
 //! Owns the service's receive loop and the choice between the two ways of receiving; each
 //! datagram, however received, goes to one [`Handler`] (the service's is
-//! [`UdpService::forward_up`]). Does not own what happens to a datagram (the parent module) nor
-//! the buffer pool (the worker registers it; its buffers are shared with the reply readers of
-//! `upstream`).
+//! [`UdpService::forward_up`]). Does not own what happens to a datagram (the parent module), the
+//! multishot receive itself (`multishot`, shared with the reply readers of `replies`), nor the
+//! buffer pool (the worker registers it; its buffers are shared with the reply readers).
 //!
 //! See the parent module's "Receiving client datagrams" for why and when each way is used.
 
@@ -15,21 +15,18 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use compio::BufResult;
-use compio::buf::{IntoInner, IoBuf};
-use compio::driver::ToSharedFd;
-use compio::driver::op::{RecvFlags, RecvMsgMulti, RecvMsgMultiResult, ReturnFlags};
+use compio::buf::IoBuf;
 use compio::net::UdpSocket;
-use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 
 use crate::control::log_limit::Reason;
 
 use super::super::worker::LoopGuard;
 use super::flow::End;
-use super::upstream::{is_pool_empty, recv_now};
+use super::multishot::{self, Pooled, Rearm};
+use super::upstream::recv_now;
 use super::{DRAIN_BATCH, MAX_DATAGRAM, RECV_ERROR_BACKOFF, UdpService};
 
 /// What is done with each client datagram received.
@@ -73,17 +70,6 @@ impl Handler for Forward {
     }
 }
 
-/// How long the service's socket is read the fallback way after the buffer pool ran dry under
-/// the multishot receive, before a multishot receive is armed again: long enough for the
-/// backlog to be read and the buffers to come back, short enough that a burst moves the socket
-/// off the multishot receive only briefly.
-const REARM_AFTER_DRY: Duration = Duration::from_millis(20);
-
-/// How long the service's socket is read the fallback way after the kernel refused or failed a
-/// multishot receive, before one is tried again (a kernel without it fails every try, once per
-/// this period).
-const REARM_AFTER_ERROR: Duration = Duration::from_secs(1);
-
 /// How a run of one way of receiving ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ended {
@@ -92,7 +78,7 @@ enum Ended {
     /// The multishot receive ended by itself after a datagram: arm another at once.
     Rearm,
     /// The multishot receive could not go on for a while (no free buffer, or an error).
-    FallBack(Duration),
+    FallBack(std::time::Duration),
     /// The fallback way received what was queued; it goes on until its time is up.
     Received,
 }
@@ -126,10 +112,9 @@ async fn receive(
     handler: &mut impl Handler,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
-    // The multishot receive is used from this instant on.
-    let mut multishot_from = Instant::now();
+    let mut rearm = Rearm::now();
     loop {
-        let ended = if Instant::now() >= multishot_from {
+        let ended = if rearm.due() {
             receive_multishot(socket, drain.as_mut(), handler).await
         } else {
             receive_fallback(socket, drain.as_mut(), &mut buf, handler).await
@@ -137,25 +122,10 @@ async fn receive(
         match ended {
             Ended::Retired => return,
             Ended::Rearm | Ended::Received => {}
-            Ended::FallBack(wait) => multishot_from = Instant::now() + wait,
+            Ended::FallBack(wait) => rearm.fall_back(wait),
         }
     }
 }
-
-/// A multishot `recvmsg` of the service's socket into the worker's buffer pool: one completion
-/// per datagram, no readiness poll, no receive that finds nothing.
-fn arm(socket: &UdpSocket) -> io::Result<impl futures_util::Stream<Item = MultishotItem>> {
-    compio::runtime::Runtime::with_current(|rt| {
-        let pool = rt.buffer_pool()?;
-        let op = RecvMsgMulti::new(socket.to_shared_fd(), &pool, 0, RecvFlags::empty())?;
-        // No ancillary data: the control length is 0.
-        Ok(rt.submit_multi(op).into_managed_with(pool, 0))
-    })
-}
-
-/// One item of the multishot stream: a datagram, the end without one, or the error that ended
-/// it.
-type MultishotItem = io::Result<Option<RecvMsgMultiResult>>;
 
 /// Receives datagrams with one multishot receive until it ends, the pool runs dry or the drain
 /// begins.
@@ -164,43 +134,30 @@ async fn receive_multishot(
     mut drain: Pin<&mut impl Future<Output = ()>>,
     handler: &mut impl Handler,
 ) -> Ended {
-    let stream = match arm(socket) {
+    let stream = match multishot::arm(socket) {
         Ok(stream) => stream,
-        Err(e) => return multishot_failed(handler, &e),
+        Err(e) => return Ended::FallBack(multishot::failed(handler.name(), &e)),
     };
     let mut stream = pin!(stream);
     let mut received = false;
     loop {
-        let item = match select(stream.next(), drain.as_mut()).await {
-            Either::Left((item, _)) => item,
+        let next = pin!(multishot::next(stream.as_mut(), &mut received));
+        let next = match select(next, drain.as_mut()).await {
+            Either::Left((next, _)) => next,
             // Dropping the stream cancels the receive; buffers it filled go back to the pool.
             Either::Right(_) => return Ended::Retired,
         };
-        match item {
-            Some(Ok(Some(datagram))) => {
-                received = true;
-                handle_pooled(datagram, handler).await;
-            }
-            // The kernel ended the receive after its last datagram: arm another. One that ends
-            // without any is not armed again at once, so it cannot spin.
-            Some(Ok(None)) | None if received => return Ended::Rearm,
-            Some(Ok(None)) | None => return Ended::FallBack(REARM_AFTER_DRY),
+        match next {
+            Ok(datagram) => handle_pooled(Pooled::new(datagram), handler).await,
+            Err(multishot::Ended::Rearm) => return Ended::Rearm,
             // The pool had no buffer when a datagram arrived: the datagram is still queued on the
             // socket, where the fallback way reads it.
-            Some(Err(e)) if is_pool_empty(&e) => return Ended::FallBack(REARM_AFTER_DRY),
-            Some(Err(e)) => return multishot_failed(handler, &e),
+            Err(multishot::Ended::FallBack(wait)) => return Ended::FallBack(wait),
+            Err(multishot::Ended::Failed(e)) => {
+                return Ended::FallBack(multishot::failed(handler.name(), &e));
+            }
         }
     }
-}
-
-/// The kernel refused or failed the multishot receive: the fallback way reads the socket for
-/// [`REARM_AFTER_ERROR`].
-fn multishot_failed(handler: &impl Handler, e: &io::Error) -> Ended {
-    if let Some(suppressed) = Reason::UdpReceive.admit() {
-        tracing::debug!(service = %handler.name(), error = %e, suppressed,
-            "udp multishot receive failed: receiving without it for a while");
-    }
-    Ended::FallBack(REARM_AFTER_ERROR)
 }
 
 /// The fallback way: waits for one datagram with an io_uring `recvfrom` into the loop's own
@@ -253,23 +210,16 @@ async fn receive_fallback(
 
 /// Hands one datagram of the multishot receive to `handler` from its pool buffer, which then
 /// goes back to the pool.
-async fn handle_pooled(datagram: RecvMsgMultiResult, handler: &mut impl Handler) {
-    let client = datagram.addr().and_then(|a| a.as_socket());
-    let truncated = datagram.flags().contains(ReturnFlags::TRUNC);
-    match client {
-        // Pool buffers have room for the largest datagram and its header: never truncated.
-        Some(client) if !truncated => {
-            let len = datagram.data().len();
-            let buffer = datagram.into_inner();
-            // The payload is the end of the buffer, after the header and source address.
-            let payload = buffer.buf_len() - len;
-            drop(handler.datagram(buffer.slice(payload..), client).await);
+async fn handle_pooled(datagram: Pooled, handler: &mut impl Handler) {
+    match datagram.source {
+        Some(client) if !datagram.truncated => {
+            drop(handler.datagram(datagram.payload, client).await);
         }
         _ => {
             handler.dropped();
             if let Some(suppressed) = Reason::UdpReceive.admit() {
-                tracing::debug!(service = %handler.name(), truncated, suppressed,
-                    "udp datagram without a source address or truncated: dropped");
+                tracing::debug!(service = %handler.name(), truncated = datagram.truncated,
+                    suppressed, "udp datagram without a source address or truncated: dropped");
             }
             drop(datagram);
         }
@@ -279,21 +229,15 @@ async fn handle_pooled(datagram: RecvMsgMultiResult, handler: &mut impl Handler)
 
 #[cfg(test)]
 mod tests {
+    use super::super::multishot::arm;
+    use super::super::multishot::testing::{runtime, wait_within};
+    use super::super::upstream::is_pool_empty;
     use super::*;
+    use compio::buf::IntoInner;
+    use compio::driver::op::ReturnFlags;
+    use futures_util::StreamExt;
     use std::cell::RefCell;
-    use std::num::NonZeroU16;
-
-    /// A runtime whose buffer pool is the worker's: `buffers` buffers of [`MAX_DATAGRAM`] bytes.
-    fn runtime(buffers: u16) -> compio::runtime::Runtime {
-        let mut proactor = compio::driver::ProactorBuilder::new();
-        proactor
-            .buffer_pool_size(NonZeroU16::new(buffers).unwrap())
-            .buffer_pool_buffer_len(MAX_DATAGRAM);
-        compio::runtime::RuntimeBuilder::new()
-            .with_proactor(proactor)
-            .build()
-            .unwrap()
-    }
+    use std::time::Duration;
 
     /// The largest datagrams of both families arrive whole through the multishot receive, with
     /// their source: the pool's buffers have room for the header before the payload.
@@ -387,15 +331,8 @@ mod tests {
     }
 
     /// Polls `done` every millisecond for up to 5 s.
-    async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !done() {
-            if Instant::now() > deadline {
-                return false;
-            }
-            compio::time::sleep(Duration::from_millis(1)).await;
-        }
-        true
+    async fn wait_until(done: impl FnMut() -> bool) -> bool {
+        wait_within(Duration::from_secs(5), done).await
     }
 
     /// A backlog ten times the pool: the multishot receive fills every buffer and ends, the

@@ -1,15 +1,15 @@
-//! The backend side of UDP flows: upstream sockets, the task reading a link's replies, the
-//! socket calls the data path makes itself (a non-blocking first send, socket creation), and the
-//! count of upstream fds each service holds on a worker, closing ones included.
+//! The backend side of UDP flows: upstream sockets, what a link's reply does (sent on to the
+//! client, counted, the flow ended once its replies are all in), the socket calls the data path
+//! makes itself (a non-blocking first send, socket creation), and the count of upstream fds each
+//! service holds on a worker, closing ones included.
 //!
-//! See the parent module for how flows, links and buffers fit together. Everything here runs on
-//! the worker's thread.
+//! Does not own the task that receives a link's replies (`replies`). See the parent module for
+//! how flows, links and buffers fit together. Everything here runs on the worker's thread.
 
 use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use compio::driver::ToSharedFd;
@@ -22,7 +22,7 @@ use crate::control::ServiceState;
 use crate::control::log_limit::Reason;
 
 use super::super::sys;
-use super::{DRAIN_BATCH, MAX_DATAGRAM, UdpService};
+use super::{MAX_DATAGRAM, UdpService};
 
 /// Upstream fds of ended links still closing that a service may hold on a worker beyond its
 /// share of `udp_max_flows`. Closes take one io_uring round trip; this many in flight let a
@@ -32,8 +32,9 @@ pub(super) const CLOSING_SLACK: usize = 8;
 
 /// The upstream fds of one service on one worker: those of its links, and those of ended links
 /// not closed yet. Ending a link does not close its fd at once: its reader is cancelled on the
-/// event loop's next turn, and the reader's pending io_uring receive holds the fd until the
-/// kernel confirms the cancellation (one io_uring round trip). A new upstream socket is opened
+/// event loop's next turn, and the reader's pending io_uring receive (one-shot or multishot: the
+/// op holds a reference to the fd either way) holds the fd until the kernel confirms the
+/// cancellation (one io_uring round trip). A new upstream socket is opened
 /// only while the count is below `limit` (the flow table's capacity plus [`CLOSING_SLACK`]),
 /// so the fds held never exceed it.
 pub(super) struct UpstreamFds {
@@ -92,8 +93,8 @@ impl Drop for FdHold {
 }
 
 /// Closes an ended link's upstream socket (`socket`: the link's own handle, the reader's being
-/// dropped with its task) once nothing else holds it, in particular the cancelled receive still
-/// in the kernel, then releases its `hold`. A task per socket waits for that; the fd is closed
+/// dropped with its task) once nothing else holds it, in particular the cancelled receive (one-shot
+/// or multishot) still in the kernel, then releases its `hold`. A task per socket waits for that; the fd is closed
 /// with a plain `close` as soon as it is free.
 pub(super) fn close_upstream(socket: UdpSocket, hold: FdHold) {
     let fd = socket.to_shared_fd();
@@ -108,7 +109,7 @@ pub(super) fn close_upstream(socket: UdpSocket, hold: FdHold) {
 
 /// What a reader does after one reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     /// Read the next reply.
     Next,
     /// The flow ended or moved on: the task ends.
@@ -118,148 +119,10 @@ enum Step {
     Blocked(usize, Option<ReplyVerdict>),
 }
 
-/// Reads the replies of one link and sends them to the flow's client, until the link fails, the
-/// flow's replies are all in, or the task is cancelled (the flow ended).
-///
-/// A wake-up of the io_uring receive is followed by up to [`DRAIN_BATCH`] non-blocking receives
-/// of replies already queued, into the service's scratch buffer, so a flow with several replies
-/// in flight costs one trip round the event loop, not one per reply; while replies come one at a
-/// time, [`DrainPace`] skips them.
-pub(super) async fn read_replies(
-    svc: Rc<UdpService>,
-    state: Arc<ServiceState>,
-    client: SocketAddr,
-    link: u64,
-    socket: UdpSocket,
-    backend: Option<usize>,
-) {
-    const EMPTY: &[u8] = &[];
-    let mut pace = DrainPace::default();
-    loop {
-        // `None` is an empty datagram.
-        let received = match backend {
-            Some(b) => socket.recv_managed(0).await.map(|buf| (buf, Some(b))),
-            None => match socket.recv_from_managed(0).await {
-                Ok(Some((buf, from))) => Ok((Some(buf), backend_index(&state, from))),
-                // An empty datagram's source is not reported: it cannot be checked.
-                Ok(None) => Ok((None, None)),
-                Err(e) => Err(e),
-            },
-        };
-        let (buf, from) = match received {
-            Ok(r) => r,
-            Err(e) if is_pool_empty(&e) => {
-                svc.wait_for_buffer().await;
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                svc.upstream_failed(&state, client, link, &e);
-                return;
-            }
-        };
-        let data: &[u8] = buf.as_deref().unwrap_or(EMPTY);
-        let len = data.len();
-        let step = match svc.reply_now(&state, client, link, from, data) {
-            Step::Blocked(from, verdict) => {
-                let sent = match buf {
-                    Some(buf) => svc.socket.send_to(buf, client).await.0,
-                    None => svc.socket.send_to(EMPTY, client).await.0,
-                };
-                svc.reply_sent(&state, client, link, from, len, sent, verdict)
-            }
-            step => {
-                drop(buf);
-                step
-            }
-        };
-        // The reply buffer is back in the pool.
-        svc.buffer_freed.notify(1);
-        if step == Step::Stop {
-            return;
-        }
-        let mut taken = 0;
-        let mut drained = false;
-        while taken < DRAIN_BATCH && pace.tries(taken) {
-            // No await between the receive and the use of the scratch buffer: no other task can
-            // touch it meanwhile.
-            let received = recv_now(&socket, &mut svc.scratch.borrow_mut());
-            let source = match received {
-                Ok(None) => {
-                    drained = true;
-                    break;
-                }
-                Ok(Some(source)) => source,
-                Err(e) => {
-                    svc.upstream_failed(&state, client, link, &e);
-                    return;
-                }
-            };
-            let from = backend.or_else(|| backend_index(&state, source));
-            let step = svc.reply_now(&state, client, link, from, &svc.scratch.borrow());
-            let step = match step {
-                Step::Blocked(from, verdict) => {
-                    // Rare (the service socket's buffer is full): the reply leaves the scratch
-                    // buffer, which other readers use while this one waits.
-                    let owned = svc.scratch.borrow().clone();
-                    let len = owned.len();
-                    let sent = svc.socket.send_to(owned, client).await.0;
-                    svc.reply_sent(&state, client, link, from, len, sent, verdict)
-                }
-                step => step,
-            };
-            if step == Step::Stop {
-                return;
-            }
-            taken += 1;
-        }
-        pace.waits(taken, drained);
-    }
-}
-
-/// While wake-ups of a reader find one reply each, every this many wake-ups the reader still
-/// tries a non-blocking receive, to notice that replies now come faster (see [`DrainPace`]).
-const DRAIN_PROBE_EVERY: u32 = 8;
-
-/// Whether a reader tries non-blocking receives after an io_uring wake-up.
-///
-/// Receiving until `recvfrom` fails with `EAGAIN` costs one failed system call per wake-up: when
-/// replies come one at a time (request and response), that doubles the receives per reply. An
-/// io_uring receive is batched with the worker's other requests and completes at once when a
-/// reply is already queued. So while wake-ups find one reply each, the reader waits on io_uring
-/// again at once, and only every [`DRAIN_PROBE_EVERY`] wake-ups tries a non-blocking receive;
-/// once one finds a reply queued, it takes replies until `EAGAIN` (or [`DRAIN_BATCH`]) again.
-#[derive(Debug, Default)]
-struct DrainPace {
-    /// Whether the last wake-up that tried found replies queued behind the first.
-    bursting: bool,
-    /// Wake-ups while not bursting (every [`DRAIN_PROBE_EVERY`]th tries a receive).
-    single: u32,
-}
-
-impl DrainPace {
-    /// Whether to try another non-blocking receive after `taken` replies since the wake-up.
-    fn tries(&self, taken: usize) -> bool {
-        taken > 0 || self.bursting || self.single % DRAIN_PROBE_EVERY == DRAIN_PROBE_EVERY - 1
-    }
-
-    /// The reader waits on io_uring again after taking `taken` replies with non-blocking
-    /// receives; the last one found the socket empty (`EAGAIN`) when `drained`.
-    fn waits(&mut self, taken: usize, drained: bool) {
-        // A receive that was not tried says nothing.
-        if taken > 0 || drained {
-            self.bursting = taken > 0;
-        }
-        if !self.bursting {
-            self.single = self.single.wrapping_add(1);
-        }
-    }
-}
-
 impl UdpService {
     /// Records one reply of `link` from backend `from` (`None`: not from a backend of the
     /// service, dropped) and sends it on to the client with a non-blocking send.
-    fn reply_now(
+    pub(super) fn reply_now(
         &self,
         state: &ServiceState,
         client: SocketAddr,
@@ -291,7 +154,7 @@ impl UdpService {
     /// Counts a reply sent (or not) to the client, and ends the flow when its replies are all
     /// in.
     #[allow(clippy::too_many_arguments)]
-    fn reply_sent(
+    pub(super) fn reply_sent(
         &self,
         state: &ServiceState,
         client: SocketAddr,
@@ -324,7 +187,13 @@ impl UdpService {
     }
 
     /// A link's upstream socket failed to receive: the link ends (see `link_failed`).
-    fn upstream_failed(&self, state: &ServiceState, client: SocketAddr, link: u64, e: &io::Error) {
+    pub(super) fn upstream_failed(
+        &self,
+        state: &ServiceState,
+        client: SocketAddr,
+        link: u64,
+        e: &io::Error,
+    ) {
         if !is_backend_failure(e) {
             tracing::debug!(service = %state.config.name, %client, error = %e,
                 "udp upstream receive failed");
@@ -427,47 +296,6 @@ mod tests {
         assert_eq!(canonical(v4), v4);
         let v6: SocketAddr = "[::1]:53".parse().unwrap();
         assert_eq!(canonical(v6), v6);
-    }
-
-    /// Runs a reader's pacing over wake-ups that each find `queued` replies behind the first:
-    /// the non-blocking receives it tries per wake-up (an `EAGAIN` counts as one).
-    fn receives_per_wakeup(pace: &mut DrainPace, queued: &[usize]) -> Vec<usize> {
-        queued
-            .iter()
-            .map(|&queued| {
-                let mut taken = 0;
-                while taken < DRAIN_BATCH && pace.tries(taken) {
-                    if taken == queued {
-                        pace.waits(taken, true);
-                        return taken + 1;
-                    }
-                    taken += 1;
-                }
-                pace.waits(taken, false);
-                taken
-            })
-            .collect()
-    }
-
-    #[test]
-    fn one_reply_per_wakeup_costs_no_failed_receive_but_a_burst_is_noticed() {
-        let mut pace = DrainPace::default();
-        let n = DRAIN_PROBE_EVERY as usize;
-        // Replies one at a time: one probe (failing) every DRAIN_PROBE_EVERY wake-ups.
-        let tried = receives_per_wakeup(&mut pace, &vec![0; 4 * n]);
-        assert_eq!(tried.iter().sum::<usize>(), 4, "{tried:?}");
-        // Replies start to queue: noticed at the next probe at the latest, then drained.
-        let tried = receives_per_wakeup(&mut pace, &vec![3; n + 2]);
-        let first = tried.iter().position(|&t| t > 0).expect("a probe");
-        assert!(first < n, "{tried:?}");
-        assert!(tried[first..].iter().all(|&t| t == 4), "{tried:?}");
-        // A burst larger than the batch: the batch is taken, and draining goes on.
-        let tried = receives_per_wakeup(&mut pace, &[DRAIN_BATCH + 5, 2]);
-        assert_eq!(tried, [DRAIN_BATCH, 3]);
-        // Back to one at a time: the next wake-up still tries (and fails), then probes only.
-        let tried = receives_per_wakeup(&mut pace, &vec![0; 2 * n]);
-        assert_eq!(tried[0], 1);
-        assert!(tried[1..].iter().sum::<usize>() <= 2, "{tried:?}");
     }
 
     #[test]
