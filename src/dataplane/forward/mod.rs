@@ -37,8 +37,8 @@
 //!
 //! The files: `connect` (choosing and connecting a backend, and the PROXY header written to
 //! it), `pump` (one direction through buffers or a pipe), `buffers` (the worker's spare
-//! forwarding buffers), `proxy_header` (the PROXY header read from a client), `wake_gate` (polling a
-//! direction or the end signals only when they woke the task).
+//! forwarding buffers), `proxy_header` (the PROXY header read from a client), `wake_gate` (polling the
+//! end signals only when one of them woke the task).
 
 mod buffers;
 mod connect;
@@ -333,14 +333,14 @@ async fn proxy(
     let mut idle = pin!(idle_timer(worker, id, state.config.idle_timeout));
     let mut abort = pin!(worker.aborting());
     let mut closed = pin!(backend_closed(worker, state, index, epoch));
-    // Each of the four is polled only after it woke the task: a wake-up is nearly always one
-    // direction's I/O, and the other direction and the signals have nothing new then.
-    let (up_gate, down_gate, signals) = (WakeGate::new(), WakeGate::new(), WakeGate::new());
+    // The signals rarely fire: they are polled only after one of them woke the task (a
+    // wake-up is nearly always a direction's I/O).
+    let signals = WakeGate::new();
     let mut up_end = None;
     let mut down_end = None;
     let end = std::future::poll_fn(|cx| {
         if up_end.is_none()
-            && let Poll::Ready(e) = up_gate.poll(cx, |cx| up.as_mut().poll(cx))
+            && let Poll::Ready(e) = up.as_mut().poll(cx)
         {
             up_end = Some(e);
             match e {
@@ -353,7 +353,7 @@ async fn proxy(
             }
         }
         if down_end.is_none()
-            && let Poll::Ready(e) = down_gate.poll(cx, |cx| down.as_mut().poll(cx))
+            && let Poll::Ready(e) = down.as_mut().poll(cx)
         {
             down_end = Some(e);
             match e {

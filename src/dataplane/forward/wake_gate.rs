@@ -2,13 +2,15 @@
 //!
 //! Owns: [`WakeGate`], a wake-up flag with a waker of its own. A connection's task waits on its
 //! two directions and on signals that rarely fire (the idle timer, the worker's abort, the
-//! backend's close event). A wake-up of the task is nearly always one direction's I/O, yet it
-//! used to poll everything: the other direction, whose I/O is still pending, and the signals,
-//! whose polls are not free (a compio timer is looked up in the runtime's timer tree, twice, and
-//! deeper the more connections the worker holds; an event listener takes its lock). Polled
-//! through a gate each, a direction and the group of signals register the gate's waker, and the
-//! task polls them again only once that waker fired. Does not own: what the futures are or what
-//! their results mean (`super::proxy`).
+//! backend's close event). A wake-up of the task is nearly always a direction's I/O, yet it used
+//! to poll the signals too, and their polls are not free: a compio timer is looked up in the
+//! runtime's timer tree (twice, and deeper the more connections the worker holds) and an event
+//! listener takes its lock. Polled through a gate, the signals register the gate's waker, and the
+//! task polls them again only once that waker fired. A gate costs one small allocation per
+//! connection (about 70 bytes with its handle); the directions are not gated, since a gate each
+//! measured no cheaper per request than polling the idle direction, and it would cost that
+//! memory twice more on every idle connection. Does not own: what the futures are or what their
+//! results mean (`super::proxy`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +41,6 @@ impl Wake for Flag {
 /// A wake-up flag for a group of futures polled by one task: see the module doc.
 pub(super) struct WakeGate {
     flag: Arc<Flag>,
-    waker: Waker,
 }
 
 impl WakeGate {
@@ -48,8 +49,7 @@ impl WakeGate {
     pub fn new() -> Self {
         let flag = Arc::new(Flag::default());
         flag.woken.store(true, Ordering::Relaxed);
-        let waker = Waker::from(flag.clone());
-        WakeGate { flag, waker }
+        WakeGate { flag }
     }
 
     /// Runs `poll_group` with the gate's waker when the group woke the gate since the last
@@ -66,7 +66,9 @@ impl WakeGate {
         if !self.flag.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        poll_group(&mut Context::from_waker(&self.waker))
+        // Made when the group runs, which is rare, rather than kept: one word less per connection.
+        let waker = Waker::from(self.flag.clone());
+        poll_group(&mut Context::from_waker(&waker))
     }
 }
 
