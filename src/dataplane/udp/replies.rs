@@ -336,9 +336,8 @@ impl DrainPace {
 mod tests {
     use super::super::MAX_DATAGRAM;
     use super::super::multishot::testing::{runtime, wait_within};
-    use super::super::upstream::{CLOSING_SLACK, FdHold, UpstreamFds, close_upstream};
+    use super::super::upstream::{CLOSING_SLACK, FdHold, UpstreamFds, closes_then_uncounts};
     use super::*;
-    use futures_util::future::{Either, select};
     use std::cell::Cell;
     use std::mem::MaybeUninit;
     use std::time::{Duration, Instant};
@@ -560,7 +559,6 @@ mod tests {
             let (socket, backend) = link().await;
             let hold = fds.hold();
             assert!(fds.at_limit());
-            let addr = socket.local_addr().unwrap();
             let recorder = Recorder::new();
             let reader = start(&socket, &recorder);
             let first = MULTISHOT_AT - 1;
@@ -571,19 +569,13 @@ mod tests {
                 multishot_armed(&backend, &socket, &recorder, first, Duration::from_secs(5));
             assert!(armed.await, "a multishot receive at wait MULTISHOT_AT");
             drop(reader);
-            close_upstream(socket, hold);
-            assert!(fds.at_limit(), "a closing fd is still counted");
-            assert!(
-                std::net::UdpSocket::bind(addr).is_err(),
-                "the fd is still open"
-            );
-            let deadline = pin!(compio::time::sleep(Duration::from_secs(5)));
-            let room = pin!(fds.room());
-            if let Either::Right(_) = select(room, deadline).await {
-                panic!("the cancelled multishot receive kept the fd");
-            }
-            assert!(!fds.at_limit());
-            std::net::UdpSocket::bind(addr).expect("the fd is closed once uncounted");
+            closes_then_uncounts(
+                &fds,
+                socket,
+                hold,
+                "the cancelled multishot receive kept the fd",
+            )
+            .await;
             drop(others);
         });
     }

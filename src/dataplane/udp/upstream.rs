@@ -281,11 +281,38 @@ pub(super) fn open_upstream(
     Ok(socket.into())
 }
 
+/// Test check: closes `socket` the way a flow's end does and asserts that its fd stays counted
+/// (and open) while a cancelled receive may hold it, then is closed and uncounted within 5 s
+/// (`never` is the failure message). The count must be at its limit before.
+#[cfg(test)]
+pub(super) async fn closes_then_uncounts(
+    fds: &UpstreamFds,
+    socket: UdpSocket,
+    hold: FdHold,
+    never: &str,
+) {
+    use futures_util::future::{Either, select};
+    use std::pin::pin;
+
+    let addr = socket.local_addr().unwrap();
+    close_upstream(socket, hold);
+    assert!(fds.at_limit(), "a closing fd is still counted");
+    assert!(
+        std::net::UdpSocket::bind(addr).is_err(),
+        "the fd is still open"
+    );
+    let deadline = pin!(compio::time::sleep(std::time::Duration::from_secs(5)));
+    let room = pin!(fds.room());
+    if let Either::Right(_) = select(room, deadline).await {
+        panic!("{never}");
+    }
+    assert!(!fds.at_limit());
+    std::net::UdpSocket::bind(addr).expect("the fd is closed once uncounted");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::future::{Either, select};
-    use std::pin::pin;
     use std::time::Duration;
 
     #[test]
@@ -373,19 +400,7 @@ mod tests {
             sender.send_to(b"one", addr).unwrap();
             listener.await;
             drop(reader);
-            close_upstream(socket, hold);
-            assert!(fds.at_limit(), "a closing fd is still counted");
-            assert!(
-                std::net::UdpSocket::bind(addr).is_err(),
-                "the fd is still open"
-            );
-            let deadline = pin!(compio::time::sleep(Duration::from_secs(5)));
-            let room = pin!(fds.room());
-            if let Either::Right(_) = select(room, deadline).await {
-                panic!("the closing fd was never closed");
-            }
-            assert!(!fds.at_limit());
-            std::net::UdpSocket::bind(addr).expect("the fd is closed once uncounted");
+            closes_then_uncounts(&fds, socket, hold, "the closing fd was never closed").await;
             drop(others);
             assert_eq!(fds.held.get(), 0);
         });
