@@ -554,14 +554,19 @@ impl UdpService {
         }
     }
 
-    /// Waits until a reply buffer may be free again.
-    ///
-    /// Not `control::wait::wait_until`: whether the pool has a buffer cannot be checked without
-    /// taking it (only a receive does), and a buffer can come back without a notification, so
-    /// this waits for one notification or `BUFFER_RETRY`, and the caller's receive is the check.
+    /// Waits until a reply buffer may be free again (see [`wait_for_buffer`]).
     async fn wait_for_buffer(&self) {
-        let listener = self.buffer_freed.listen();
-        let timeout = pin!(compio::time::sleep(BUFFER_RETRY));
-        let _ = select(listener, timeout).await;
+        wait_for_buffer(&self.buffer_freed).await;
     }
+}
+
+/// Waits until a pool buffer may be free again: `freed` is notified when one goes back.
+///
+/// Not `control::wait::wait_until`: whether the pool has a buffer cannot be checked without
+/// taking it (only a receive does), and a buffer can come back without a notification, so this
+/// waits for one notification or `BUFFER_RETRY`, and the caller's receive is the check.
+pub(super) async fn wait_for_buffer(freed: &Event) {
+    let listener = freed.listen();
+    let timeout = pin!(compio::time::sleep(BUFFER_RETRY));
+    let _ = select(listener, timeout).await;
 }

@@ -391,6 +391,8 @@ mod tests {
         block: Cell<Option<u32>>,
         released: Cell<bool>,
         scratch: RefCell<Vec<u8>>,
+        /// Notified when a reply's pool buffer goes back, as the service's is.
+        freed: event_listener::Event,
     }
 
     impl Recorder {
@@ -400,6 +402,7 @@ mod tests {
                 block: Cell::new(None),
                 released: Cell::new(false),
                 scratch: RefCell::new(Vec::with_capacity(MAX_DATAGRAM)),
+                freed: event_listener::Event::new(),
             })
         }
 
@@ -434,10 +437,12 @@ mod tests {
             panic!("the link failed: {e}");
         }
 
-        fn buffer_back(&self) {}
+        fn buffer_back(&self) {
+            self.freed.notify(1);
+        }
 
         async fn wait_for_buffer(&self) {
-            compio::time::sleep(Duration::from_millis(1)).await;
+            super::super::wait_for_buffer(&self.freed).await;
         }
 
         fn scratch(&self) -> &RefCell<Vec<u8>> {
