@@ -524,11 +524,17 @@ async fn accept_loop(
                         tracing::info!(service = %state.config.name, "accepting again");
                     }
                     worker.stats.accepts.inc();
+                    // The slot is taken here, before the next accept looks at the limit: the
+                    // connection's task runs later, and a burst of accepts that left the taking
+                    // to it would accept past the limit (and past the fd budget) before any of
+                    // them counted.
+                    let slot = forward::Slot::try_take(&state);
                     compio::runtime::spawn(forward::serve(
                         worker.clone(),
                         state.clone(),
                         stream,
                         peer,
+                        slot,
                     ))
                     .detach();
                 }

@@ -33,7 +33,8 @@
 //! With `accept_proxy`, the first step of [`serve`] reads the client's PROXY header
 //! (`proxy_header`) before anything else; from then on the address it gave is the client
 //! everywhere: tracking (`/connections`), the balancer's `source_hash` and stick table, the
-//! access log. A refused header closes the connection before it takes a slot.
+//! access log. A refused header closes the connection, which returns the slot it took at the
+//! accept.
 //!
 //! The files: `connect` (choosing and connecting a backend, and the PROXY header written to
 //! it), `pump` (one direction through buffers or a pipe), `buffers` (the worker's spare
@@ -102,10 +103,17 @@ impl End {
     }
 }
 
-/// Returns the service slot when dropped.
-struct SlotGuard<'a>(&'a ServiceState);
+/// A connection slot of a service (and of the process-wide budget), returned when dropped.
+pub(super) struct Slot(Arc<ServiceState>);
 
-impl Drop for SlotGuard<'_> {
+impl Slot {
+    /// Takes a slot of `state`, if one is free.
+    pub(super) fn try_take(state: &Arc<ServiceState>) -> Option<Slot> {
+        state.try_acquire_slot().then(|| Slot(state.clone()))
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.release_slot();
     }
@@ -130,12 +138,15 @@ impl Drop for TrackGuard<'_> {
     }
 }
 
-/// Serves one accepted client connection to its end.
+/// Serves one accepted client connection to its end. `slot`: the slot the accept loop took for
+/// it, right after the accept (`None` when none was free: the connection then waits for one
+/// here).
 pub(super) async fn serve(
     worker: Rc<Worker>,
     state: Arc<ServiceState>,
     client: TcpStream,
     peer: SocketAddr,
+    slot: Option<Slot>,
 ) {
     // First of all, the PROXY header of a trusted client: its source is the client from here
     // on, for every step below.
@@ -148,18 +159,24 @@ pub(super) async fn serve(
     let Some(_admitted) = super::admission::admit_tcp(&state, &client, peer) else {
         return;
     };
-    // The accept loop paused at the limit, but another worker may have taken the last slot in
-    // the meantime: queue the connection until a slot frees rather than accept-then-close.
-    while !state.try_acquire_slot() {
-        let slot = pin!(state.wait_for_slot(&worker.slot_freed));
-        let abort = pin!(worker.aborting());
-        if let futures_util::future::Either::Right(_) =
-            futures_util::future::select(slot, abort).await
-        {
-            return;
-        }
-    }
-    let _slot = SlotGuard(&state);
+    // The accept loop pauses at the limit, but another worker may have taken the last slot
+    // between its check and its accept: queue the connection until a slot frees rather than
+    // accept-then-close.
+    let _slot = match slot {
+        Some(slot) => slot,
+        None => loop {
+            if let Some(slot) = Slot::try_take(&state) {
+                break slot;
+            }
+            let slot = pin!(state.wait_for_slot(&worker.slot_freed));
+            let abort = pin!(worker.aborting());
+            if let futures_util::future::Either::Right(_) =
+                futures_util::future::select(slot, abort).await
+            {
+                return;
+            }
+        },
+    };
     state.counters.accepted.inc();
 
     let started = Instant::now();
