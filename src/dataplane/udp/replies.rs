@@ -192,20 +192,26 @@ async fn read_multishot(socket: &UdpSocket, replies: &impl Replies) -> Next {
                 return Next::FallBack(multishot::failed(replies.name(), &e));
             }
         };
-        let step = replies.reply_now(reply.payload.as_init(), reply.source);
-        let step = match step {
-            Step::Blocked(..) => replies.send_blocked(reply.payload, step).await,
-            step => {
-                drop(reply);
-                step
-            }
-        };
-        replies.buffer_back();
-        if step == Step::Stop {
+        if forward(replies, reply.payload, reply.source).await == Step::Stop {
             // Dropping the stream cancels the receive.
             return Next::Stop;
         }
     }
+}
+
+/// Sends one reply received into a pool buffer on (at once, or waiting for room when the
+/// service's socket is full), then tells the waiters that its buffer is back in the pool.
+async fn forward<B: IoBuf>(replies: &impl Replies, buf: B, source: Option<SocketAddr>) -> Step {
+    let step = replies.reply_now(buf.as_init(), source);
+    let step = match step {
+        Step::Blocked(..) => replies.send_blocked(buf, step).await,
+        step => {
+            drop(buf);
+            step
+        }
+    };
+    replies.buffer_back();
+    step
 }
 
 /// The one-shot way: waits for one reply with an io_uring receive into the worker's buffer
@@ -241,19 +247,10 @@ async fn read_one_shot(
             return Next::Stop;
         }
     };
-    let step = replies.reply_now(buf.as_deref().unwrap_or(EMPTY), source);
-    let step = match step {
-        Step::Blocked(..) => match buf {
-            Some(buf) => replies.send_blocked(buf, step).await,
-            None => replies.send_blocked(EMPTY, step).await,
-        },
-        step => {
-            drop(buf);
-            step
-        }
+    let step = match buf {
+        Some(buf) => forward(replies, buf, source).await,
+        None => forward(replies, EMPTY, source).await,
     };
-    // The reply buffer is back in the pool.
-    replies.buffer_back();
     if step == Step::Stop {
         return Next::Stop;
     }
